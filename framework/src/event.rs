@@ -1,0 +1,175 @@
+//! Domain events and their stable, versioned type names.
+
+use std::fmt;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The stable wire identity of one event type: a dotted name and a version.
+///
+/// Its CloudEvents `ce_type` is `{name}.v{version}`, e.g. `order.placed.v2`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EventType {
+    /// `{aggregate}.{event}`, e.g. `order.placed`. Never changes once events are written.
+    pub name: &'static str,
+    /// Schema version of the payload, starting at 1. Older versions are read through
+    /// upcasters (see [`crate::Upcaster`]).
+    pub version: u32,
+    /// `{name}.v{version}`: the value of the `ce_type` header.
+    pub ce_type: &'static str,
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.ce_type)
+    }
+}
+
+/// An enum of the events one aggregate type emits.
+///
+/// Usually derived: `#[derive(DomainEvent)] #[event(aggregate = "order")]` names every
+/// variant `order.{variant_in_snake_case}` at version 1 unless told otherwise.
+///
+/// On the wire the payload is the variant's own data (for `Placed { customer, lines }`
+/// the JSON object `{"customer":…,"lines":…}`); the variant is identified by the
+/// `ce_type` header, not by a tag in the payload.
+pub trait DomainEvent: Serialize + DeserializeOwned + fmt::Debug + Send + Sync + 'static {
+    /// Name of the aggregate type these events belong to (`order`).
+    const AGGREGATE: &'static str;
+
+    /// Every event type of this enum at its current version, in declaration order.
+    const EVENT_TYPES: &'static [EventType];
+
+    /// The event type of this value.
+    fn event_type(&self) -> &'static EventType;
+
+    /// Serializes the variant's data: the record value.
+    fn to_payload(&self) -> Result<serde_json::Value, PayloadError>;
+
+    /// Deserializes a payload at the current version of `event_type`.
+    fn from_payload(event_type: &EventType, payload: serde_json::Value) -> Result<Self, PayloadError>;
+
+    /// Looks up a current event type by its name (`order.placed`).
+    fn event_type_named(name: &str) -> Option<&'static EventType> {
+        Self::EVENT_TYPES.iter().find(|t| t.name == name)
+    }
+}
+
+/// Why an event payload could not be converted to or from JSON.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PayloadError {
+    /// The JSON did not match the event's fields.
+    #[error("payload does not match the event's fields: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The payload names an event type this enum does not have.
+    #[error("`{name}` is not an event type of this enum")]
+    UnknownType {
+        /// The event type name that was asked for.
+        name: String,
+    },
+    /// The enum's serde representation is not the externally tagged default.
+    #[error(
+        "event enum `{enum_name}` does not serialize as serde's default (externally tagged) \
+         enum; remove serde attributes that change the enum representation or skip variants"
+    )]
+    Representation {
+        /// The Rust name of the enum.
+        enum_name: &'static str,
+    },
+}
+
+/// Support code for `#[derive(DomainEvent)]`, re-exported as `tributary::__private`.
+pub(crate) mod derive_support {
+
+    use serde::de::{self, Deserialize, Deserializer, Visitor};
+    use serde_json::{Map, Value};
+
+    use super::PayloadError;
+
+    /// Serializes an externally tagged enum value and strips the tag.
+    pub fn to_payload<T: serde::Serialize>(
+        enum_name: &'static str,
+        value: &T,
+    ) -> Result<Value, PayloadError> {
+        match serde_json::to_value(value)? {
+            // Unit variant: "Variant".
+            Value::String(_) => Ok(Value::Object(Map::new())),
+            Value::Object(map) if map.len() == 1 => match map.into_iter().next() {
+                Some((_, inner)) => Ok(inner),
+                None => Err(PayloadError::Representation { enum_name }),
+            },
+            _ => Err(PayloadError::Representation { enum_name }),
+        }
+    }
+
+    /// Re-attaches the serde tag of variant `index` and deserializes.
+    pub fn from_payload<T: de::DeserializeOwned>(
+        enum_name: &'static str,
+        variant_names: &'static [&'static str],
+        variant_count: usize,
+        index: usize,
+        unit: bool,
+        payload: Value,
+    ) -> Result<T, PayloadError> {
+        if variant_names.len() != variant_count {
+            return Err(PayloadError::Representation { enum_name });
+        }
+        let tag = variant_names
+            .get(index)
+            .ok_or(PayloadError::Representation { enum_name })?;
+        let tagged = if unit {
+            match &payload {
+                Value::Null => {}
+                Value::Object(map) if map.is_empty() => {}
+                _ => {
+                    return Err(PayloadError::Json(de::Error::custom(format!(
+                        "variant `{tag}` has no fields, expected `{{}}`, found {payload}"
+                    ))));
+                }
+            }
+            Value::String((*tag).to_owned())
+        } else {
+            let mut map = Map::with_capacity(1);
+            map.insert((*tag).to_owned(), payload);
+            Value::Object(map)
+        };
+        Ok(serde_json::from_value(tagged)?)
+    }
+
+    /// The serde names of an enum's variants, in declaration order, as serde's
+    /// derive sees them (after `rename`/`rename_all`). Empty if `T` is not an enum.
+    pub fn variant_names<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+        let mut names: &'static [&'static str] = &[];
+        let _ = T::deserialize(Introspect { names: &mut names });
+        names
+    }
+
+    struct Introspect<'a> {
+        names: &'a mut &'static [&'static str],
+    }
+
+    impl<'de> Deserializer<'de> for Introspect<'_> {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not an enum"))
+        }
+
+        fn deserialize_enum<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            variants: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.names = variants;
+            Err(de::Error::custom("introspection only"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map struct identifier ignored_any
+        }
+    }
+}
