@@ -319,6 +319,14 @@ start_tansu() {
     # so $! is the broker's pid. Environment that Tansu would also read is cleared so
     # only the flags below apply.
     (
+      # Do not let the broker inherit our descriptors beyond 0-2 (the lock on fd 9,
+      # pipes of whoever called us — a CI step or `$(...)` must not wait on it).
+      for fd_path in /proc/self/fd/*; do
+        fd="${fd_path##*/}"
+        if [[ "$fd" =~ ^[0-9]+$ ]] && ((fd > 2)); then
+          eval "exec ${fd}>&-" 2>/dev/null || true
+        fi
+      done
       cd "$RUN_DIR"
       unset LISTENER_URL ADVERTISED_LISTENER_URL STORAGE_ENGINE CLUSTER_ID SCHEMA_REGISTRY OTEL_EXPORTER_OTLP_ENDPOINT
       RUST_LOG="${TANSU_RUST_LOG:-warn}" exec setsid nohup "$TANSU_BIN" broker \
@@ -340,7 +348,7 @@ start_tansu() {
     fi
     if ((SECONDS >= deadline)); then
       log_tail
-      die "Tansu (pid ${pid}) did not answer a Kafka ApiVersions request on ${DEFAULT_KAFKA} within ${WAIT_SECS}s"
+      die "Tansu (pid ${pid}) did not answer a Kafka ApiVersions request on ${DEFAULT_KAFKA} within ${WAIT_SECS}s (left running for inspection; 'scripts/services.sh down' stops it)"
     fi
     sleep 0.2
   done
@@ -552,7 +560,7 @@ cmd_status() {
     fi
   else
     ok=1
-    if pid="$(tansu_pid)"; then
+    if ! kafka_overridden && pid="$(tansu_pid)"; then
       echo "kafka: DOWN at ${bootstrap} (Tansu pid ${pid} is running but does not answer; see ${LOG_FILE})"
     else
       echo "kafka: DOWN at ${bootstrap}"

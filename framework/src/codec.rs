@@ -588,3 +588,6 @@ fn is_valid_traceparent(tp: &str) -> bool {
             && hex(parent, 16) && parent.bytes().any(|b| b != b'0')
             && hex(flags, 2))
 }
+
+#[cfg(test)]
+mod tests;

@@ -12,10 +12,6 @@
 //!
 //! See the repository's README and `docs/` for the architecture and guarantees.
 
-// Lets the derive macros' `::tributary::...` paths resolve inside this crate too.
-#[cfg(test)]
-extern crate self as tributary;
-
 mod aggregate;
 pub mod codec;
 mod envelope;

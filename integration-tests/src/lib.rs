@@ -1,1 +1,75 @@
-//! Shared support for the integration tests.
+//! Shared support for the integration tests: where the services are, unique names
+//! per test so tests run in parallel, and small admin helpers.
+//!
+//! A missing broker or database is a test failure with instructions, never a skip.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+/// How to start the services, printed when one is missing.
+pub const HOW_TO_START: &str = "start the local services with `eval \"$(scripts/services.sh up)\"` \
+     (or `docker compose up -d --wait`), or point KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL at yours";
+
+/// The broker's bootstrap servers: `KAFKA_BOOTSTRAP_SERVERS`, default `127.0.0.1:9092`.
+/// Panics with instructions when no broker answers there.
+pub fn kafka_bootstrap() -> String {
+    let servers =
+        std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &servers)
+        .create()
+        .expect("cannot create a Kafka client");
+    if let Err(err) = consumer.fetch_metadata(None, Duration::from_secs(10)) {
+        panic!("no Kafka-protocol broker answers at {servers} ({err}): {HOW_TO_START}");
+    }
+    servers
+}
+
+/// A topic prefix no other test (or earlier run) uses: `it-{test}-{random}`.
+pub fn unique_prefix(test: &str) -> String {
+    let suffix = uuid::Uuid::now_v7().simple().to_string();
+    format!("it-{test}-{}", &suffix[suffix.len() - 10..])
+}
+
+/// Creates `topic` with `partitions` partitions (replication factor 1) and waits
+/// until its metadata shows them.
+pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("cannot create an admin client");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))
+                .set("cleanup.policy", "delete")
+                .set("retention.ms", "-1")],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("create_topics request failed");
+    for result in results {
+        result.unwrap_or_else(|(t, e)| panic!("cannot create topic {t}: {e}"));
+    }
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("cannot create a Kafka client");
+    for _ in 0..50 {
+        if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))
+            && md
+                .topics()
+                .iter()
+                .any(|t| t.name() == topic && t.error().is_none() && t.partitions().len() == partitions as usize)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("topic {topic} did not appear with {partitions} partitions");
+}
