@@ -201,20 +201,40 @@ service_mode() {
 compose() {
   [[ -f "$COMPOSE_FILE" ]] || die "missing ${COMPOSE_FILE}"
   if docker compose version >/dev/null 2>&1; then
-    docker compose -f "$COMPOSE_FILE" "$@"
+    docker compose -f "$COMPOSE_FILE" "$@" 9>&-
   elif have docker-compose; then
-    docker-compose -f "$COMPOSE_FILE" "$@"
+    docker-compose -f "$COMPOSE_FILE" "$@" 9>&-
   else
     die "the Docker engine works but neither 'docker compose' nor 'docker-compose' is installed"
   fi
 }
 
-# Run a command as root (directly, or through sudo).
+# Close every descriptor above 2 in the current (sub)shell. Used before starting
+# anything that may leave a daemon behind (Tansu, pg_ctlcluster): a daemon must not
+# hold our lock (fd 9) or a pipe of whoever called us (a CI step or `$(...)` would
+# wait for it).
+close_extra_fds() {
+  local fd_path fd
+  for fd_path in /proc/self/fd/*; do
+    fd="${fd_path##*/}"
+    if [[ "$fd" =~ ^[0-9]+$ ]] && ((fd > 2)); then
+      eval "exec ${fd}>&-" 2>/dev/null || true
+    fi
+  done
+}
+
+# Run a command as root (directly, or through sudo), without our extra descriptors.
 as_root() {
   if [[ $(id -u) -eq 0 ]]; then
-    "$@"
+    (
+      close_extra_fds
+      exec "$@"
+    )
   elif have sudo; then
-    sudo "$@"
+    (
+      close_extra_fds
+      exec sudo "$@"
+    )
   else
     die "need root to run: $*"
   fi
@@ -319,14 +339,7 @@ start_tansu() {
     # so $! is the broker's pid. Environment that Tansu would also read is cleared so
     # only the flags below apply.
     (
-      # Do not let the broker inherit our descriptors beyond 0-2 (the lock on fd 9,
-      # pipes of whoever called us — a CI step or `$(...)` must not wait on it).
-      for fd_path in /proc/self/fd/*; do
-        fd="${fd_path##*/}"
-        if [[ "$fd" =~ ^[0-9]+$ ]] && ((fd > 2)); then
-          eval "exec ${fd}>&-" 2>/dev/null || true
-        fi
-      done
+      close_extra_fds
       cd "$RUN_DIR"
       unset LISTENER_URL ADVERTISED_LISTENER_URL STORAGE_ENGINE CLUSTER_ID SCHEMA_REGISTRY OTEL_EXPORTER_OTLP_ENDPOINT
       RUST_LOG="${TANSU_RUST_LOG:-warn}" exec setsid nohup "$TANSU_BIN" broker \

@@ -14,16 +14,20 @@
 
 mod aggregate;
 pub mod codec;
+mod config;
 mod envelope;
 mod event;
 pub mod kafka;
 pub mod testkit;
+mod store;
 mod upcast;
 
 pub use aggregate::{Aggregate, AggregateId, Apply, Command, Handle};
 pub use codec::{DecodeError, EncodeError, EncodedRecord, EventCodec, InvalidPrefix, RecordRef};
+pub use config::{KafkaConfig, is_secret_property};
 pub use envelope::{EventEnvelope, Metadata};
 pub use event::{DomainEvent, EventType, PayloadError};
+pub use store::{PgStore, StoreError};
 pub use upcast::{UpcastError, Upcaster, UpcasterError};
 
 #[cfg(feature = "derive")]

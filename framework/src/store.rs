@@ -1,0 +1,193 @@
+//! Postgres: the connection pool for Tributary's tables and read models, and the
+//! embedded migrations of Tributary's own tables.
+//!
+//! Everything lives in one Postgres schema (default `public`): the pool sets
+//! `search_path` to it, so framework tables and a projection's read-model tables
+//! resolve there. Tests give each run its own schema and so run in parallel.
+
+use std::fmt;
+use std::str::FromStr;
+
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+/// Tributary's migrations, applied in order by [`PgStore::connect`]. Tracked in the
+/// schema's own `tributary_migrations` table, so they never collide with the
+/// application's migrations (sqlx's `_sqlx_migrations` or any other tool).
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "snapshots", include_str!("../migrations/0001_snapshots.sql")),
+];
+
+/// Why Postgres could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The connection URL could not be parsed.
+    #[error("invalid DATABASE_URL: {0}; expected postgres://user[:password]@host[:port]/database")]
+    InvalidUrl(#[source] sqlx::Error),
+    /// The schema name is not a plain identifier.
+    #[error("invalid schema name {0:?}: use 1 to 63 lowercase ASCII letters, digits or '_', starting with a letter")]
+    InvalidSchema(String),
+    /// Postgres refused the connection or a query failed.
+    #[error("Postgres {operation} failed: {source}")]
+    Database {
+        /// What was being done.
+        operation: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A migration failed; nothing of it was applied.
+    #[error("Tributary migration {version} ({name}) failed: {source}")]
+    Migration {
+        /// Migration version.
+        version: i32,
+        /// Migration name.
+        name: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn db(operation: &'static str) -> impl FnOnce(sqlx::Error) -> Self {
+        move |source| Self::Database { operation, source }
+    }
+}
+
+/// A Postgres pool bound to one schema, with Tributary's tables migrated.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    schema: String,
+}
+
+impl fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgStore")
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool.size())
+            .finish()
+    }
+}
+
+fn validate_schema(schema: &str) -> Result<(), StoreError> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema.starts_with(|c: char| c.is_ascii_lowercase())
+        && schema
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidSchema(schema.to_owned()))
+    }
+}
+
+impl PgStore {
+    /// Connects to `url`, creates `schema` if missing, sets it as the search path of
+    /// every connection and applies Tributary's migrations (serialized across
+    /// processes with an advisory lock).
+    pub async fn connect(url: &str, schema: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, schema, PgPoolOptions::new().max_connections(10)).await
+    }
+
+    /// Like [`PgStore::connect`] with custom pool options.
+    pub async fn connect_with(
+        url: &str,
+        schema: &str,
+        pool_options: PgPoolOptions,
+    ) -> Result<Self, StoreError> {
+        validate_schema(schema)?;
+        let options = PgConnectOptions::from_str(url).map_err(StoreError::InvalidUrl)?;
+        // Create the schema on a connection without the search path first.
+        let bootstrap = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(StoreError::db("connect"))?;
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .execute(&bootstrap)
+            .await
+            .map_err(StoreError::db("create schema"))?;
+        bootstrap.close().await;
+
+        let pool = pool_options
+            .connect_with(options.options([("search_path", schema)]))
+            .await
+            .map_err(StoreError::db("connect"))?;
+        let store = Self {
+            pool,
+            schema: schema.to_owned(),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The pool; its connections use this store's schema.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The schema name.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::db("begin"))?;
+        // One migrator at a time per schema, across processes.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tributary_migrations.' || $1))")
+            .bind(&self.schema)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::db("lock migrations"))?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS tributary_migrations (
+                version integer PRIMARY KEY,
+                name text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::db("create tributary_migrations"))?;
+        let applied: Vec<i32> = sqlx::query_scalar("SELECT version FROM tributary_migrations")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(StoreError::db("read tributary_migrations"))?;
+        for (version, name, sql) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            let fail = |source| StoreError::Migration {
+                version: *version,
+                name,
+                source,
+            };
+            sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(fail)?;
+            sqlx::query("INSERT INTO tributary_migrations (version, name) VALUES ($1, $2)")
+                .bind(version)
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(fail)?;
+            tracing::info!(version, name, schema = %self.schema, "applied Tributary migration");
+        }
+        tx.commit().await.map_err(StoreError::db("commit migrations"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        assert!(validate_schema("tributary_it_1").is_ok());
+        for bad in ["", "1abc", "Public", "a-b", "a;drop table x", &"a".repeat(64)] {
+            assert!(validate_schema(bad).is_err(), "{bad}");
+        }
+    }
+}
