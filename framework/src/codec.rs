@@ -456,6 +456,21 @@ impl<E: DomainEvent> EventCodec<E> {
         })
     }
 
+    /// Decodes a bare payload of type `ce_type` (`order.placed.v1`), upcasting an
+    /// older version. Used where the payload travels without record headers.
+    pub fn decode_payload(
+        &self,
+        ce_type: &str,
+        payload: serde_json::Value,
+    ) -> Result<E, DecodeError> {
+        let (event_type, found_version) = self.parse_type(ce_type)?;
+        let payload = self.upcast(event_type, found_version, payload)?;
+        E::from_payload(event_type, payload).map_err(|source| DecodeError::Payload {
+            ce_type: ce_type.to_owned(),
+            source,
+        })
+    }
+
     fn parse_type(&self, ce_type: &str) -> Result<(&'static EventType, u32), DecodeError> {
         let unknown = || DecodeError::UnknownEventType {
             ce_type: ce_type.to_owned(),

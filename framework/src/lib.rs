@@ -14,6 +14,7 @@
 
 mod aggregate;
 pub mod codec;
+pub mod command;
 mod config;
 mod envelope;
 mod event;

@@ -12,6 +12,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
+pub mod command_support;
+
 /// How to start the services, printed when one is missing.
 pub const HOW_TO_START: &str = "start the local services with `eval \"$(scripts/services.sh up)\"` \
      (or `docker compose up -d --wait`), or point KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL at yours";
@@ -29,6 +31,22 @@ pub fn kafka_bootstrap() -> String {
         panic!("no Kafka-protocol broker answers at {servers} ({err}): {HOW_TO_START}");
     }
     servers
+}
+
+/// Postgres: `DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`.
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A [`tributary::PgStore`] in its own schema (named after `prefix`), migrated.
+/// Panics with instructions when Postgres does not answer.
+pub async fn pg_store(prefix: &str) -> tributary::PgStore {
+    let schema = prefix.replace('-', "_").to_ascii_lowercase();
+    let url = database_url();
+    tributary::PgStore::connect(&url, &schema)
+        .await
+        .unwrap_or_else(|e| panic!("no usable Postgres at {url} ({e}): {HOW_TO_START}"))
 }
 
 /// A topic prefix no other test (or earlier run) uses: `it-{test}-{random}`.

@@ -63,7 +63,7 @@ async fn produced_record_matches_the_wire_format_byte_for_byte() {
         .set("acks", "all")
         .create()
         .unwrap();
-    let (partition, offset) = producer
+    let rdkafka::producer::future_producer::Delivery { partition, offset, .. } = producer
         .send(record.to_future_record(&topic), Duration::from_secs(10))
         .await
         .map_err(|(e, _)| e)

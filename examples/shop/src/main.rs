@@ -67,11 +67,11 @@ async fn run() -> Result<(), SampleError> {
     let mut first = None;
     for envelope in &envelopes {
         let record = codec.encode(envelope)?;
-        let (partition, offset) = producer
+        let delivery = producer
             .send(record.to_future_record(&topic), Duration::from_secs(10))
             .await
             .map_err(|(e, _)| e)?;
-        first.get_or_insert((partition, offset));
+        first.get_or_insert((delivery.partition, delivery.offset));
     }
     producer.flush(Duration::from_secs(10))?;
 

@@ -1,0 +1,378 @@
+//! The command gateway: send a command, learn its outcome (G3).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::oneshot;
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::topics::{TopicError, TopicSettings, ensure_replies_topic};
+use super::wire::{self, CommandHeaders, OutcomeWire, ReplyWire};
+use crate::aggregate::{Aggregate, AggregateId, Command};
+use crate::codec::EventCodec;
+use crate::config::KafkaConfig;
+use crate::envelope::{EventEnvelope, Metadata};
+
+/// What a processor decided.
+#[derive(Debug)]
+pub enum CommandOutcome<A: Aggregate> {
+    /// The command was accepted; the aggregate is now at `version` and these are the
+    /// events it emitted (possibly none).
+    Accepted {
+        /// The aggregate's version after the command.
+        version: u64,
+        /// The events, in order.
+        events: Vec<EventEnvelope<A::Event>>,
+    },
+    /// The handler rejected the command.
+    Rejected(A::Error),
+}
+
+impl<A: Aggregate> CommandOutcome<A> {
+    /// Whether the command was accepted.
+    pub fn is_accepted(&self) -> bool {
+        matches!(self, Self::Accepted { .. })
+    }
+}
+
+/// Why `send` could not report an outcome. None of these means the command was
+/// rejected; several mean it may still be processed — resend it with the same
+/// command id to learn its outcome exactly once.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// No reply within the timeout. The command may still be processed.
+    #[error("no outcome for command {command_id} within {waited:?}; it may still be processed: resend it with the same command id to learn its outcome")]
+    Timeout {
+        /// The command id.
+        command_id: String,
+        /// How long `send` waited.
+        waited: Duration,
+    },
+    /// The command could not be written to Kafka (broker unavailable, timed out, …).
+    #[error("command {command_id} could not be written to Kafka: {source}; check that the brokers are reachable, then resend with the same command id")]
+    Unavailable {
+        /// The command id.
+        command_id: String,
+        /// The client's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// The command is not valid to send.
+    #[error("invalid command: {0}")]
+    InvalidCommand(String),
+    /// The command did not serialize.
+    #[error("command does not serialize to JSON: {0}")]
+    Serialize(#[source] serde_json::Error),
+    /// The processor could not handle the command (unknown type, undecodable).
+    #[error("command {command_id} failed in the processor: {reason}")]
+    Failed {
+        /// The command id.
+        command_id: String,
+        /// The processor's reason.
+        reason: String,
+    },
+    /// The reply could not be read.
+    #[error("the reply to command {command_id} is unreadable: {reason}")]
+    BadReply {
+        /// The command id.
+        command_id: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Setting up the gateway failed.
+    #[error("Kafka operation `{operation}` failed: {source}")]
+    Kafka {
+        /// What was being done.
+        operation: &'static str,
+        /// The client's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// The replies topic is missing and cannot be created.
+    #[error(transparent)]
+    Topics(#[from] TopicError),
+    /// A command id was reused while the first send with it is still waiting.
+    #[error("command {0} is already waiting for its outcome in this gateway")]
+    AlreadyPending(String),
+}
+
+/// Per-send options.
+#[derive(Debug, Clone, Default)]
+pub struct SendOptions {
+    /// The command id; a new UUIDv7 when `None`. Resending with the same id returns
+    /// the original outcome and changes nothing.
+    pub command_id: Option<String>,
+    /// The business flow's id; the command id when `None`.
+    pub correlation_id: Option<String>,
+    /// W3C trace context to continue; a new trace when `None`.
+    pub traceparent: Option<String>,
+    /// How long to wait for the outcome; the gateway's default when `None`.
+    pub timeout: Option<Duration>,
+}
+
+type Pending = Mutex<HashMap<String, oneshot::Sender<ReplyWire>>>;
+
+/// Sends commands to their aggregate's commands topic and awaits the outcome on a
+/// partition of the replies topic. Cheap to clone; use one per process.
+#[derive(Clone)]
+pub struct CommandGateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    producer: FutureProducer,
+    prefix: String,
+    reply_partition: i32,
+    pending: Arc<Pending>,
+    timeout: Duration,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl std::fmt::Debug for CommandGateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandGateway")
+            .field("prefix", &self.inner.prefix)
+            .field("reply_partition", &self.inner.reply_partition)
+            .field("timeout", &self.inner.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+fn setup(operation: &'static str) -> impl FnOnce(KafkaError) -> GatewayError {
+    move |source| GatewayError::Kafka { operation, source }
+}
+
+impl CommandGateway {
+    /// Connects with a default outcome timeout of 10 s.
+    pub async fn connect(kafka: &KafkaConfig, prefix: &str) -> Result<Self, GatewayError> {
+        Self::connect_with_timeout(kafka, prefix, Duration::from_secs(10)).await
+    }
+
+    /// Connects; `send` waits at most `timeout` for an outcome.
+    pub async fn connect_with_timeout(
+        kafka: &KafkaConfig,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Self, GatewayError> {
+        crate::codec::validate_prefix(prefix).map_err(|e| GatewayError::InvalidCommand(e.to_string()))?;
+        let replies = wire::replies_topic(prefix);
+        let reply_partitions = ensure_replies_topic(kafka, prefix, &TopicSettings::default()).await?;
+        let reply_partition = (uuid::Uuid::new_v4().as_u128() % reply_partitions.max(1) as u128) as i32;
+
+        let consumer: StreamConsumer = kafka
+            .client_config()
+            .set("group.id", format!("{prefix}.gateway"))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("fetch.wait.max.ms", "5")
+            .create()
+            .map_err(setup("create reply consumer"))?;
+        // Start at the current end explicitly, so no reply produced after this point
+        // can be missed (Offset::End would be resolved later).
+        let (_, high) = consumer
+            .fetch_watermarks(&replies, reply_partition, Duration::from_secs(10))
+            .map_err(setup("fetch reply watermarks"))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&replies, reply_partition, Offset::Offset(high))
+            .map_err(setup("assign reply partition"))?;
+        consumer.assign(&tpl).map_err(setup("assign reply partition"))?;
+
+        let producer: FutureProducer = kafka
+            .client_config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            // Java-compatible partitioning, so that every producer of commands
+            // (any language) maps an aggregate id to the same partition.
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "1")
+            .set("message.timeout.ms", timeout.as_millis().max(1).to_string())
+            .create()
+            .map_err(setup("create producer"))?;
+
+        let pending: Arc<Pending> = Arc::default();
+        let listener = tokio::spawn(listen(consumer, Arc::clone(&pending)));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                producer,
+                prefix: prefix.to_owned(),
+                reply_partition,
+                pending,
+                timeout,
+                listener,
+            }),
+        })
+    }
+
+    /// Sends `command` with a new command id and waits for its outcome.
+    pub async fn send<C: Command>(&self, command: C) -> Result<CommandOutcome<C::Aggregate>, GatewayError> {
+        self.send_with(command, SendOptions::default()).await
+    }
+
+    /// Sends `command` with options (command id, correlation id, trace, timeout).
+    pub async fn send_with<C: Command>(
+        &self,
+        command: C,
+        options: SendOptions,
+    ) -> Result<CommandOutcome<C::Aggregate>, GatewayError> {
+        let command_id = options.command_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let aggregate_id = command.aggregate_id();
+        let span = info_span!("send_command", command_id = %command_id, aggregate_id = %aggregate_id,
+            command_type = C::NAME, aggregate = <C::Aggregate as Aggregate>::NAME);
+        self.send_inner(command, command_id, aggregate_id, options.correlation_id, options.traceparent,
+            options.timeout.unwrap_or(self.inner.timeout))
+            .instrument(span)
+            .await
+    }
+
+    async fn send_inner<C: Command>(
+        &self,
+        command: C,
+        command_id: String,
+        aggregate_id: AggregateId,
+        correlation_id: Option<String>,
+        traceparent: Option<String>,
+        timeout: Duration,
+    ) -> Result<CommandOutcome<C::Aggregate>, GatewayError> {
+        type A<C> = <C as Command>::Aggregate;
+        if aggregate_id.as_str().is_empty() {
+            return Err(GatewayError::InvalidCommand(format!("`{}` has an empty aggregate id", C::NAME)));
+        }
+        if command_id.is_empty() {
+            return Err(GatewayError::InvalidCommand("the command id is empty".into()));
+        }
+        let value = serde_json::to_vec(&command).map_err(GatewayError::Serialize)?;
+        let traceparent = traceparent.unwrap_or_else(new_traceparent);
+        let record = wire::encode_command(
+            &CommandHeaders {
+                prefix: &self.inner.prefix,
+                aggregate: A::<C>::NAME,
+                command_name: C::NAME,
+                command_id: &command_id,
+                aggregate_id: aggregate_id.as_str(),
+                correlation_id: correlation_id.as_deref().unwrap_or(&command_id),
+                traceparent: Some(&traceparent),
+                reply_partition: self.inner.reply_partition,
+            },
+            value,
+        );
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = self.inner.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            if pending.contains_key(&command_id) {
+                return Err(GatewayError::AlreadyPending(command_id));
+            }
+            pending.insert(command_id.clone(), tx);
+        }
+        let _guard = PendingGuard { pending: &self.inner.pending, id: command_id.clone() };
+        let topic = wire::commands_topic(&self.inner.prefix, A::<C>::NAME);
+        let started = tokio::time::Instant::now();
+        let produce = self.inner.producer.send(
+            FutureRecord::to(&topic)
+                .key(record.key.as_slice())
+                .payload(record.value.as_slice())
+                .headers(record.owned_headers()),
+            timeout,
+        );
+        match tokio::time::timeout(timeout, produce).await {
+            Err(_) => return Err(GatewayError::Timeout { command_id, waited: started.elapsed() }),
+            Ok(Err((source, _))) => return Err(GatewayError::Unavailable { command_id, source }),
+            Ok(Ok(_)) => {}
+        }
+        let remaining = timeout.saturating_sub(started.elapsed());
+        let reply = match tokio::time::timeout(remaining, rx).await {
+            Ok(Ok(reply)) => reply,
+            _ => return Err(GatewayError::Timeout { command_id, waited: started.elapsed() }),
+        };
+        outcome::<A<C>>(reply, &aggregate_id)
+    }
+}
+
+/// Removes a pending entry when `send` returns for any reason (or is cancelled).
+struct PendingGuard<'a> {
+    pending: &'a Pending,
+    id: String,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.id);
+    }
+}
+
+fn outcome<A: Aggregate>(reply: ReplyWire, aggregate_id: &AggregateId) -> Result<CommandOutcome<A>, GatewayError> {
+    let command_id = reply.command_id;
+    let bad = |reason: String| GatewayError::BadReply { command_id: command_id.clone(), reason };
+    match reply.outcome {
+        OutcomeWire::Accepted { version, events } => {
+            let codec = EventCodec::<A::Event>::new("reply").map_err(|e| bad(e.to_string()))?;
+            let events = events
+                .into_iter()
+                .map(|e| {
+                    Ok(EventEnvelope {
+                        id: e.id,
+                        aggregate_id: aggregate_id.clone(),
+                        sequence: e.sequence,
+                        time: e.time,
+                        metadata: Metadata {
+                            causation_id: Some(command_id.clone()),
+                            ..Metadata::default()
+                        },
+                        event: codec.decode_payload(&e.ce_type, e.data).map_err(|e| bad(e.to_string()))?,
+                    })
+                })
+                .collect::<Result<Vec<_>, GatewayError>>()?;
+            Ok(CommandOutcome::Accepted { version, events })
+        }
+        OutcomeWire::Rejected { error } => serde_json::from_value(error)
+            .map(CommandOutcome::Rejected)
+            .map_err(|e| bad(format!("the domain error does not deserialize: {e}"))),
+        OutcomeWire::Failed { reason } => Err(GatewayError::Failed { command_id, reason }),
+    }
+}
+
+async fn listen(consumer: StreamConsumer, pending: Arc<Pending>) {
+    loop {
+        match consumer.recv().await {
+            Ok(message) => {
+                let Some(payload) = message.payload() else { continue };
+                match serde_json::from_slice::<ReplyWire>(payload) {
+                    Ok(reply) => {
+                        let waiter = pending
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .remove(&reply.command_id);
+                        if let Some(waiter) = waiter {
+                            let _ = waiter.send(reply);
+                        }
+                    }
+                    Err(error) => debug!(%error, "ignoring an unreadable reply"),
+                }
+            }
+            Err(error) => {
+                warn!(%error, "reply consumer error");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// A new W3C traceparent: random trace and parent ids, sampled.
+fn new_traceparent() -> String {
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let parent = uuid::Uuid::new_v4().simple().to_string();
+    format!("00-{trace}-{}-01", &parent[..16])
+}
+

@@ -1,0 +1,13 @@
+//! The command side on Kafka: topics, the [`CommandGateway`], partition-owned
+//! [`CommandProcessor`]s with one Kafka transaction per batch, idempotent command
+//! ids and snapshots. See `docs/commands.md`.
+
+mod gateway;
+mod processor;
+mod snapshot;
+mod topics;
+pub mod wire;
+
+pub use gateway::{CommandGateway, CommandOutcome, GatewayError, SendOptions};
+pub use processor::{CommandProcessor, ProcessorError, ProcessorHandle, ProcessorSettings, ProcessorStats};
+pub use topics::{TopicError, TopicLayout, TopicSettings, ensure_topics};

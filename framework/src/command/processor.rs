@@ -1,0 +1,1279 @@
+//! Command processors: partition-owned single writers with one Kafka transaction per
+//! batch (DESIGN §4).
+//!
+//! One consumer group per aggregate type reads the commands topic. Owning commands
+//! partition `p` means owning every aggregate whose events go to events partition
+//! `p`. Each owned partition has its own transactional producer with the
+//! transactional id `{prefix}.{aggregate}.processor.{p}`: when a new owner
+//! initialises it, the broker fences the previous owner, whose next commit fails —
+//! a zombie cannot write (transactional-id fencing, which every Kafka version since
+//! 0.11 guarantees).
+//!
+//! Per batch and partition: begin → for each command: check its id against the seen
+//! window, run the handler, produce events (to partition `p`), the outcome (to the
+//! outcomes topic, partition `p`) and the reply → `send_offsets_to_transaction` →
+//! commit. Snapshots are written after the commit.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{Span, debug, error, info, info_span, warn};
+
+use super::snapshot::{self, SnapshotJob, SnapshotRow};
+use super::topics::{TopicLayout, TopicSettings, ensure_topics};
+use super::wire::{self, EventWire, OutcomeWire, ReplyWire};
+use crate::aggregate::{Aggregate, AggregateId, Command, Handle};
+use crate::codec::EventCodec;
+use crate::config::KafkaConfig;
+use crate::envelope::{EventEnvelope, Metadata};
+use crate::event::DomainEvent;
+use crate::kafka::record_ref;
+use crate::store::{PgStore, StoreError};
+use crate::upcast::{Upcaster, UpcasterError};
+
+/// Tuning of a command processor.
+#[derive(Debug, Clone)]
+pub struct ProcessorSettings {
+    /// Most commands in one transaction (per partition).
+    pub max_batch: usize,
+    /// How long to keep collecting a batch once the first command arrived. Small,
+    /// so that latency stays low under light load; batches grow by themselves
+    /// under heavy load because commands queue up while a transaction commits.
+    pub batch_linger: Duration,
+    /// Consumer group session timeout: how fast a crashed instance's partitions move.
+    pub session_timeout: Duration,
+    /// A processor that does not poll for this long leaves the group (and is
+    /// fenced when it tries to commit).
+    pub max_poll_interval: Duration,
+    /// Kafka transaction timeout.
+    pub transaction_timeout: Duration,
+    /// Command ids seen within this window return their original outcome. Kept in
+    /// memory per owned partition and rebuilt from the outcomes topic on assignment.
+    pub dedup_window: Duration,
+    /// Give up restoring a partition after this long.
+    pub restore_timeout: Duration,
+    /// Snapshot every changed aggregate of a partition (and advance the partition's
+    /// restore watermark) every this many events in the partition.
+    pub flush_every: u64,
+}
+
+impl Default for ProcessorSettings {
+    fn default() -> Self {
+        Self {
+            max_batch: 500,
+            batch_linger: Duration::from_millis(2),
+            session_timeout: Duration::from_secs(10),
+            max_poll_interval: Duration::from_secs(60),
+            transaction_timeout: Duration::from_secs(30),
+            dedup_window: Duration::from_secs(24 * 3600),
+            restore_timeout: Duration::from_secs(600),
+            flush_every: 1000,
+        }
+    }
+}
+
+/// Why a processor could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProcessorError {
+    /// The topics are missing and cannot be created, or are misconfigured.
+    #[error(transparent)]
+    Topics(#[from] super::topics::TopicError),
+    /// A Kafka client operation failed.
+    #[error("Kafka operation `{operation}` failed: {source}")]
+    Kafka {
+        /// What was being done.
+        operation: &'static str,
+        /// The client's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// Reading or writing snapshots failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The topic prefix is invalid.
+    #[error(transparent)]
+    Prefix(#[from] crate::codec::InvalidPrefix),
+    /// An upcaster could not be registered.
+    #[error(transparent)]
+    Upcaster(#[from] UpcasterError),
+    /// An event in the events topic cannot be read, so the state of its aggregate —
+    /// and of the partition — cannot be rebuilt. Deploy a version that can decode it.
+    #[error("cannot restore partition {partition}: event at offset {offset} is unreadable: {reason}")]
+    Unreadable {
+        /// Events partition.
+        partition: i32,
+        /// Offset of the event.
+        offset: i64,
+        /// Why.
+        reason: String,
+    },
+    /// The events partition breaks the one-writer invariant (a gap or a duplicate
+    /// sequence): something other than the processor wrote to it.
+    #[error("events partition {partition} is inconsistent at offset {offset}: aggregate `{aggregate_id}` is at version {version} but the event has sequence {sequence}")]
+    Inconsistent {
+        /// Events partition.
+        partition: i32,
+        /// Offset of the event.
+        offset: i64,
+        /// The aggregate.
+        aggregate_id: String,
+        /// Its version before the event.
+        version: u64,
+        /// The event's sequence.
+        sequence: u64,
+    },
+    /// Restoring a partition did not finish in time.
+    #[error("restoring partition {partition} timed out after {waited:?} at offset {position} of {end}")]
+    RestoreTimeout {
+        /// Events partition.
+        partition: i32,
+        /// How long it waited.
+        waited: Duration,
+        /// Where it got to.
+        position: i64,
+        /// Where it had to get to.
+        end: i64,
+    },
+    /// The processor thread panicked or could not be joined.
+    #[error("the processor thread ended abnormally: {0}")]
+    Thread(String),
+}
+
+fn kafka(operation: &'static str) -> impl FnOnce(KafkaError) -> ProcessorError {
+    move |source| ProcessorError::Kafka { operation, source }
+}
+
+/// Counters of one processor instance, readable while it runs.
+#[derive(Debug, Default)]
+pub struct ProcessorStats {
+    /// Commands handled (every outcome, duplicates included).
+    pub commands: AtomicU64,
+    /// Commands accepted.
+    pub accepted: AtomicU64,
+    /// Commands rejected by their handler.
+    pub rejected: AtomicU64,
+    /// Commands that failed (unknown type, undecodable).
+    pub failed: AtomicU64,
+    /// Commands whose id had been processed before.
+    pub duplicates: AtomicU64,
+    /// Events written.
+    pub events: AtomicU64,
+    /// Transactions committed.
+    pub transactions: AtomicU64,
+    /// Transactions aborted.
+    pub aborted: AtomicU64,
+    /// Commits refused because another owner fenced this one.
+    pub fenced: AtomicU64,
+    /// Partition restores.
+    pub restores: AtomicU64,
+    /// Event records read while restoring.
+    pub restore_records_read: AtomicU64,
+    /// Events applied to aggregates while restoring (not covered by a snapshot).
+    pub restore_events_applied: AtomicU64,
+    /// Snapshots handed to the writer.
+    pub snapshots: AtomicU64,
+    /// Snapshots that could not be read and were discarded.
+    pub snapshots_discarded: AtomicU64,
+    owned: Mutex<Vec<i32>>,
+}
+
+impl ProcessorStats {
+    /// Partitions this instance owns now.
+    pub fn owned_partitions(&self) -> Vec<i32> {
+        lock(&self.owned).clone()
+    }
+
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+type Decided<A> = Result<Vec<<A as Aggregate>::Event>, <A as Aggregate>::Error>;
+type DecideFn<A> = Box<dyn Fn(&A, &[u8]) -> Result<Decided<A>, serde_json::Error> + Send + Sync>;
+type CommitHook = Arc<dyn Fn(i32) + Send + Sync>;
+
+/// Builds and starts the command processor of aggregate type `A`.
+///
+/// ```no_run
+/// # async fn f<A: tributary::Aggregate>(store: tributary::PgStore) -> Result<(), tributary::command::ProcessorError> {
+/// # use tributary::{KafkaConfig, command::CommandProcessor};
+/// // let processor = CommandProcessor::<Order>::new(KafkaConfig::from_env(), "shop")?
+/// //     .handle::<PlaceOrder>()
+/// //     .handle::<CancelOrder>()
+/// //     .snapshots(store)
+/// //     .start()
+/// //     .await?;
+/// # Ok(()) }
+/// ```
+pub struct CommandProcessor<A: Aggregate> {
+    kafka: KafkaConfig,
+    codec: EventCodec<A::Event>,
+    handlers: HashMap<String, DecideFn<A>>,
+    store: Option<PgStore>,
+    settings: ProcessorSettings,
+    topics: TopicSettings,
+    before_commit: Option<CommitHook>,
+}
+
+impl<A: Aggregate> std::fmt::Debug for CommandProcessor<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandProcessor")
+            .field("aggregate", &A::NAME)
+            .field("kafka", &self.kafka)
+            .field("prefix", &self.codec.prefix())
+            .field("commands", &self.handlers.keys().collect::<Vec<_>>())
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: Aggregate> CommandProcessor<A> {
+    /// A processor for topics under `prefix`.
+    pub fn new(kafka: KafkaConfig, prefix: &str) -> Result<Self, ProcessorError> {
+        Ok(Self {
+            kafka,
+            codec: EventCodec::new(prefix)?,
+            handlers: HashMap::new(),
+            store: None,
+            settings: ProcessorSettings::default(),
+            topics: TopicSettings::default(),
+            before_commit: None,
+        })
+    }
+
+    /// Handles commands of type `C` with `A`'s [`Handle<C>`] implementation.
+    #[must_use]
+    pub fn handle<C>(mut self) -> Self
+    where
+        C: Command<Aggregate = A>,
+        A: Handle<C>,
+    {
+        let decide: DecideFn<A> = Box::new(|state: &A, payload: &[u8]| {
+            let command: C = serde_json::from_slice(payload)?;
+            Ok(state.handle(command))
+        });
+        self.handlers.insert(format!("{}.{}", A::NAME, C::NAME), decide);
+        self
+    }
+
+    /// Registers an upcaster for reading old event versions during restore.
+    pub fn with_upcaster(mut self, upcaster: Upcaster) -> Result<Self, ProcessorError> {
+        self.codec = self.codec.with_upcaster(upcaster)?;
+        Ok(self)
+    }
+
+    /// Keeps snapshots in `store` (every `A::SNAPSHOT_EVERY` events per aggregate,
+    /// every `flush_every` events per partition, and on revocation). Without a
+    /// store, a restore replays the whole events partition.
+    #[must_use]
+    pub fn snapshots(mut self, store: PgStore) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Processor tuning.
+    #[must_use]
+    pub fn settings(mut self, settings: ProcessorSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// How missing topics are created.
+    #[must_use]
+    pub fn topics(mut self, topics: TopicSettings) -> Self {
+        self.topics = topics;
+        self
+    }
+
+    /// Fault injection for tests: called with the partition right before each commit.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn before_commit(mut self, hook: impl Fn(i32) + Send + Sync + 'static) -> Self {
+        self.before_commit = Some(Arc::new(hook));
+        self
+    }
+
+    /// Creates or validates the topics, joins the consumer group and starts
+    /// processing on a dedicated thread. Must be called within a Tokio runtime.
+    pub async fn start(self) -> Result<ProcessorHandle, ProcessorError> {
+        let layout = ensure_topics(&self.kafka, self.codec.prefix(), A::NAME, &self.topics).await?;
+        let runtime = tokio::runtime::Handle::current();
+        let stats = Arc::new(ProcessorStats::default());
+        let snapshot_tx = self
+            .store
+            .clone()
+            .map(|store| snapshot::spawn_writer(&runtime, store, A::NAME));
+        let s = &self.settings;
+        let group = format!("{}.{}.processor", self.codec.prefix(), A::NAME);
+        let shared = Arc::new(Shared {
+            group: group.clone(),
+            layout,
+            codec: self.codec,
+            handlers: self.handlers,
+            store: self.store,
+            settings: self.settings.clone(),
+            kafka: self.kafka.clone(),
+            runtime,
+            stats: Arc::clone(&stats),
+            before_commit: self.before_commit,
+        });
+        let restore_consumer: BaseConsumer = self
+            .kafka
+            .client_config()
+            .set("group.id", format!("{group}.restore"))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .map_err(kafka("create restore consumer"))?;
+        let core = Arc::new(Mutex::new(Core {
+            shared: Arc::clone(&shared),
+            partitions: HashMap::new(),
+            snapshot_tx,
+            restore_consumer,
+            fatal: None,
+        }));
+        let consumer: BaseConsumer<RebalanceContext<A>> = self
+            .kafka
+            .client_config()
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("partition.assignment.strategy", "range")
+            .set("session.timeout.ms", s.session_timeout.as_millis().to_string())
+            .set("max.poll.interval.ms", s.max_poll_interval.as_millis().to_string())
+            // Latency: librdkafka waits up to 500 ms for fetch.min.bytes by default.
+            .set("fetch.wait.max.ms", "5")
+            .create_with_context(RebalanceContext { core: Arc::clone(&core) })
+            .map_err(kafka("create consumer"))?;
+        consumer
+            .subscribe(&[shared.layout.commands.as_str()])
+            .map_err(kafka("subscribe"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name(format!("tributary-{}", A::NAME))
+            .spawn(move || run(consumer, core, thread_stop))
+            .map_err(|e| ProcessorError::Thread(e.to_string()))?;
+        info!(aggregate = A::NAME, %group, "command processor started");
+        Ok(ProcessorHandle {
+            stop,
+            thread: Some(thread),
+            stats,
+        })
+    }
+}
+
+/// A running processor. Dropping it without [`ProcessorHandle::shutdown`] stops it
+/// at the next poll without the clean hand-over.
+#[derive(Debug)]
+pub struct ProcessorHandle {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<(), ProcessorError>>>,
+    stats: Arc<ProcessorStats>,
+}
+
+impl ProcessorHandle {
+    /// The processor's counters.
+    pub fn stats(&self) -> &Arc<ProcessorStats> {
+        &self.stats
+    }
+
+    /// Whether the processor thread has ended (after an error or a shutdown).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Stops after the current batch: snapshots every owned partition, leaves the
+    /// group so the partitions move at once, and returns the error that stopped the
+    /// processor, if any.
+    pub async fn shutdown(mut self) -> Result<(), ProcessorError> {
+        self.stop.store(true, Ordering::SeqCst);
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(|e| ProcessorError::Thread(e.to_string()))?
+            .map_err(|_| ProcessorError::Thread("processor thread panicked".into()))?
+    }
+}
+
+impl Drop for ProcessorHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+struct Shared<A: Aggregate> {
+    group: String,
+    layout: TopicLayout,
+    codec: EventCodec<A::Event>,
+    handlers: HashMap<String, DecideFn<A>>,
+    store: Option<PgStore>,
+    settings: ProcessorSettings,
+    kafka: KafkaConfig,
+    runtime: tokio::runtime::Handle,
+    stats: Arc<ProcessorStats>,
+    before_commit: Option<CommitHook>,
+}
+
+/// One aggregate instance in memory.
+struct Slot<A> {
+    state: A,
+    version: u64,
+    /// Version covered by the last snapshot handed to the writer.
+    snapshot_version: u64,
+    /// Upper bound of the offsets of its events.
+    offset_bound: i64,
+}
+
+impl<A: Default> Default for Slot<A> {
+    fn default() -> Self {
+        Self {
+            state: A::default(),
+            version: 0,
+            snapshot_version: 0,
+            offset_bound: -1,
+        }
+    }
+}
+
+/// Records the highest offset the producer wrote to its events partition.
+struct DeliveryContext {
+    events_topic: String,
+    max_offset: AtomicI64,
+    failed: AtomicBool,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(message) if message.topic() == self.events_topic => {
+                self.max_offset.fetch_max(message.offset(), Ordering::SeqCst);
+            }
+            Ok(_) => {}
+            Err((error, _)) => {
+                warn!(%error, "record delivery failed; the transaction will abort");
+                self.failed.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// An owned partition: its producer, aggregates and seen command ids.
+struct PartitionState<A> {
+    producer: BaseProducer<DeliveryContext>,
+    aggregates: HashMap<String, Slot<A>>,
+    seen: HashMap<String, Arc<Vec<u8>>>,
+    seen_order: VecDeque<(SystemTime, String)>,
+    events_since_flush: u64,
+    /// Aggregates changed in the open transaction.
+    touched: HashSet<String>,
+    /// Aggregates with events not covered by a snapshot.
+    dirty: HashSet<String>,
+}
+
+struct Core<A: Aggregate> {
+    shared: Arc<Shared<A>>,
+    partitions: HashMap<i32, PartitionState<A>>,
+    snapshot_tx: Option<UnboundedSender<SnapshotJob>>,
+    restore_consumer: BaseConsumer,
+    fatal: Option<ProcessorError>,
+}
+
+struct RebalanceContext<A: Aggregate> {
+    core: Arc<Mutex<Core<A>>>,
+}
+
+impl<A: Aggregate> ClientContext for RebalanceContext<A> {}
+
+impl<A: Aggregate> ConsumerContext for RebalanceContext<A> {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            lock(&self.core).revoke(&partitions, true);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                let mut core = lock(&self.core);
+                for p in partitions {
+                    if let Err(error) = core.restore(p) {
+                        error!(%error, partition = p, "restore failed; the processor stops");
+                        core.fatal.get_or_insert(error);
+                        return;
+                    }
+                }
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(error) => warn!(%error, "rebalance error"),
+        }
+    }
+}
+
+fn run<A: Aggregate>(
+    consumer: BaseConsumer<RebalanceContext<A>>,
+    core: Arc<Mutex<Core<A>>>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), ProcessorError> {
+    let (max_batch, linger) = {
+        let c = lock(&core);
+        (c.shared.settings.max_batch.max(1), c.shared.settings.batch_linger)
+    };
+    loop {
+        if let Some(error) = lock(&core).fatal.take() {
+            return Err(error);
+        }
+        if stop.load(Ordering::SeqCst) {
+            info!("command processor shutting down");
+            let owned: Vec<i32> = lock(&core).partitions.keys().copied().collect();
+            lock(&core).revoke(&owned, true);
+            drop(consumer);
+            return Ok(());
+        }
+        // Collect a batch: wait for the first command, then linger briefly.
+        let mut batch: Vec<OwnedMessage> = Vec::new();
+        let mut deadline: Option<Instant> = None;
+        while batch.len() < max_batch {
+            let timeout = match deadline {
+                None => Duration::from_millis(100),
+                Some(d) => d.saturating_duration_since(Instant::now()),
+            };
+            match consumer.poll(timeout) {
+                Some(Ok(message)) => {
+                    batch.push(message.detach());
+                    deadline.get_or_insert_with(|| Instant::now() + linger);
+                }
+                Some(Err(error)) => {
+                    warn!(%error, "consumer error");
+                    break;
+                }
+                None => break,
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let Some(metadata) = consumer.group_metadata() else {
+            warn!("no consumer group metadata yet; retrying the batch");
+            seek_back(&consumer, &batch);
+            continue;
+        };
+        let assigned: HashSet<i32> = consumer
+            .assignment()
+            .map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect())
+            .unwrap_or_default();
+        let mut by_partition: Vec<(i32, Vec<OwnedMessage>)> = Vec::new();
+        for message in batch {
+            match by_partition.iter_mut().find(|(p, _)| *p == message.partition()) {
+                Some((_, messages)) => messages.push(message),
+                None => by_partition.push((message.partition(), vec![message])),
+            }
+        }
+        for (partition, messages) in by_partition {
+            let mut c = lock(&core);
+            if !c.partitions.contains_key(&partition) {
+                if !assigned.contains(&partition) {
+                    continue; // revoked meanwhile; the new owner processes these
+                }
+                if let Err(error) = c.restore(partition) {
+                    return Err(error);
+                }
+            }
+            match c.process(partition, &messages, &metadata) {
+                Ok(()) => {}
+                Err(BatchFailure::Retry) => {
+                    drop(c);
+                    seek_back(&consumer, &messages);
+                }
+                Err(BatchFailure::Fenced) => {
+                    drop(c);
+                    // Someone else owns the partition now; its revocation follows.
+                    seek_back(&consumer, &messages);
+                }
+            }
+        }
+    }
+}
+
+/// Rewinds the consumer to the first message of each partition in `messages`, so
+/// they are consumed again.
+fn seek_back<C: ConsumerContext>(consumer: &BaseConsumer<C>, messages: &[OwnedMessage]) {
+    let mut firsts: HashMap<(String, i32), i64> = HashMap::new();
+    for m in messages {
+        firsts
+            .entry((m.topic().to_owned(), m.partition()))
+            .and_modify(|o| *o = (*o).min(m.offset()))
+            .or_insert(m.offset());
+    }
+    for ((topic, partition), offset) in firsts {
+        if let Err(error) = consumer.seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(10)) {
+            warn!(%error, partition, offset, "seek failed");
+        }
+    }
+}
+
+enum BatchFailure {
+    /// The transaction aborted; state was rebuilt; consume the batch again.
+    Retry,
+    /// Another owner fenced this one.
+    Fenced,
+}
+
+impl<A: Aggregate> Core<A> {
+    fn transactional_id(&self, partition: i32) -> String {
+        format!("{}.{partition}", self.shared.group)
+    }
+
+    fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.shared.runtime.block_on(future)
+    }
+
+    /// Takes ownership of `partition`: fences its previous writer, then rebuilds its
+    /// aggregates from snapshots and the events after them, and its seen command ids
+    /// from the outcomes topic.
+    fn restore(&mut self, partition: i32) -> Result<(), ProcessorError> {
+        let span = info_span!("restore", aggregate = A::NAME, partition);
+        let _enter = span.enter();
+        let started = Instant::now();
+        let shared = Arc::clone(&self.shared);
+        self.partitions.remove(&partition);
+        let settings = &shared.settings;
+        let producer: BaseProducer<DeliveryContext> = shared
+            .kafka
+            .client_config()
+            .set("transactional.id", self.transactional_id(partition))
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "1")
+            .set("transaction.timeout.ms", settings.transaction_timeout.as_millis().to_string())
+            .set("message.timeout.ms", settings.transaction_timeout.as_millis().to_string())
+            .create_with_context(DeliveryContext {
+                events_topic: shared.layout.events.clone(),
+                max_offset: AtomicI64::new(-1),
+                failed: AtomicBool::new(false),
+            })
+            .map_err(kafka("create transactional producer"))?;
+        // Fences the previous owner and completes or aborts its open transaction.
+        producer
+            .init_transactions(settings.transaction_timeout)
+            .map_err(kafka("init transactions"))?;
+
+        let (aggregates, read, applied) = self.restore_aggregates(partition, false)?;
+        let (seen, seen_order) = self.restore_seen(partition)?;
+        let max_offset = aggregates.values().map(|s| s.offset_bound).max().unwrap_or(-1);
+        producer.context().max_offset.store(max_offset, Ordering::SeqCst);
+        info!(
+            aggregates = aggregates.len(),
+            events_read = read,
+            events_applied = applied,
+            seen_commands = seen.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "partition restored"
+        );
+        ProcessorStats::add(&shared.stats.restores, 1);
+        self.partitions.insert(
+            partition,
+            PartitionState {
+                dirty: aggregates
+                    .iter()
+                    .filter(|(_, s)| s.version > s.snapshot_version)
+                    .map(|(id, _)| id.clone())
+                    .collect(),
+                producer,
+                aggregates,
+                seen,
+                seen_order,
+                events_since_flush: 0,
+                touched: HashSet::new(),
+            },
+        );
+        lock(&shared.stats.owned).push(partition);
+        Ok(())
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn restore_aggregates(
+        &mut self,
+        partition: i32,
+        full: bool,
+    ) -> Result<(HashMap<String, Slot<A>>, u64, u64), ProcessorError> {
+        let shared = Arc::clone(&self.shared);
+        let mut aggregates: HashMap<String, Slot<A>> = HashMap::new();
+        let mut start = 0;
+        if let Some(store) = &shared.store {
+            let snapshots = self.block_on(snapshot::load_partition(store, A::NAME, partition))?;
+            let mut broken = false;
+            for row in snapshots.rows {
+                let state = if row.state_version == A::STATE_VERSION as i32 {
+                    serde_json::from_value::<A>(row.state).map_err(|e| e.to_string())
+                } else {
+                    Err(format!(
+                        "state version {} differs from the current {}",
+                        row.state_version,
+                        A::STATE_VERSION
+                    ))
+                };
+                match state {
+                    Ok(state) => {
+                        let version = u64::try_from(row.version).unwrap_or(0);
+                        aggregates.insert(
+                            row.aggregate_id,
+                            Slot { state, version, snapshot_version: version, offset_bound: row.events_offset },
+                        );
+                    }
+                    Err(reason) => {
+                        warn!(aggregate_id = %row.aggregate_id, %reason,
+                            "discarding an unreadable snapshot; rebuilding the aggregate from its events");
+                        ProcessorStats::add(&shared.stats.snapshots_discarded, 1);
+                        self.block_on(snapshot::discard(store, A::NAME, partition, &row.aggregate_id))?;
+                        broken = true;
+                    }
+                }
+            }
+            if !broken && !full && let Some(w) = snapshots.watermark {
+                start = w + 1;
+            }
+        }
+        let topic = shared.layout.events.clone();
+        let (low, high) = self
+            .restore_consumer
+            .fetch_watermarks(&topic, partition, Duration::from_secs(30))
+            .map_err(kafka("fetch events watermarks"))?;
+        let start = start.max(low);
+        let (mut read, mut applied) = (0u64, 0u64);
+        let mut gap = None;
+        self.read_range(&topic, partition, start, high, |message| {
+            read += 1;
+            let envelope = shared.codec.decode(&record_ref(message)).map_err(|e| ProcessorError::Unreadable {
+                partition,
+                offset: message.offset(),
+                reason: e.to_string(),
+            })?;
+            let slot = aggregates.entry(envelope.aggregate_id.into_string()).or_default();
+            slot.offset_bound = slot.offset_bound.max(message.offset());
+            if envelope.sequence <= slot.snapshot_version {
+                return Ok(()); // covered by the snapshot
+            }
+            if envelope.sequence != slot.version + 1 {
+                gap.get_or_insert((message.offset(), slot.version, envelope.sequence));
+                return Ok(());
+            }
+            slot.state.apply(&envelope.event);
+            slot.version = envelope.sequence;
+            applied += 1;
+            Ok(())
+        })?;
+        ProcessorStats::add(&shared.stats.restore_records_read, read);
+        ProcessorStats::add(&shared.stats.restore_events_applied, applied);
+        if let Some((offset, version, sequence)) = gap {
+            if start > low && !full {
+                // Snapshot rows were deleted under a watermark: read everything.
+                warn!(partition, offset, "snapshots do not cover the partition; replaying it from the start");
+                return self.restore_aggregates(partition, true);
+            }
+            let aggregate_id = aggregates
+                .iter()
+                .find(|(_, s)| s.version == version)
+                .map(|(id, _)| id.clone())
+                .unwrap_or_default();
+            return Err(ProcessorError::Inconsistent { partition, offset, aggregate_id, version, sequence });
+        }
+        Ok((aggregates, read, applied))
+    }
+
+    fn restore_seen(
+        &mut self,
+        partition: i32,
+    ) -> Result<(HashMap<String, Arc<Vec<u8>>>, VecDeque<(SystemTime, String)>), ProcessorError> {
+        let topic = self.shared.layout.outcomes.clone();
+        let window = self.shared.settings.dedup_window;
+        let since = SystemTime::now().checked_sub(window).unwrap_or(SystemTime::UNIX_EPOCH);
+        let (low, high) = self
+            .restore_consumer
+            .fetch_watermarks(&topic, partition, Duration::from_secs(30))
+            .map_err(kafka("fetch outcomes watermarks"))?;
+        let mut seen = HashMap::new();
+        let mut order = VecDeque::new();
+        self.read_range(&topic, partition, low, high, |message| {
+            let time = message
+                .timestamp()
+                .to_millis()
+                .and_then(|ms| u64::try_from(ms).ok())
+                .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+                .unwrap_or_else(SystemTime::now);
+            if time < since {
+                return Ok(());
+            }
+            let Some(payload) = message.payload() else { return Ok(()) };
+            match serde_json::from_slice::<ReplyWire>(payload) {
+                Ok(reply) => {
+                    order.push_back((time, reply.command_id.clone()));
+                    seen.insert(reply.command_id, Arc::new(payload.to_vec()));
+                }
+                Err(error) => warn!(%error, offset = message.offset(), "skipping an unreadable outcome record"),
+            }
+            Ok(())
+        })?;
+        Ok((seen, order))
+    }
+
+    /// Reads `[start, end)` of a partition with read_committed, calling `f` per record.
+    fn read_range(
+        &self,
+        topic: &str,
+        partition: i32,
+        start: i64,
+        end: i64,
+        mut f: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> Result<(), ProcessorError>,
+    ) -> Result<(), ProcessorError> {
+        if start >= end {
+            return Ok(());
+        }
+        let consumer = &self.restore_consumer;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(start))
+            .map_err(kafka("assign restore partition"))?;
+        consumer.assign(&tpl).map_err(kafka("assign restore partition"))?;
+        let started = Instant::now();
+        let mut position = start;
+        let result = loop {
+            if position >= end {
+                break Ok(());
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => {
+                    position = message.offset() + 1;
+                    if message.offset() < end
+                        && let Err(e) = f(&message)
+                    {
+                        break Err(e);
+                    }
+                }
+                Some(Err(error)) => warn!(%error, "restore consumer error"),
+                None => {
+                    // Transaction markers take offsets but are not delivered.
+                    if let Ok(Some(p)) = consumer
+                        .position()
+                        .map(|tpl| tpl.find_partition(topic, partition).and_then(|e| e.offset().to_raw()))
+                    {
+                        position = position.max(p);
+                    }
+                }
+            }
+            if started.elapsed() > self.shared.settings.restore_timeout {
+                break Err(ProcessorError::RestoreTimeout {
+                    partition,
+                    waited: started.elapsed(),
+                    position,
+                    end,
+                });
+            }
+        };
+        let _ = consumer.unassign();
+        result
+    }
+
+    /// Hands every aggregate changed since its last snapshot to the writer and
+    /// advances the partition's watermark; waits for the write if `wait`.
+    fn flush(&mut self, partition: i32, wait: bool) {
+        let Some(tx) = self.snapshot_tx.clone() else { return };
+        let Some(part) = self.partitions.get_mut(&partition) else { return };
+        let watermark = part.producer.context().max_offset.load(Ordering::SeqCst);
+        let mut rows = Vec::new();
+        for id in &part.dirty {
+            let Some(slot) = part.aggregates.get(id) else { continue };
+            match snapshot_row(id, slot) {
+                Some(row) => rows.push(row),
+                None => return, // cannot cover every aggregate: keep the old watermark
+            }
+        }
+        for id in part.dirty.drain() {
+            if let Some(slot) = part.aggregates.get_mut(&id) {
+                slot.snapshot_version = slot.version;
+            }
+        }
+        part.events_since_flush = 0;
+        ProcessorStats::add(&self.shared.stats.snapshots, rows.len() as u64);
+        let (done, wait_for) = if wait {
+            let (s, r) = tokio::sync::oneshot::channel();
+            (Some(s), Some(r))
+        } else {
+            (None, None)
+        };
+        let job = SnapshotJob { partition, rows, watermark: (watermark >= 0).then_some(watermark), done };
+        if tx.send(job).is_err() {
+            warn!(partition, "snapshot writer is gone");
+            return;
+        }
+        if let Some(r) = wait_for {
+            match self.block_on(async { tokio::time::timeout(Duration::from_secs(30), r).await }) {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(error))) => warn!(%error, partition, "snapshots on revoke failed"),
+                _ => warn!(partition, "snapshots on revoke did not finish in 30 s"),
+            }
+        }
+    }
+
+    /// Gives up partitions: snapshots them (if `snapshot`) and drops their state.
+    fn revoke(&mut self, partitions: &[i32], snapshot: bool) {
+        for &p in partitions {
+            if snapshot {
+                self.flush(p, true);
+            }
+            if self.partitions.remove(&p).is_some() {
+                info!(partition = p, "partition revoked");
+            }
+        }
+        lock(&self.shared.stats.owned).retain(|p| !partitions.contains(p));
+    }
+
+    /// Processes one partition's batch in one transaction.
+    fn process(
+        &mut self,
+        partition: i32,
+        messages: &[OwnedMessage],
+        metadata: &ConsumerGroupMetadata,
+    ) -> Result<(), BatchFailure> {
+        let shared = Arc::clone(&self.shared);
+        let first = messages.first().map_or(-1, Message::offset);
+        let last = messages.last().map_or(-1, Message::offset);
+        let span = info_span!("command_batch", aggregate = A::NAME, partition, commands = messages.len(),
+            first_offset = first, last_offset = last);
+        let _enter = span.enter();
+        let Some(part) = self.partitions.get_mut(&partition) else {
+            return Err(BatchFailure::Retry);
+        };
+        let timeout = shared.settings.transaction_timeout;
+        let result = (|| -> KafkaResult<Vec<(String, Arc<Vec<u8>>)>> {
+            part.producer.begin_transaction()?;
+            part.producer.context().failed.store(false, Ordering::SeqCst);
+            let mut new_seen: Vec<(String, Arc<Vec<u8>>)> = Vec::new();
+            for message in messages {
+                if let Some(entry) = handle_one(&shared, partition, part, &new_seen, message)? {
+                    new_seen.push(entry);
+                }
+            }
+            let mut offsets = TopicPartitionList::new();
+            offsets.add_partition_offset(&shared.layout.commands, partition, Offset::Offset(last + 1))?;
+            part.producer.send_offsets_to_transaction(&offsets, metadata, timeout)?;
+            if let Some(hook) = &shared.before_commit {
+                hook(partition);
+            }
+            part.producer.commit_transaction(timeout)?;
+            Ok(new_seen)
+        })();
+        match result {
+            Ok(new_seen) => {
+                ProcessorStats::add(&shared.stats.transactions, 1);
+                let now = SystemTime::now();
+                for (id, reply) in new_seen {
+                    part.seen_order.push_back((now, id.clone()));
+                    part.seen.insert(id, reply);
+                }
+                let horizon = now.checked_sub(shared.settings.dedup_window).unwrap_or(SystemTime::UNIX_EPOCH);
+                while part.seen_order.front().is_some_and(|(t, _)| *t < horizon) {
+                    if let Some((_, id)) = part.seen_order.pop_front() {
+                        part.seen.remove(&id);
+                    }
+                }
+                self.after_commit(partition);
+                Ok(())
+            }
+            Err(error) => {
+                let fenced = matches!(&error, KafkaError::Transaction(e) if e.is_fatal())
+                    || error.rdkafka_error_code().is_some_and(|c| {
+                        matches!(c, rdkafka::types::RDKafkaErrorCode::Fenced
+                            | rdkafka::types::RDKafkaErrorCode::ProducerFenced
+                            | rdkafka::types::RDKafkaErrorCode::InvalidProducerEpoch)
+                    });
+                if fenced {
+                    error!(%error, partition, "commit refused: another processor owns this partition now; dropping it");
+                    ProcessorStats::add(&shared.stats.fenced, 1);
+                    self.partitions.remove(&partition);
+                    lock(&shared.stats.owned).retain(|p| *p != partition);
+                    return Err(BatchFailure::Fenced);
+                }
+                warn!(%error, partition, "transaction failed; aborting and restoring the partition");
+                let _ = part.producer.abort_transaction(timeout);
+                ProcessorStats::add(&shared.stats.aborted, 1);
+                // The in-memory state saw the aborted events: rebuild it.
+                if let Err(error) = self.restore(partition) {
+                    error!(%error, partition, "restore after abort failed");
+                    self.fatal.get_or_insert(error);
+                }
+                Err(BatchFailure::Retry)
+            }
+        }
+    }
+
+    fn after_commit(&mut self, partition: i32) {
+        let Some(part) = self.partitions.get_mut(&partition) else { return };
+        // Every event of this transaction is at or before the highest delivered offset.
+        let bound = part.producer.context().max_offset.load(Ordering::SeqCst);
+        let touched: Vec<String> = part.touched.drain().collect();
+        for id in &touched {
+            if let Some(slot) = part.aggregates.get_mut(id) {
+                slot.offset_bound = bound;
+            }
+        }
+        let (Some(every), Some(tx)) = (A::SNAPSHOT_EVERY.filter(|n| *n > 0), self.snapshot_tx.clone()) else {
+            return;
+        };
+        if part.events_since_flush >= self.shared.settings.flush_every {
+            self.flush(partition, false);
+            return;
+        }
+        let mut rows = Vec::new();
+        for id in touched {
+            let Some(slot) = part.aggregates.get_mut(&id) else { continue };
+            if slot.version / every > slot.snapshot_version / every
+                && let Some(row) = snapshot_row(&id, slot)
+            {
+                rows.push(row);
+                slot.snapshot_version = slot.version;
+                part.dirty.remove(&id);
+            }
+        }
+        if !rows.is_empty() {
+            ProcessorStats::add(&self.shared.stats.snapshots, rows.len() as u64);
+            let _ = tx.send(SnapshotJob { partition, rows, watermark: None, done: None });
+        }
+    }
+}
+
+fn snapshot_row<A: Aggregate>(id: &str, slot: &Slot<A>) -> Option<SnapshotRow> {
+    match serde_json::to_value(&slot.state) {
+        Ok(state) => Some(SnapshotRow {
+            aggregate_id: id.to_owned(),
+            version: i64::try_from(slot.version).ok()?,
+            events_offset: slot.offset_bound,
+            state,
+            state_version: A::STATE_VERSION as i32,
+        }),
+        Err(error) => {
+            warn!(%error, aggregate_id = id, "aggregate state does not serialize; no snapshot");
+            None
+        }
+    }
+}
+
+/// Handles one command inside the open transaction. Returns the new seen entry.
+fn handle_one<A: Aggregate>(
+    shared: &Shared<A>,
+    partition: i32,
+    part: &mut PartitionState<A>,
+    batch_seen: &[(String, Arc<Vec<u8>>)],
+    message: &OwnedMessage,
+) -> KafkaResult<Option<(String, Arc<Vec<u8>>)>> {
+    let record = record_ref(message);
+    let command = match wire::decode_command(&record) {
+        Ok(c) => c,
+        Err(error) => {
+            error!(%error, partition, offset = message.offset(),
+                "skipping a command record nobody can be answered for");
+            ProcessorStats::add(&shared.stats.failed, 1);
+            return Ok(None);
+        }
+    };
+    let span = info_span!("command", command_id = command.command_id, aggregate_id = command.aggregate_id,
+        command_type = command.command_type, partition, offset = message.offset(),
+        version = tracing::field::Empty, outcome = tracing::field::Empty);
+    let _enter = span.enter();
+    ProcessorStats::add(&shared.stats.commands, 1);
+
+    let earlier = part
+        .seen
+        .get(command.command_id)
+        .cloned()
+        .or_else(|| batch_seen.iter().find(|(id, _)| id == command.command_id).map(|(_, r)| Arc::clone(r)));
+    if let Some(reply) = earlier {
+        ProcessorStats::add(&shared.stats.duplicates, 1);
+        Span::current().record("outcome", "duplicate");
+        debug!("command id seen before; replying with the original outcome");
+        if let Some(rp) = command.reply_partition {
+            send(&part.producer, &shared.layout.replies, rp, command.command_id.as_bytes(), &reply, command.correlation_id)?;
+        }
+        return Ok(None);
+    }
+
+    let outcome = decide(shared, partition, part, &command)?;
+    Span::current().record("outcome", match &outcome {
+        OutcomeWire::Accepted { .. } => "accepted",
+        OutcomeWire::Rejected { .. } => "rejected",
+        OutcomeWire::Failed { .. } => "failed",
+    });
+    let reply = ReplyWire { command_id: command.command_id.to_owned(), outcome };
+    let bytes = match serde_json::to_vec(&reply) {
+        Ok(b) => Arc::new(b),
+        Err(error) => {
+            error!(%error, "cannot serialize a reply");
+            return Ok(None);
+        }
+    };
+    send(&part.producer, &shared.layout.outcomes, partition, command.aggregate_id.as_bytes(), &bytes, command.correlation_id)?;
+    if let Some(rp) = command.reply_partition {
+        send(&part.producer, &shared.layout.replies, rp, command.command_id.as_bytes(), &bytes, command.correlation_id)?;
+    }
+    Ok(Some((command.command_id.to_owned(), bytes)))
+}
+
+fn decide<A: Aggregate>(
+    shared: &Shared<A>,
+    partition: i32,
+    part: &mut PartitionState<A>,
+    command: &wire::IncomingCommand<'_>,
+) -> KafkaResult<OutcomeWire> {
+    let Some(handler) = shared.handlers.get(command.command_type) else {
+        ProcessorStats::add(&shared.stats.failed, 1);
+        let mut known: Vec<&str> = shared.handlers.keys().map(String::as_str).collect();
+        known.sort_unstable();
+        return Ok(OutcomeWire::Failed {
+            reason: format!(
+                "unknown command type `{}`; this processor handles: {}",
+                command.command_type,
+                known.join(", ")
+            ),
+        });
+    };
+    let slot = part.aggregates.entry(command.aggregate_id.to_owned()).or_default();
+    let events = match handler(&slot.state, command.payload) {
+        Err(error) => {
+            ProcessorStats::add(&shared.stats.failed, 1);
+            return Ok(OutcomeWire::Failed { reason: format!("cannot deserialize `{}`: {error}", command.command_type) });
+        }
+        Ok(Err(domain_error)) => {
+            ProcessorStats::add(&shared.stats.rejected, 1);
+            return Ok(match serde_json::to_value(&domain_error) {
+                Ok(error) => OutcomeWire::Rejected { error },
+                Err(e) => OutcomeWire::Failed { reason: format!("rejected with `{domain_error}`, which does not serialize: {e}") },
+            });
+        }
+        Ok(Ok(events)) => events,
+    };
+    // Encode everything before touching the state, so a failure changes nothing.
+    let metadata = Metadata {
+        causation_id: Some(command.command_id.to_owned()),
+        correlation_id: Some(command.correlation_id.unwrap_or(command.command_id).to_owned()),
+        traceparent: command.traceparent.map(str::to_owned),
+    };
+    let count = events.len() as u64;
+    let mut envelopes = Vec::with_capacity(events.len());
+    let mut encoded = Vec::with_capacity(events.len());
+    let mut wires = Vec::with_capacity(events.len());
+    for (i, event) in events.into_iter().enumerate() {
+        let envelope = EventEnvelope {
+            id: uuid::Uuid::now_v7(),
+            aggregate_id: AggregateId::new(command.aggregate_id),
+            sequence: slot.version + 1 + i as u64,
+            time: chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6),
+            metadata: metadata.clone(),
+            event,
+        };
+        let encoded_pair = shared
+            .codec
+            .encode(&envelope)
+            .map_err(|e| e.to_string())
+            .and_then(|record| envelope.event.to_payload().map(|data| (record, data)).map_err(|e| e.to_string()));
+        let (record, data) = match encoded_pair {
+            Ok(pair) => pair,
+            Err(error) => {
+                ProcessorStats::add(&shared.stats.failed, 1);
+                return Ok(OutcomeWire::Failed { reason: format!("cannot encode the events: {error}") });
+            }
+        };
+        wires.push(EventWire {
+            id: envelope.id,
+            sequence: envelope.sequence,
+            ce_type: envelope.event.event_type().ce_type.to_owned(),
+            time: envelope.time,
+            data,
+        });
+        encoded.push(record);
+        envelopes.push(envelope);
+    }
+    for record in &encoded {
+        let headers = record.owned_headers();
+        let mut base = BaseRecord::to(&shared.layout.events)
+            .partition(partition)
+            .key(record.key.as_slice())
+            .payload(record.value.as_slice())
+            .headers(headers);
+        loop {
+            match part.producer.send(base) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                    part.producer.poll(Duration::from_millis(10));
+                    base = back;
+                }
+                Err((error, _)) => return Err(error),
+            }
+        }
+    }
+    for envelope in &envelopes {
+        slot.state.apply(&envelope.event);
+    }
+    slot.version += count;
+    let version = slot.version;
+    if count > 0 {
+        part.touched.insert(command.aggregate_id.to_owned());
+        part.dirty.insert(command.aggregate_id.to_owned());
+    }
+    part.events_since_flush += count;
+    ProcessorStats::add(&shared.stats.accepted, 1);
+    ProcessorStats::add(&shared.stats.events, count);
+    Span::current().record("version", version);
+    Ok(OutcomeWire::Accepted { version, events: wires })
+}
+
+fn send(
+    producer: &BaseProducer<DeliveryContext>,
+    topic: &str,
+    partition: i32,
+    key: &[u8],
+    value: &[u8],
+    correlation_id: Option<&str>,
+) -> KafkaResult<()> {
+    let mut headers = rdkafka::message::OwnedHeaders::new();
+    if let Some(id) = correlation_id {
+        headers = headers.insert(rdkafka::message::Header { key: crate::codec::headers::CORRELATION_ID, value: Some(id) });
+    }
+    let mut record = BaseRecord::to(topic).partition(partition).key(key).payload(value).headers(headers);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                producer.poll(Duration::from_millis(10));
+                record = back;
+            }
+            Err((error, _)) => return Err(error),
+        }
+    }
+}

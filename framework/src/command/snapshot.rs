@@ -1,0 +1,173 @@
+//! Aggregate snapshots in Postgres (`tributary_snapshots`).
+//!
+//! A snapshot is a cache: it is written only after the Kafka transaction that
+//! produced the events it covers has committed, an upsert only replaces an older
+//! snapshot (a stale writer cannot regress it), and losing every snapshot only makes
+//! the next restore slower.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::{PgStore, StoreError};
+
+/// One snapshot row.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub(crate) struct SnapshotRow {
+    pub(crate) aggregate_id: String,
+    pub(crate) version: i64,
+    pub(crate) events_offset: i64,
+    pub(crate) state: serde_json::Value,
+    pub(crate) state_version: i32,
+}
+
+/// The snapshots and the watermark of one events partition.
+#[derive(Debug, Default)]
+pub(crate) struct PartitionSnapshots {
+    pub(crate) rows: Vec<SnapshotRow>,
+    /// Every event at or before this offset is covered by `rows`.
+    pub(crate) watermark: Option<i64>,
+}
+
+pub(crate) async fn load_partition(
+    store: &PgStore,
+    aggregate_type: &str,
+    partition: i32,
+) -> Result<PartitionSnapshots, StoreError> {
+    let rows: Vec<SnapshotRow> = sqlx::query_as(
+        "SELECT aggregate_id, version, events_offset, state, state_version
+           FROM tributary_snapshots
+          WHERE aggregate_type = $1 AND events_partition = $2",
+    )
+    .bind(aggregate_type)
+    .bind(partition)
+    .fetch_all(store.pool())
+    .await
+    .map_err(StoreError::db("load snapshots"))?;
+    let mut out = PartitionSnapshots::default();
+    for row in rows {
+        if row.aggregate_id.is_empty() {
+            out.watermark = Some(row.events_offset);
+        } else {
+            out.rows.push(row);
+        }
+    }
+    Ok(out)
+}
+
+/// Writes a batch of snapshots and optionally advances the partition watermark, in
+/// one Postgres transaction. Each row replaces only an older snapshot.
+pub(crate) async fn save(
+    store: &PgStore,
+    aggregate_type: &str,
+    partition: i32,
+    rows: &[SnapshotRow],
+    watermark: Option<i64>,
+) -> Result<(), StoreError> {
+    let mut tx = store.pool().begin().await.map_err(StoreError::db("begin"))?;
+    if !rows.is_empty() {
+        let ids: Vec<&str> = rows.iter().map(|r| r.aggregate_id.as_str()).collect();
+        let versions: Vec<i64> = rows.iter().map(|r| r.version).collect();
+        let offsets: Vec<i64> = rows.iter().map(|r| r.events_offset).collect();
+        let states: Vec<&serde_json::Value> = rows.iter().map(|r| &r.state).collect();
+        let state_versions: Vec<i32> = rows.iter().map(|r| r.state_version).collect();
+        sqlx::query(
+            "INSERT INTO tributary_snapshots AS s
+                 (aggregate_type, events_partition, aggregate_id, version, events_offset, state, state_version)
+             SELECT $1, $2, * FROM UNNEST($3::text[], $4::bigint[], $5::bigint[], $6::jsonb[], $7::int[])
+             ON CONFLICT (aggregate_type, events_partition, aggregate_id) DO UPDATE
+                SET version = EXCLUDED.version, events_offset = EXCLUDED.events_offset,
+                    state = EXCLUDED.state, state_version = EXCLUDED.state_version, taken_at = now()
+              WHERE s.version < EXCLUDED.version
+                 OR (s.version = EXCLUDED.version AND s.state_version <> EXCLUDED.state_version)",
+        )
+        .bind(aggregate_type)
+        .bind(partition)
+        .bind(&ids)
+        .bind(&versions)
+        .bind(&offsets)
+        .bind(&states)
+        .bind(&state_versions)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::db("write snapshots"))?;
+    }
+    if let Some(offset) = watermark {
+        sqlx::query(
+            "INSERT INTO tributary_snapshots AS s
+                 (aggregate_type, events_partition, aggregate_id, version, events_offset, state, state_version)
+             VALUES ($1, $2, '', 0, $3, 'null', 0)
+             ON CONFLICT (aggregate_type, events_partition, aggregate_id) DO UPDATE
+                SET events_offset = EXCLUDED.events_offset, taken_at = now()
+              WHERE s.events_offset < EXCLUDED.events_offset",
+        )
+        .bind(aggregate_type)
+        .bind(partition)
+        .bind(offset)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::db("write snapshot watermark"))?;
+    }
+    tx.commit().await.map_err(StoreError::db("commit snapshots"))
+}
+
+/// Deletes one aggregate's snapshot and the partition's watermark (used when a
+/// snapshot could not be read: the restore then replays the whole partition).
+pub(crate) async fn discard(
+    store: &PgStore,
+    aggregate_type: &str,
+    partition: i32,
+    aggregate_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "DELETE FROM tributary_snapshots
+          WHERE aggregate_type = $1 AND events_partition = $2 AND aggregate_id IN ($3, '')",
+    )
+    .bind(aggregate_type)
+    .bind(partition)
+    .bind(aggregate_id)
+    .execute(store.pool())
+    .await
+    .map_err(StoreError::db("discard snapshot"))?;
+    Ok(())
+}
+
+/// A batch for the background writer.
+pub(crate) struct SnapshotJob {
+    pub(crate) partition: i32,
+    pub(crate) rows: Vec<SnapshotRow>,
+    pub(crate) watermark: Option<i64>,
+    pub(crate) done: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+/// Writes snapshots off the command path, in the order they were handed over.
+pub(crate) fn spawn_writer(
+    runtime: &tokio::runtime::Handle,
+    store: PgStore,
+    aggregate_type: &'static str,
+) -> mpsc::UnboundedSender<SnapshotJob> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<SnapshotJob>();
+    runtime.spawn(async move {
+        while let Some(job) = rx.recv().await {
+            let mut result = Err(StoreError::Database {
+                operation: "write snapshots",
+                source: sqlx::Error::PoolTimedOut,
+            });
+            // Snapshots are an optimisation: retry a little, then give up loudly.
+            for attempt in 0..3u32 {
+                result = save(&store, aggregate_type, job.partition, &job.rows, job.watermark).await;
+                match &result {
+                    Ok(()) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, attempt, partition = job.partition, "snapshot write failed");
+                        tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                    }
+                }
+            }
+            if let Some(done) = job.done {
+                let _ = done.send(result);
+            }
+        }
+    });
+    tx
+}

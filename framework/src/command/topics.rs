@@ -1,0 +1,321 @@
+//! Creating and validating an aggregate type's topics (DESIGN §2).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+
+use super::wire;
+use crate::config::KafkaConfig;
+
+/// How the topics of an aggregate type are created when missing.
+#[derive(Debug, Clone)]
+pub struct TopicSettings {
+    /// Partitions of the events, commands and outcomes topics. Fixed at creation:
+    /// an aggregate's partition is derived from it.
+    pub partitions: i32,
+    /// Replication factor; `None` means 3, or the number of brokers when fewer
+    /// (with a warning).
+    pub replication_factor: Option<i32>,
+    /// Retention of the commands topic.
+    pub command_retention: Duration,
+    /// Retention of the outcomes topic; must exceed the processor's dedup window.
+    pub outcome_retention: Duration,
+    /// Partitions of the shared replies topic.
+    pub reply_partitions: i32,
+    /// Retention of the replies topic.
+    pub reply_retention: Duration,
+}
+
+impl Default for TopicSettings {
+    fn default() -> Self {
+        Self {
+            partitions: 12,
+            replication_factor: None,
+            command_retention: Duration::from_secs(7 * 24 * 3600),
+            outcome_retention: Duration::from_secs(2 * 24 * 3600),
+            reply_partitions: 12,
+            reply_retention: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Why the topics cannot be used. Each message says how to fix it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TopicError {
+    /// The events topic is compacted: compaction deletes events.
+    #[error(
+        "events topic `{topic}` has cleanup.policy={policy}; an events topic is the system of record and must \
+         never be compacted. Fix: kafka-configs.sh --alter --entity-type topics --entity-name {topic} \
+         --add-config cleanup.policy=delete"
+    )]
+    Compacted {
+        /// The topic.
+        topic: String,
+        /// The policy found.
+        policy: String,
+    },
+    /// The events topic deletes old events.
+    #[error(
+        "events topic `{topic}` has {setting}={value}; events must be kept forever. Fix: kafka-configs.sh \
+         --alter --entity-type topics --entity-name {topic} --add-config {setting}=-1"
+    )]
+    FiniteRetention {
+        /// The topic.
+        topic: String,
+        /// `retention.ms` or `retention.bytes`.
+        setting: &'static str,
+        /// The value found.
+        value: String,
+    },
+    /// A topic's partition count differs from the events topic's.
+    #[error(
+        "topic `{topic}` has {found} partitions but events topic `{events_topic}` has {expected}; they must be \
+         co-partitioned so one processor owns an aggregate's commands and events. Fix: recreate `{topic}` with \
+         {expected} partitions (it holds no events), or point the application at the existing layout"
+    )]
+    PartitionMismatch {
+        /// The topic with the wrong count.
+        topic: String,
+        /// Its partition count.
+        found: usize,
+        /// The events topic.
+        events_topic: String,
+        /// The events topic's partition count.
+        expected: usize,
+    },
+    /// A topic could not be created.
+    #[error("cannot create topic `{topic}`: {code:?}; check the principal's CreateTopics ACL or create it by hand")]
+    Create {
+        /// The topic.
+        topic: String,
+        /// The broker's error code.
+        code: RDKafkaErrorCode,
+    },
+    /// The cluster could not be asked.
+    #[error("Kafka admin operation `{operation}` failed: {source}; is the cluster reachable at the configured bootstrap.servers?")]
+    Kafka {
+        /// What was being done.
+        operation: &'static str,
+        /// The client's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// A topic did not appear in the metadata after creation.
+    #[error("topic `{0}` did not appear in the cluster metadata within 30 s after creation")]
+    NotVisible(String),
+}
+
+fn kafka(operation: &'static str) -> impl FnOnce(KafkaError) -> TopicError {
+    move |source| TopicError::Kafka { operation, source }
+}
+
+/// What `ensure_topics` found or made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicLayout {
+    /// Events topic name.
+    pub events: String,
+    /// Commands topic name.
+    pub commands: String,
+    /// Outcomes topic name.
+    pub outcomes: String,
+    /// Replies topic name.
+    pub replies: String,
+    /// Partitions of events/commands/outcomes.
+    pub partitions: usize,
+    /// Partitions of the replies topic.
+    pub reply_partitions: usize,
+    /// Brokers in the cluster.
+    pub brokers: usize,
+}
+
+async fn partition_counts(config: &KafkaConfig) -> Result<(HashMap<String, usize>, usize), TopicError> {
+    let client_config = config.client_config();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = client_config.create().map_err(kafka("create client"))?;
+        let metadata = consumer
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map_err(kafka("fetch metadata"))?;
+        let counts = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .map(|t| (t.name().to_owned(), t.partitions().len()))
+            .collect();
+        Ok((counts, metadata.brokers().len()))
+    })
+    .await
+    .map_err(|_| TopicError::NotVisible("metadata task panicked".into()))?
+}
+
+/// Creates the events, commands, outcomes and replies topics of `aggregate` under
+/// `prefix` if missing, then validates them: an events topic that is compacted or
+/// has finite retention, or commands/outcomes topics whose partition count differs
+/// from the events topic's, is an error saying how to fix it.
+pub async fn ensure_topics(
+    config: &KafkaConfig,
+    prefix: &str,
+    aggregate: &str,
+    settings: &TopicSettings,
+) -> Result<TopicLayout, TopicError> {
+    let events = wire::events_topic(prefix, aggregate);
+    let commands = wire::commands_topic(prefix, aggregate);
+    let outcomes = wire::outcomes_topic(prefix, aggregate);
+    let replies = wire::replies_topic(prefix);
+
+    let (mut counts, brokers) = partition_counts(config).await?;
+    let replication = settings.replication_factor.unwrap_or_else(|| {
+        let rf = i32::try_from(brokers.clamp(1, 3)).unwrap_or(1);
+        if rf < 3 {
+            tracing::warn!(brokers, replication_factor = rf,
+                "the cluster has fewer than 3 brokers: topics are created with replication factor {rf}; \
+                 a broker loss can lose events. Use at least 3 brokers in production");
+        }
+        rf
+    });
+    let ms = |d: Duration| d.as_millis().to_string();
+    let min_isr = if replication >= 3 { "2" } else { "1" };
+    let command_retention = ms(settings.command_retention);
+    let outcome_retention = ms(settings.outcome_retention);
+    let reply_retention = ms(settings.reply_retention);
+    let wanted: Vec<NewTopic<'_>> = [
+        (&events, settings.partitions, vec![("retention.ms", "-1"), ("retention.bytes", "-1")]),
+        (&commands, settings.partitions, vec![("retention.ms", command_retention.as_str())]),
+        (&outcomes, settings.partitions, vec![("retention.ms", outcome_retention.as_str())]),
+        (&replies, settings.reply_partitions, vec![("retention.ms", reply_retention.as_str())]),
+    ]
+    .into_iter()
+    .filter(|(name, _, _)| !counts.contains_key(name.as_str()))
+    .map(|(name, partitions, extra)| {
+        let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication))
+            .set("cleanup.policy", "delete")
+            .set("min.insync.replicas", min_isr)
+            .set("unclean.leader.election.enable", "false");
+        for (k, v) in extra {
+            topic = topic.set(k, v);
+        }
+        topic
+    })
+    .collect();
+
+    if !wanted.is_empty() {
+        let admin: AdminClient<DefaultClientContext> =
+            config.client_config().create().map_err(kafka("create admin client"))?;
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        for result in admin.create_topics(&wanted, &options).await.map_err(kafka("create topics"))? {
+            match result {
+                Ok(topic) => tracing::info!(%topic, "created topic"),
+                // Another instance created it first: fine, validated below.
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => return Err(TopicError::Create { topic, code }),
+            }
+        }
+        for _ in 0..300 {
+            (counts, _) = partition_counts(config).await?;
+            if wanted.iter().all(|t| counts.contains_key(t.name)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if let Some(missing) = wanted.iter().find(|t| !counts.contains_key(t.name)) {
+            return Err(TopicError::NotVisible(missing.name.to_owned()));
+        }
+    }
+
+    let count = |topic: &str| counts.get(topic).copied().unwrap_or_default();
+    let expected = count(&events);
+    for topic in [&commands, &outcomes] {
+        if count(topic) != expected {
+            return Err(TopicError::PartitionMismatch {
+                topic: topic.clone(),
+                found: count(topic),
+                events_topic: events.clone(),
+                expected,
+            });
+        }
+    }
+    validate_events_config(config, &events).await?;
+    Ok(TopicLayout {
+        partitions: expected,
+        reply_partitions: count(&replies),
+        events,
+        commands,
+        outcomes,
+        replies,
+        brokers,
+    })
+}
+
+async fn validate_events_config(config: &KafkaConfig, events: &str) -> Result<(), TopicError> {
+    let admin: AdminClient<DefaultClientContext> =
+        config.client_config().create().map_err(kafka("create admin client"))?;
+    let described = admin
+        .describe_configs(&[ResourceSpecifier::Topic(events)], &AdminOptions::new())
+        .await
+        .map_err(kafka("describe topic configs"))?;
+    for resource in described.into_iter().flatten() {
+        let value = |name: &str| resource.get(name).and_then(|e| e.value.clone());
+        if let Some(policy) = value("cleanup.policy")
+            && policy.contains("compact")
+        {
+            return Err(TopicError::Compacted {
+                topic: events.to_owned(),
+                policy,
+            });
+        }
+        for setting in ["retention.ms", "retention.bytes"] {
+            if let Some(v) = value(setting)
+                && v.trim() != "-1"
+            {
+                return Err(TopicError::FiniteRetention {
+                    topic: events.to_owned(),
+                    setting,
+                    value: v,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates the shared replies topic if missing; returns its partition count.
+pub(crate) async fn ensure_replies_topic(
+    config: &KafkaConfig,
+    prefix: &str,
+    settings: &TopicSettings,
+) -> Result<i32, TopicError> {
+    let replies = wire::replies_topic(prefix);
+    let (counts, brokers) = partition_counts(config).await?;
+    if let Some(n) = counts.get(&replies) {
+        return Ok(i32::try_from(*n).unwrap_or(i32::MAX));
+    }
+    let replication = settings
+        .replication_factor
+        .unwrap_or_else(|| i32::try_from(brokers.clamp(1, 3)).unwrap_or(1));
+    let admin: AdminClient<DefaultClientContext> =
+        config.client_config().create().map_err(kafka("create admin client"))?;
+    let retention = settings.reply_retention.as_millis().to_string();
+    let topic = NewTopic::new(&replies, settings.reply_partitions, TopicReplication::Fixed(replication))
+        .set("cleanup.policy", "delete")
+        .set("retention.ms", &retention);
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics(&[topic], &options).await.map_err(kafka("create topics"))? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(TopicError::Create { topic, code }),
+        }
+    }
+    for _ in 0..300 {
+        let (counts, _) = partition_counts(config).await?;
+        if let Some(n) = counts.get(&replies) {
+            return Ok(i32::try_from(*n).unwrap_or(i32::MAX));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(TopicError::NotVisible(replies))
+}

