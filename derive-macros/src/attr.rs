@@ -7,12 +7,11 @@ use std::cell::RefCell;
 use std::fmt::Display;
 use std::str::FromStr;
 
-use proc_macro2::{Span, TokenStream, TokenTree};
+use proc_macro2::{TokenStream, TokenTree};
 use quote::ToTokens;
 use syn::ext::IdentExt;
-use syn::parse::discouraged::Speculative;
 use syn::parse::ParseStream;
-use syn::spanned::Spanned;
+use syn::parse::discouraged::Speculative;
 use syn::{Attribute, Ident, Lit, LitInt, LitStr, Meta, Path, Token, Type};
 
 /// Collects errors so that one expansion reports all of them.
@@ -31,11 +30,6 @@ impl Ctxt {
         self.errors
             .borrow_mut()
             .push(syn::Error::new_spanned(tokens.into_token_stream(), message));
-    }
-
-    /// Records an error at `span`.
-    pub(crate) fn error_at<M: Display>(&self, span: Span, message: M) {
-        self.errors.borrow_mut().push(syn::Error::new(span, message));
     }
 
     /// Records an error produced by syn.
@@ -123,7 +117,6 @@ impl ToTokens for Value {
 }
 
 struct Entry {
-    key: Ident,
     spec: &'static Key,
     value: Value,
 }
@@ -135,6 +128,8 @@ pub(crate) struct Attrs<'a> {
     entries: Vec<Entry>,
     /// The first matching attribute, to point at when a required key is missing.
     first: Option<&'a Attribute>,
+    /// Keys suggested for unknown keys (`nmae` → `name`): not reported again as missing.
+    suggested: Vec<&'static str>,
 }
 
 impl<'a> Attrs<'a> {
@@ -145,6 +140,7 @@ impl<'a> Attrs<'a> {
             schema,
             entries: Vec::new(),
             first: None,
+            suggested: Vec::new(),
         };
         for attr in attrs.iter().filter(|a| a.path().is_ident(schema.attr)) {
             this.first.get_or_insert(attr);
@@ -186,9 +182,12 @@ impl<'a> Attrs<'a> {
                 let _ = input.parse::<Token![,]>();
             } else {
                 let rest = skip_to_comma(input);
+                let attr = self.schema.attr;
                 self.cx.error_spanned_by(
                     rest,
-                    "expected `,` between entries: `#[attr(key = value, key = value)]`",
+                    format_args!(
+                        "expected `,` between entries: `#[{attr}(key = value, key = value)]`"
+                    ),
                 );
             }
         }
@@ -260,10 +259,10 @@ impl<'a> Attrs<'a> {
             );
             return;
         }
-        self.entries.push(Entry { key, spec, value });
+        self.entries.push(Entry { spec, value });
     }
 
-    fn unknown_key(&self, key: &Ident, key_name: &str) {
+    fn unknown_key(&mut self, key: &Ident, key_name: &str) {
         let schema = self.schema;
         let mut message = format!(
             "unknown key `{key_name}` in `#[{}(...)]` on {}",
@@ -274,10 +273,16 @@ impl<'a> Attrs<'a> {
             message.push_str(hint);
         } else if let Some(suggestion) = closest(key_name, schema.keys.iter().map(|k| k.name)) {
             message.push_str(&format!("; did you mean `{suggestion}`?"));
+            self.suggested.push(suggestion);
         } else {
             message.push_str(&format!("; the keys here are {}", schema.key_list()));
         }
         self.cx.error_spanned_by(key, message);
+    }
+
+    /// Whether an unknown key was reported with `name` as the suggested fix.
+    pub(crate) fn was_suggested(&self, name: &str) -> bool {
+        self.suggested.contains(&name)
     }
 
     /// Whether no `#[attr(...)]` was found at all.
@@ -291,18 +296,16 @@ impl<'a> Attrs<'a> {
     }
 
     fn entry(&self, name: &str) -> Option<&Entry> {
-        debug_assert!(self.schema.key(name).is_some(), "key `{name}` not in schema");
+        debug_assert!(
+            self.schema.key(name).is_some(),
+            "key `{name}` not in schema"
+        );
         self.entries.iter().find(|e| e.spec.name == name)
     }
 
     /// Whether `key` was written (with a value of any kind).
     pub(crate) fn has(&self, name: &str) -> bool {
         self.entry(name).is_some()
-    }
-
-    /// The key as written, to point at.
-    pub(crate) fn key_ident(&self, name: &str) -> Option<&Ident> {
-        self.entry(name).map(|e| &e.key)
     }
 
     fn wrong_kind(&self, entry: &Entry, message: String) {
@@ -320,14 +323,18 @@ impl<'a> Attrs<'a> {
                 let written = p.to_token_stream().to_string();
                 self.wrong_kind(
                     entry,
-                    format!("`{name}` takes a string: write it in quotes: `{name} = \"{written}\"`"),
+                    format!(
+                        "`{name}` takes a string: write it in quotes: `{name} = \"{written}\"`"
+                    ),
                 );
             }
             Value::Lit(Lit::Int(int)) => {
                 let written = int.base10_digits();
                 self.wrong_kind(
                     entry,
-                    format!("`{name}` takes a string: write it in quotes: `{name} = \"{written}\"`"),
+                    format!(
+                        "`{name}` takes a string: write it in quotes: `{name} = \"{written}\"`"
+                    ),
                 );
             }
             _ => self.wrong_kind(
@@ -370,6 +377,13 @@ impl<'a> Attrs<'a> {
             }
         };
         match lit.base10_parse::<N>() {
+            _ if lit.base10_digits().starts_with('-') => {
+                self.cx.error_spanned_by(
+                    lit,
+                    format_args!("`{name}` must be at least 1: write `{example}`"),
+                );
+                None
+            }
             Ok(n) if n == N::default() => {
                 self.cx.error_spanned_by(
                     lit,
@@ -381,7 +395,10 @@ impl<'a> Attrs<'a> {
             Err(error) => {
                 self.cx.error_spanned_by(
                     lit,
-                    format_args!("`{name}` must be a positive integer that fits in `{}`: {error}", short_type_name::<N>()),
+                    format_args!(
+                        "`{name}` must be a positive integer that fits in `{}`: {error}",
+                        short_type_name::<N>()
+                    ),
                 );
                 None
             }
@@ -409,6 +426,14 @@ impl<'a> Attrs<'a> {
             _ => self.wrong_kind(entry, format!("`{name}` takes a type: write `{example}`")),
         }
         None
+    }
+
+    /// The path to the framework: `crate = "..."` or `::tributary`.
+    pub(crate) fn crate_path(&self) -> TokenStream {
+        match self.get_path("crate") {
+            Some(path) => path.into_token_stream(),
+            None => quote::quote!(::tributary),
+        }
     }
 
     /// A path written as a string literal, e.g. `crate = "tb"`.
@@ -442,11 +467,6 @@ impl<'a> Attrs<'a> {
         }
         None
     }
-
-    /// The span to point at for an error about the whole attribute, or `fallback`.
-    pub(crate) fn span_or(&self, fallback: Span) -> Span {
-        self.first.map_or(fallback, Spanned::span)
-    }
 }
 
 fn short_type_name<N>() -> &'static str {
@@ -456,22 +476,22 @@ fn short_type_name<N>() -> &'static str {
 
 /// Parses one value: a literal, a type, or anything else up to the next `,`.
 fn parse_value(input: ParseStream<'_>) -> Value {
-    if input.peek(Lit) {
-        if let Ok(lit) = input.parse::<Lit>() {
-            if input.is_empty() || input.peek(Token![,]) {
-                return Value::Lit(lit);
-            }
-            let mut tokens = lit.to_token_stream();
-            tokens.extend(skip_to_comma(input));
-            return Value::Other(tokens);
+    if input.peek(Lit)
+        && let Ok(lit) = input.parse::<Lit>()
+    {
+        if input.is_empty() || input.peek(Token![,]) {
+            return Value::Lit(lit);
         }
+        let mut tokens = lit.to_token_stream();
+        tokens.extend(skip_to_comma(input));
+        return Value::Other(tokens);
     }
     let fork = input.fork();
-    if let Ok(ty) = fork.parse::<Type>() {
-        if fork.is_empty() || fork.peek(Token![,]) {
-            input.advance_to(&fork);
-            return Value::Type(ty);
-        }
+    if let Ok(ty) = fork.parse::<Type>()
+        && (fork.is_empty() || fork.peek(Token![,]))
+    {
+        input.advance_to(&fork);
+        return Value::Type(ty);
     }
     Value::Other(skip_to_comma(input))
 }
@@ -523,14 +543,25 @@ pub(crate) fn closest<'c>(
     written: &str,
     candidates: impl IntoIterator<Item = &'c str>,
 ) -> Option<&'c str> {
-    let written_lower = written.to_lowercase();
+    let written = written.to_lowercase();
     let max = (written.chars().count().max(3) / 3).max(1);
-    candidates
-        .into_iter()
-        .map(|c| (edit_distance(&written_lower, c), c))
+    let candidates: Vec<&'c str> = candidates.into_iter().collect();
+    let by_distance = candidates
+        .iter()
+        .map(|c| (edit_distance(&written, c), *c))
         .filter(|(d, _)| *d <= max)
         .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
+        .map(|(_, c)| c);
+    // `snapshot` → `snapshot_every`, `version_state` → no; only unambiguous prefixes.
+    by_distance.or_else(|| {
+        let mut prefixed = candidates
+            .iter()
+            .filter(|c| written.len() >= 3 && c.starts_with(written.as_str()));
+        match (prefixed.next(), prefixed.next()) {
+            (Some(only), None) => Some(*only),
+            _ => None,
+        }
+    })
 }
 
 /// Optimal string alignment distance: Levenshtein plus adjacent transpositions.
@@ -601,7 +632,10 @@ pub(crate) enum NameRule {
 
 impl NameRule {
     fn allows(self, c: char) -> bool {
-        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || (c == '-' && self == NameRule::Aggregate)
+        c.is_ascii_lowercase()
+            || c.is_ascii_digit()
+            || c == '_'
+            || (c == '-' && self == NameRule::Aggregate)
     }
 
     fn describe(self) -> &'static str {
@@ -629,7 +663,11 @@ pub(crate) fn suggest_name(name: &str, rule: NameRule) -> Option<String> {
     let snake = snake_case(name.trim());
     let mut out = String::with_capacity(snake.len());
     for c in snake.chars() {
-        let c = if c.is_ascii_uppercase() { c.to_ascii_lowercase() } else { c };
+        let c = if c.is_ascii_uppercase() {
+            c.to_ascii_lowercase()
+        } else {
+            c
+        };
         if rule.allows(c) {
             out.push(c);
         } else if !out.ends_with('_') {
@@ -661,7 +699,10 @@ pub(crate) fn check_name(
     };
     cx.error_spanned_by(
         lit,
-        format_args!("`{name}` is not a valid {what} name: {}{fix}", rule.describe()),
+        format_args!(
+            "`{name}` is not a valid {what} name: {}{fix}",
+            rule.describe()
+        ),
     );
     None
 }
@@ -721,10 +762,25 @@ mod tests {
     #[test]
     fn name_validation() {
         for ok in ["order", "order-line", "order_line", "o", "order2", "a-1_b"] {
-            assert!(is_valid_name(ok, NameRule::Aggregate), "{ok:?} should be valid");
+            assert!(
+                is_valid_name(ok, NameRule::Aggregate),
+                "{ok:?} should be valid"
+            );
         }
-        for bad in ["", "Order", "1order", "-order", "_order", "order.line", "order line", "ordér"] {
-            assert!(!is_valid_name(bad, NameRule::Aggregate), "{bad:?} should be invalid");
+        for bad in [
+            "",
+            "Order",
+            "1order",
+            "-order",
+            "_order",
+            "order.line",
+            "order line",
+            "ordér",
+        ] {
+            assert!(
+                !is_valid_name(bad, NameRule::Aggregate),
+                "{bad:?} should be invalid"
+            );
         }
         assert!(is_valid_name("items_added", NameRule::Ident));
         assert!(!is_valid_name("items-added", NameRule::Ident));
@@ -733,12 +789,30 @@ mod tests {
 
     #[test]
     fn name_suggestions() {
-        assert_eq!(suggest_name("Order", NameRule::Aggregate).as_deref(), Some("order"));
-        assert_eq!(suggest_name("OrderLine", NameRule::Aggregate).as_deref(), Some("order_line"));
-        assert_eq!(suggest_name("order line", NameRule::Aggregate).as_deref(), Some("order_line"));
-        assert_eq!(suggest_name("order.line", NameRule::Ident).as_deref(), Some("order_line"));
-        assert_eq!(suggest_name("items-added", NameRule::Ident).as_deref(), Some("items_added"));
-        assert_eq!(suggest_name("1order", NameRule::Aggregate).as_deref(), Some("order"));
+        assert_eq!(
+            suggest_name("Order", NameRule::Aggregate).as_deref(),
+            Some("order")
+        );
+        assert_eq!(
+            suggest_name("OrderLine", NameRule::Aggregate).as_deref(),
+            Some("order_line")
+        );
+        assert_eq!(
+            suggest_name("order line", NameRule::Aggregate).as_deref(),
+            Some("order_line")
+        );
+        assert_eq!(
+            suggest_name("order.line", NameRule::Ident).as_deref(),
+            Some("order_line")
+        );
+        assert_eq!(
+            suggest_name("items-added", NameRule::Ident).as_deref(),
+            Some("items_added")
+        );
+        assert_eq!(
+            suggest_name("1order", NameRule::Aggregate).as_deref(),
+            Some("order")
+        );
         assert_eq!(suggest_name("123", NameRule::Aggregate), None);
         assert_eq!(suggest_name("", NameRule::Aggregate), None);
     }
@@ -760,6 +834,43 @@ mod tests {
         assert_eq!(closest("Aggregate", keys), Some("aggregate"));
         assert_eq!(closest("krate", keys), Some("crate"));
         assert_eq!(closest("topic", keys), None);
-        assert_eq!(closest("snapshot_evry", ["snapshot_every", "state_version"]), Some("snapshot_every"));
+        let keys = ["name", "snapshot_every", "state_version", "state_vector"];
+        assert_eq!(closest("snapshot", keys), Some("snapshot_every"));
+        assert_eq!(closest("state", keys), None);
+        assert_eq!(closest("na", keys), None);
+        assert_eq!(
+            closest("snapshot_evry", ["snapshot_every", "state_version"]),
+            Some("snapshot_every")
+        );
+    }
+}
+
+/// Helpers for the expansion unit tests of the three derives.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use proc_macro2::TokenStream;
+    use syn::DeriveInput;
+
+    /// The expansion as a string with whitespace removed, so that tests can look for
+    /// snippets without caring how `quote!` spaces tokens.
+    pub(crate) fn expand_ok(
+        expand: fn(&DeriveInput) -> syn::Result<TokenStream>,
+        input: &DeriveInput,
+    ) -> String {
+        match expand(input) {
+            Ok(tokens) => tokens.to_string().replace(' ', ""),
+            Err(error) => panic!("expected an expansion, got errors: {error}"),
+        }
+    }
+
+    /// Every error message of a failed expansion, in order.
+    pub(crate) fn expand_err(
+        expand: fn(&DeriveInput) -> syn::Result<TokenStream>,
+        input: &DeriveInput,
+    ) -> Vec<String> {
+        match expand(input) {
+            Ok(tokens) => panic!("expected errors, got an expansion: {tokens}"),
+            Err(error) => error.into_iter().map(|e| e.to_string()).collect(),
+        }
     }
 }

@@ -107,13 +107,10 @@ fn expand_inner(cx: &Ctxt, input: &DeriveInput) -> Option<TokenStream> {
     }
 
     let attrs = Attrs::parse(cx, &CONTAINER, &input.attrs);
-    let krate = attrs
-        .get_path("crate")
-        .map_or_else(|| quote!(::tributary), |p| quote!(#p));
     let aggregate = match attrs.get_str("aggregate") {
         Some(lit) => attr::check_name(cx, &lit, "aggregate", "aggregate", NameRule::Aggregate),
         None => {
-            if !attrs.has("aggregate") {
+            if !attrs.has("aggregate") && !attrs.was_suggested("aggregate") {
                 let guess = guess_aggregate(&input.ident.to_string());
                 let message = if attrs.is_absent() {
                     format!(
@@ -135,6 +132,7 @@ fn expand_inner(cx: &Ctxt, input: &DeriveInput) -> Option<TokenStream> {
             None
         }
     };
+    let krate = attrs.crate_path();
     check_serde_container(cx, &input.attrs);
 
     let data = data?;
@@ -148,34 +146,43 @@ fn expand_inner(cx: &Ctxt, input: &DeriveInput) -> Option<TokenStream> {
         );
     }
 
-    let mut variants: Vec<EventVariant<'_>> = Vec::with_capacity(data.variants.len());
-    let mut valid = true;
+    // Checked variants: `(variant, name segment, version)`; `None` where the variant has
+    // an error. Duplicate names are found even when other keys are wrong.
+    let mut checked: Vec<(&Variant, Option<String>, Option<u32>)> =
+        Vec::with_capacity(data.variants.len());
     for variant in &data.variants {
-        match check_variant(cx, variant, aggregate.as_deref()) {
-            Some(checked) => {
-                if let Some(first) = variants.iter().find(|v| v.name == checked.name) {
-                    let segment = checked
-                        .name
-                        .split_once('.')
-                        .map_or(checked.name.as_str(), |(_, s)| s);
-                    cx.error_spanned_by(
-                        &variant.ident,
-                        format_args!(
-                            "duplicate event name `{}`: variant `{}` already has it; give this \
-                             variant a different name, e.g. `#[event(name = \"{segment}_2\")]`",
-                            checked.name, first.variant.ident
-                        ),
-                    );
-                    valid = false;
-                } else {
-                    variants.push(checked);
-                }
+        let (segment, version) = check_variant(cx, variant);
+        if let Some(segment) = &segment {
+            let first = checked.iter().find(|(_, s, _)| s.as_ref() == Some(segment));
+            if let Some((first, _, _)) = first {
+                let full = match &aggregate {
+                    Some(aggregate) => format!("{aggregate}.{segment}"),
+                    None => segment.clone(),
+                };
+                cx.error_spanned_by(
+                    &variant.ident,
+                    format_args!(
+                        "duplicate event name `{full}`: variant `{}` already has it; give this \
+                         variant a different name, e.g. `#[event(name = \"{segment}_2\")]`",
+                        first.ident
+                    ),
+                );
+                checked.push((variant, None, version));
+                continue;
             }
-            None => valid = false,
         }
+        checked.push((variant, segment, version));
     }
     let aggregate = aggregate?;
-    if !valid || variants.is_empty() {
+    let mut variants: Vec<EventVariant<'_>> = Vec::with_capacity(checked.len());
+    for (variant, segment, version) in checked {
+        variants.push(EventVariant {
+            variant,
+            name: format!("{aggregate}.{}", segment?),
+            version: version?,
+        });
+    }
+    if variants.is_empty() {
         return None;
     }
     Some(generate(input, &krate, &aggregate, &variants))
@@ -191,11 +198,8 @@ fn guess_aggregate(enum_name: &str) -> String {
     attr::suggest_name(base, NameRule::Aggregate).unwrap_or_else(|| "order".to_owned())
 }
 
-fn check_variant<'a>(
-    cx: &Ctxt,
-    variant: &'a Variant,
-    aggregate: Option<&str>,
-) -> Option<EventVariant<'a>> {
+/// Checks one variant's attributes: its name segment (`placed`) and version.
+fn check_variant(cx: &Ctxt, variant: &Variant) -> (Option<String>, Option<u32>) {
     let attrs = Attrs::parse(cx, &VARIANT, &variant.attrs);
     let version = if attrs.has("version") {
         attrs.get_positive_int::<u32>("version")
@@ -228,12 +232,7 @@ fn check_variant<'a>(
              on the variant and `#[event(aggregate = ..)]` on the enum",
         );
     }
-    let name = format!("{}.{}", aggregate?, segment?);
-    Some(EventVariant {
-        variant,
-        name,
-        version: version?,
-    })
+    (segment, version)
 }
 
 /// The serde attributes in `attrs`, tolerating anything serde accepts.
@@ -276,11 +275,20 @@ fn check_serde_variant(cx: &Ctxt, attrs: &[Attribute]) {
     for meta in serde_metas(attrs) {
         let path = meta.path();
         let (written, why) = if path.is_ident("skip") {
-            ("skip", "every variant is an event type that must serialize and deserialize")
+            (
+                "skip",
+                "every variant is an event type that must serialize and deserialize",
+            )
         } else if path.is_ident("skip_deserializing") {
-            ("skip_deserializing", "every variant is an event type that must deserialize")
+            (
+                "skip_deserializing",
+                "every variant is an event type that must deserialize",
+            )
         } else if path.is_ident("skip_serializing") {
-            ("skip_serializing", "every variant is an event type that must serialize")
+            (
+                "skip_serializing",
+                "every variant is an event type that must serialize",
+            )
         } else if path.is_ident("other") {
             (
                 "other",
@@ -378,20 +386,20 @@ fn generate(
                 }
 
                 fn from_payload(
-                    event_type: &#krate::EventType,
-                    payload: #krate::__private::serde_json::Value,
+                    __event_type: &#krate::EventType,
+                    __payload: #krate::__private::serde_json::Value,
                 ) -> ::core::result::Result<Self, #krate::PayloadError> {
                     static NAMES: ::std::sync::OnceLock<&'static [&'static str]> =
                         ::std::sync::OnceLock::new();
-                    let names = *NAMES.get_or_init(#krate::__private::variant_names::<Self>);
-                    match event_type.name {
+                    let __names = *NAMES.get_or_init(#krate::__private::variant_names::<Self>);
+                    match __event_type.name {
                         #(
                             #names => #krate::__private::from_payload(
-                                #enum_name, names, #count, #indices, #units, payload,
+                                #enum_name, __names, #count, #indices, #units, __payload,
                             ),
                         )*
-                        other => ::core::result::Result::Err(#krate::PayloadError::UnknownType {
-                            name: ::std::borrow::ToOwned::to_owned(other),
+                        __other => ::core::result::Result::Err(#krate::PayloadError::UnknownType {
+                            name: ::std::borrow::ToOwned::to_owned(__other),
                         }),
                     }
                 }
@@ -410,5 +418,110 @@ mod tests {
         assert_eq!(guess_aggregate("OrderLineEvents"), "order_line");
         assert_eq!(guess_aggregate("Event"), "event");
         assert_eq!(guess_aggregate("Order"), "order");
+    }
+}
+
+#[cfg(test)]
+mod expansion_tests {
+    use syn::parse_quote;
+
+    use super::expand;
+    use crate::attr::test_support::{expand_err, expand_ok};
+
+    #[test]
+    fn event_types_are_computed_at_macro_time() {
+        let out = expand_ok(
+            expand,
+            &parse_quote! {
+                #[event(aggregate = "order-line")]
+                enum OrderLineEvent {
+                    ItemsAdded { n: u32 },
+                    #[event(version = 2)]
+                    Removed(u32),
+                    #[event(name = "shipped_out", version = 7)]
+                    Shipped,
+                }
+            },
+        );
+        for snippet in [
+            r#"AGGREGATE:&'staticstr="order-line""#,
+            r#"name:"order-line.items_added",version:1,ce_type:"order-line.items_added.v1""#,
+            r#"name:"order-line.removed",version:2,ce_type:"order-line.removed.v2""#,
+            r#"ce_type:"order-line.shipped_out.v7""#,
+            "Self::ItemsAdded{..}=>&__TRIBUTARY_EVENT_TYPE_0",
+            "Self::Removed(..)=>&__TRIBUTARY_EVENT_TYPE_1",
+            "Self::Shipped=>&__TRIBUTARY_EVENT_TYPE_2",
+            r#"from_payload("OrderLineEvent",__names,3,2,true,__payload"#,
+            "::tributary::DomainEvent",
+        ] {
+            assert!(out.contains(snippet), "missing {snippet} in {out}");
+        }
+        assert!(!out.contains("unwrap") && !out.contains("expect"));
+    }
+
+    #[test]
+    fn crate_override_replaces_every_path() {
+        let out = expand_ok(
+            expand,
+            &parse_quote! {
+                #[event(aggregate = "a", crate = "my::tb")]
+                enum E { X }
+            },
+        );
+        assert!(out.contains("implmy::tb::DomainEventforE"), "{out}");
+        assert!(!out.contains("::tributary"), "{out}");
+    }
+
+    #[test]
+    fn invalid_derived_name_says_how_to_set_one() {
+        let errors = expand_err(
+            expand,
+            &parse_quote! {
+                #[event(aggregate = "a")]
+                enum E { _Hidden }
+            },
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains(r#"`#[event(name = "hidden")]`"#),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn reports_every_mistake_at_once() {
+        let errors = expand_err(
+            expand,
+            &parse_quote! {
+                #[event(aggregat = "a")]
+                #[serde(tag = "t", content = "c")]
+                enum E<T> {
+                    #[event(version = 0)]
+                    A(T),
+                    #[event(name = "a", bogus)]
+                    B,
+                    #[serde(skip_serializing)]
+                    C { #[event(version = 2)] x: u8 },
+                }
+            },
+        );
+        let expected = [
+            "generic type",
+            "did you mean `aggregate`?",
+            "`#[serde(tag = ..)]`",
+            "`#[serde(content = ..)]`",
+            "`version` must be at least 1",
+            "unknown key `bogus`",
+            "duplicate event name `a`",
+            "`#[serde(skip_serializing)]`",
+            "`#[event(...)]` has no effect on a field",
+        ];
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+        for (error, expected) in errors.iter().zip(expected) {
+            assert!(
+                error.contains(expected),
+                "{error:?} should contain {expected:?}"
+            );
+        }
     }
 }

@@ -1,18 +1,78 @@
-//! Derive macros for Tributary. Use them through `tributary` (feature `derive`).
-use proc_macro::TokenStream;
+//! Derive macros for Tributary. Use them through `tributary` (feature `derive`):
+//! `#[derive(DomainEvent)]`, `#[derive(Command)]` and `#[derive(Aggregate)]`.
+//!
+//! Each entry point parses the input and hands it to one module; attribute parsing is
+//! shared in `attr`, which collects every mistake so that all of them are reported in
+//! one compilation.
 
-/// Derives `tributary::DomainEvent`.
+use proc_macro::TokenStream;
+use syn::{DeriveInput, parse_macro_input};
+
+mod aggregate;
+mod attr;
+mod command;
+mod domain_event;
+
+/// Derives `tributary::DomainEvent` for an enum with one variant per event type.
+///
+/// ```text
+/// #[derive(Debug, Serialize, Deserialize, DomainEvent)]
+/// #[event(aggregate = "order")]          // required; [a-z][a-z0-9_-]*
+/// enum OrderEvent {
+///     Placed { customer: String },       // order.placed.v1
+///     #[event(version = 2)]              // order.cancelled.v2
+///     Cancelled { reason: String },
+///     #[event(name = "lines_added")]     // order.lines_added.v1
+///     ItemsAdded(Vec<Line>),
+/// }
+/// ```
+///
+/// Container keys: `aggregate = "..."`, `crate = "path::to::tributary"`.
+/// Variant keys: `version = N` (default 1), `name = "..."` (default: the variant in
+/// snake_case).
 #[proc_macro_derive(DomainEvent, attributes(event))]
-pub fn derive_domain_event(_input: TokenStream) -> TokenStream {
-    TokenStream::new()
+pub fn derive_domain_event(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    domain_event::expand(&input)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
 }
-/// Derives `tributary::Command`.
+
+/// Derives `tributary::Command` for a struct with one field marked `#[aggregate_id]`.
+///
+/// ```text
+/// #[derive(Debug, Serialize, Deserialize, Command)]
+/// #[command(aggregate = Order)]          // required: the aggregate type
+/// struct PlaceOrder { #[aggregate_id] order_id: OrderId, customer: String }
+/// ```
+///
+/// Keys: `aggregate = Type`, `name = "..."` (default: the struct in snake_case),
+/// `crate = "path::to::tributary"`. The `#[aggregate_id]` field's type must implement
+/// `Display`.
 #[proc_macro_derive(Command, attributes(command, aggregate_id))]
-pub fn derive_command(_input: TokenStream) -> TokenStream {
-    TokenStream::new()
+pub fn derive_command(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    command::expand(&input)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
 }
-/// Derives `tributary::Aggregate`.
+
+/// Derives `tributary::Aggregate` for a struct or enum.
+///
+/// ```text
+/// #[derive(Debug, Default, Serialize, Deserialize, Aggregate)]
+/// #[aggregate(name = "order", event = OrderEvent, error = OrderError, snapshot_every = 100)]
+/// struct Order { lines: Vec<Line> }
+/// ```
+///
+/// Keys: `name = "..."`, `event = Type`, `error = Type` (required), `snapshot_every = N`
+/// (default: no periodic snapshots), `state_version = N` (default 1),
+/// `crate = "path::to::tributary"`. The event enum's `#[event(aggregate = ..)]` must equal
+/// `name`; this is checked at compile time.
 #[proc_macro_derive(Aggregate, attributes(aggregate))]
-pub fn derive_aggregate(_input: TokenStream) -> TokenStream {
-    TokenStream::new()
+pub fn derive_aggregate(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    aggregate::expand(&input)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
 }

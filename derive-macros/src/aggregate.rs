@@ -1,0 +1,308 @@
+//! `#[derive(Aggregate)]`: names an aggregate and ties it to its event and error types.
+
+use proc_macro2::{Literal, Span, TokenStream};
+use quote::{ToTokens, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Data, DeriveInput};
+
+use crate::attr::{self, Attrs, Ctxt, Key, Kind, NameRule, Schema};
+
+static CONTAINER: Schema = Schema {
+    attr: "aggregate",
+    place: "the aggregate",
+    keys: &[
+        Key {
+            name: "name",
+            kind: Kind::Str,
+            example: "name = \"order\"",
+        },
+        Key {
+            name: "event",
+            kind: Kind::Type,
+            example: "event = OrderEvent",
+        },
+        Key {
+            name: "error",
+            kind: Kind::Type,
+            example: "error = OrderError",
+        },
+        Key {
+            name: "snapshot_every",
+            kind: Kind::Int,
+            example: "snapshot_every = 100",
+        },
+        Key {
+            name: "state_version",
+            kind: Kind::Int,
+            example: "state_version = 2",
+        },
+        Key {
+            name: "crate",
+            kind: Kind::Path,
+            example: "crate = \"::tributary\"",
+        },
+    ],
+    misplaced: &[],
+};
+
+const REQUIRED: [&str; 3] = ["name", "event", "error"];
+
+pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
+    let cx = Ctxt::new();
+    let expanded = expand_inner(&cx, input);
+    cx.check()?;
+    Ok(expanded.unwrap_or_default())
+}
+
+fn expand_inner(cx: &Ctxt, input: &DeriveInput) -> Option<TokenStream> {
+    let mut ok = true;
+    match &input.data {
+        Data::Struct(_) | Data::Enum(_) => {}
+        Data::Union(u) => {
+            cx.error_spanned_by(
+                u.union_token,
+                "`Aggregate` cannot be derived for a union: hold the aggregate's state in a \
+                 struct, or in an enum for a state machine",
+            );
+            ok = false;
+        }
+    }
+
+    let attrs = Attrs::parse(cx, &CONTAINER, &input.attrs);
+    if let Data::Struct(s) = &input.data {
+        for field in &s.fields {
+            attr::reject_attrs(
+                cx,
+                &field.attrs,
+                "aggregate",
+                "`#[aggregate(...)]` goes on the aggregate type, not on a field",
+            );
+        }
+    }
+
+    let missing: Vec<&str> = REQUIRED
+        .into_iter()
+        .filter(|key| !attrs.has(key) && !attrs.was_suggested(key))
+        .collect();
+    if !missing.is_empty() {
+        report_missing(cx, input, &attrs, &missing);
+    }
+
+    let name = attrs
+        .get_str("name")
+        .and_then(|lit| attr::check_name(cx, &lit, "name", "aggregate", NameRule::Aggregate));
+    let event = attrs.get_type("event");
+    let error = attrs.get_type("error");
+    let snapshot_every = if attrs.has("snapshot_every") {
+        attrs.get_positive_int::<u64>("snapshot_every").map(|n| {
+            let n = Literal::u64_unsuffixed(n);
+            quote!(::core::option::Option::Some(#n))
+        })
+    } else {
+        Some(quote!(::core::option::Option::None))
+    };
+    let state_version = if attrs.has("state_version") {
+        attrs.get_positive_int::<u32>("state_version")
+    } else {
+        Some(1)
+    };
+
+    let krate = attrs.crate_path();
+    let (name, event, error, snapshot_every, state_version) =
+        (name?, event?, error?, snapshot_every?, state_version?);
+    if !ok {
+        return None;
+    }
+    let ident = &input.ident;
+    let state_version = Literal::u32_unsuffixed(state_version);
+    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+
+    let check = if input.generics.params.is_empty() {
+        // Point a mismatch at `event = ...` in the attribute.
+        let span = Span::call_site().located_at(event.span());
+        let event_str = event.to_token_stream().to_string().replace(' ', "");
+        let message = format!(
+            "`{ident}` has `#[aggregate(name = \"{name}\")]` but its event type `{event_str}` \
+             belongs to another aggregate: set `#[event(aggregate = \"{name}\")]` on \
+             `{event_str}`, or use that enum's aggregate name in `#[aggregate(name = ..)]`"
+        )
+        .replace('{', "{{")
+        .replace('}', "}}");
+        quote_spanned! {span=>
+            const _: () = {
+                const fn same(mut a: &[u8], mut b: &[u8]) -> bool {
+                    loop {
+                        match (a, b) {
+                            ([], []) => return true,
+                            ([x, rest_a @ ..], [y, rest_b @ ..]) if *x == *y => {
+                                a = rest_a;
+                                b = rest_b;
+                            }
+                            _ => return false,
+                        }
+                    }
+                }
+                if !same(
+                    <#event as #krate::DomainEvent>::AGGREGATE.as_bytes(),
+                    #name.as_bytes(),
+                ) {
+                    ::core::panic!(#message);
+                }
+            };
+        }
+    } else {
+        // A generic type cannot be named in a free constant; the framework checks at runtime.
+        TokenStream::new()
+    };
+
+    Some(quote! {
+        #[automatically_derived]
+        impl #impl_generics #krate::Aggregate for #ident #ty_generics #where_clause {
+            const NAME: &'static str = #name;
+            const SNAPSHOT_EVERY: ::core::option::Option<u64> = #snapshot_every;
+            const STATE_VERSION: u32 = #state_version;
+            type Event = #event;
+            type Error = #error;
+        }
+
+        #check
+    })
+}
+
+fn report_missing(cx: &Ctxt, input: &DeriveInput, attrs: &Attrs<'_>, missing: &[&str]) {
+    let base = input.ident.to_string();
+    let base = base.strip_prefix("r#").unwrap_or(&base);
+    let name = attr::suggest_name(base, NameRule::Aggregate).unwrap_or_else(|| "order".to_owned());
+    let example = |key: &str| match key {
+        "name" => format!("name = \"{name}\""),
+        "event" => format!("event = {base}Event"),
+        _ => format!("error = {base}Error"),
+    };
+    let keys = match missing {
+        [one] => format!("key `{one}`"),
+        [rest @ .., last] => format!(
+            "keys {} and `{last}`",
+            rest.iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        [] => return,
+    };
+    let message = if attrs.is_absent() {
+        format!(
+            "missing `#[aggregate(...)]`: name the aggregate, its event enum and its error type, \
+             e.g. `#[aggregate({})]` above `{base}`",
+            REQUIRED.map(example).join(", ")
+        )
+    } else {
+        let written: Vec<String> = missing.iter().map(|k| example(k)).collect();
+        format!(
+            "missing {keys} in `#[aggregate(...)]`: add `{}`",
+            written.join(", ")
+        )
+    };
+    match attrs.first_attr() {
+        Some(attr) => cx.error_spanned_by(attr, message),
+        None => cx.error_spanned_by(&input.ident, message),
+    }
+}
+
+#[cfg(test)]
+mod expansion_tests {
+    use syn::parse_quote;
+
+    use super::expand;
+    use crate::attr::test_support::{expand_err, expand_ok};
+
+    #[test]
+    fn defaults_and_explicit_values() {
+        let out = expand_ok(
+            expand,
+            &parse_quote! {
+                #[aggregate(name = "order", event = OrderEvent, error = OrderError)]
+                struct Order { lines: Vec<Line> }
+            },
+        );
+        for snippet in [
+            "impl::tributary::AggregateforOrder",
+            r#"constNAME:&'staticstr="order";"#,
+            "constSNAPSHOT_EVERY:::core::option::Option<u64>=::core::option::Option::None;",
+            "constSTATE_VERSION:u32=1;",
+            "typeEvent=OrderEvent;",
+            "typeError=OrderError;",
+            r#"<OrderEventas::tributary::DomainEvent>::AGGREGATE.as_bytes(),"order".as_bytes()"#,
+        ] {
+            assert!(out.contains(snippet), "missing {snippet} in {out}");
+        }
+
+        let out = expand_ok(
+            expand,
+            &parse_quote! {
+                #[aggregate(name = "door", event = DoorEvent, error = DoorError)]
+                #[aggregate(snapshot_every = 250, state_version = 4, crate = "tb")]
+                enum Door { Open, Closed }
+            },
+        );
+        assert!(out.contains("::core::option::Option::Some(250)"), "{out}");
+        assert!(out.contains("constSTATE_VERSION:u32=4;"), "{out}");
+        assert!(out.contains("impltb::AggregateforDoor"), "{out}");
+    }
+
+    #[test]
+    fn generic_aggregate_has_no_free_constant_check() {
+        let out = expand_ok(
+            expand,
+            &parse_quote! {
+                #[aggregate(name = "g", event = GEvent, error = GError)]
+                struct G<T> { t: T }
+            },
+        );
+        assert!(
+            out.contains("impl<T>::tributary::AggregateforG<T>"),
+            "{out}"
+        );
+        assert!(!out.contains("constfnsame"), "{out}");
+    }
+
+    #[test]
+    fn missing_attribute_suggests_all_keys() {
+        let errors = expand_err(
+            expand,
+            &parse_quote!(
+                struct ShoppingCart;
+            ),
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains(
+                r#"`#[aggregate(name = "shopping_cart", event = ShoppingCartEvent, error = ShoppingCartError)]`"#
+            ),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn bad_values() {
+        let errors = expand_err(
+            expand,
+            &parse_quote! {
+                #[aggregate(name = "order", event = OrderEvent, error = OrderError,
+                            snapshot_every = 0, state_version = 99999999999, snapshot = 5)]
+                struct Order;
+            },
+        );
+        let expected = [
+            "unknown key `snapshot` in `#[aggregate(...)]` on the aggregate; did you mean `snapshot_every`?",
+            "`snapshot_every` must be at least 1",
+            "`state_version` must be a positive integer that fits in `u32`",
+        ];
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+        for (error, expected) in errors.iter().zip(expected) {
+            assert!(
+                error.contains(expected),
+                "{error:?} should contain {expected:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,9 @@
+use tributary::Aggregate;
+
+#[derive(Aggregate)]
+#[aggregate(snapshot_every = 50)]
+struct Order {
+    lines: Vec<String>,
+}
+
+fn main() {}

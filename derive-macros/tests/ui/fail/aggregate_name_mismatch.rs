@@ -1,0 +1,22 @@
+use serde::{Deserialize, Serialize};
+use tributary::{Aggregate, Apply, DomainEvent};
+
+#[derive(Debug, Serialize, Deserialize, DomainEvent)]
+#[event(aggregate = "orders")]
+enum OrderEvent {
+    Placed,
+}
+
+#[derive(Debug, Serialize, Deserialize, thiserror::Error)]
+#[error("nope")]
+struct OrderError;
+
+#[derive(Debug, Default, Serialize, Deserialize, Aggregate)]
+#[aggregate(name = "order", event = OrderEvent, error = OrderError)]
+struct Order;
+
+impl Apply<OrderEvent> for Order {
+    fn apply(&mut self, _: &OrderEvent) {}
+}
+
+fn main() {}

@@ -1,0 +1,10 @@
+use tributary::Aggregate;
+
+#[derive(Aggregate)]
+#[aggregate(name = "order", event = OrderEvent, error = OrderError)]
+union Order {
+    open: u32,
+    closed: f32,
+}
+
+fn main() {}

@@ -1,0 +1,10 @@
+use tributary::Command;
+
+#[derive(Command)]
+#[command(aggregate = Order)]
+struct PlaceOrder {
+    #[aggregate_id(order)]
+    order_id: String,
+}
+
+fn main() {}

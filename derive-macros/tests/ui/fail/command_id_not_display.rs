@@ -1,0 +1,32 @@
+use serde::{Deserialize, Serialize};
+use tributary::{Aggregate, Apply, Command, DomainEvent};
+
+#[derive(Debug, Serialize, Deserialize, DomainEvent)]
+#[event(aggregate = "order")]
+enum OrderEvent {
+    Placed,
+}
+
+#[derive(Debug, Serialize, Deserialize, thiserror::Error)]
+#[error("nope")]
+struct OrderError;
+
+#[derive(Debug, Default, Serialize, Deserialize, Aggregate)]
+#[aggregate(name = "order", event = OrderEvent, error = OrderError)]
+struct Order;
+
+impl Apply<OrderEvent> for Order {
+    fn apply(&mut self, _: &OrderEvent) {}
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct OrderId(u64);
+
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[command(aggregate = Order)]
+struct PlaceOrder {
+    #[aggregate_id]
+    order_id: OrderId,
+}
+
+fn main() {}

@@ -1,0 +1,10 @@
+use tributary::Command;
+
+#[derive(Command)]
+#[command(aggregate = Order)]
+struct PlaceOrder {
+    order_id: String,
+    customer: String,
+}
+
+fn main() {}

@@ -1,0 +1,12 @@
+use tributary::Command;
+
+#[derive(Command)]
+#[command(aggregate = Order)]
+struct PlaceOrder {
+    #[aggregate_id]
+    order_id: String,
+    #[aggregate_id]
+    customer_id: String,
+}
+
+fn main() {}

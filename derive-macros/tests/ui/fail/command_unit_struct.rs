@@ -1,0 +1,7 @@
+use tributary::Command;
+
+#[derive(Command)]
+#[command(aggregate = Order)]
+struct Ping;
+
+fn main() {}

@@ -1,0 +1,11 @@
+use tributary::DomainEvent;
+
+#[derive(DomainEvent)]
+#[event(aggregate = "order")]
+enum OrderEvent {
+    #[event(version = 2)]
+    #[event(version = 3)]
+    Placed,
+}
+
+fn main() {}

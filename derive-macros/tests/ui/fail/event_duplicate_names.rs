@@ -1,0 +1,11 @@
+use tributary::DomainEvent;
+
+#[derive(DomainEvent)]
+#[event(aggregate = "order")]
+enum OrderEvent {
+    Placed { customer: String },
+    #[event(name = "placed", version = 2)]
+    PlacedV2 { customer: String, channel: String },
+}
+
+fn main() {}

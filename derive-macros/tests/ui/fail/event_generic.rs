@@ -1,0 +1,9 @@
+use tributary::DomainEvent;
+
+#[derive(DomainEvent)]
+#[event(aggregate = "order")]
+enum OrderEvent<T> {
+    Placed { customer: T },
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use tributary::DomainEvent;
+
+#[derive(DomainEvent)]
+enum OrderEvent {
+    Placed,
+}
+
+fn main() {}

@@ -1,0 +1,14 @@
+use serde::{Deserialize, Serialize};
+use tributary::DomainEvent;
+
+#[derive(Serialize, Deserialize, DomainEvent)]
+#[event(aggregate = "order")]
+enum OrderEvent {
+    Placed { customer: String },
+    #[serde(skip)]
+    Internal,
+    #[serde(other)]
+    Unknown,
+}
+
+fn main() {}

@@ -1,0 +1,11 @@
+use serde::{Deserialize, Serialize};
+use tributary::DomainEvent;
+
+#[derive(Serialize, Deserialize, DomainEvent)]
+#[serde(tag = "type")]
+#[event(aggregate = "order")]
+enum OrderEvent {
+    Placed { customer: String },
+}
+
+fn main() {}

@@ -1,0 +1,12 @@
+use tributary::DomainEvent;
+
+#[derive(DomainEvent)]
+#[event(aggregat = "order")]
+enum OrderEvent {
+    #[event(verison = 2)]
+    Placed,
+    #[event(aggregate = "order")]
+    Cancelled,
+}
+
+fn main() {}

@@ -1,0 +1,10 @@
+use tributary::DomainEvent;
+
+#[derive(DomainEvent)]
+#[event(aggregate = "order")]
+enum OrderEvent {
+    #[event(version = 0)]
+    Placed,
+}
+
+fn main() {}
