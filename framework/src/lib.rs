@@ -19,6 +19,7 @@ mod config;
 mod envelope;
 mod event;
 pub mod kafka;
+pub mod projection;
 pub mod testkit;
 mod store;
 mod upcast;

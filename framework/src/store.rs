@@ -16,6 +16,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 /// application's migrations (sqlx's `_sqlx_migrations` or any other tool).
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "snapshots", include_str!("../migrations/0001_snapshots.sql")),
+    (2, "projections", include_str!("../migrations/0002_projections.sql")),
 ];
 
 /// Why Postgres could not be used.

@@ -5,6 +5,8 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+pub mod projection_support;
+
 use std::time::Duration;
 
 use rdkafka::ClientConfig;

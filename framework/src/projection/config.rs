@@ -1,0 +1,159 @@
+//! Worker settings.
+
+use std::time::Duration;
+
+/// What a worker does with a poison record (undecodable, unknown event type, or a
+/// handler that failed on every attempt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PoisonPolicy {
+    /// Park it in `tributary_dead_letters` and go on with the next record (default).
+    #[default]
+    Park,
+    /// Stop the projection at it: everything before it is committed, the checkpoint
+    /// stays on it, and the worker ends with [`crate::projection::ProjectionError::Halted`].
+    Halt,
+}
+
+/// How often and how patiently a failing handler is retried before its event counts
+/// as poison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in total, the first one included (at least 1). Default 3.
+    pub max_attempts: u32,
+    /// Wait before the second attempt; doubled for each further one. Default 100 ms.
+    pub initial_backoff: Duration,
+    /// Upper bound of the wait between attempts. Default 5 s.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after the `attempt`-th failed attempt (1-based).
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+}
+
+/// Settings of a [`crate::projection::ProjectionWorker`]. Build with
+/// `ProjectionConfig::default()` and the `with_*` methods.
+#[derive(Debug, Clone)]
+pub struct ProjectionConfig {
+    /// Most records applied in one Postgres transaction (per partition). Default 1000.
+    pub batch_size: usize,
+    /// How long a batch waits for more records after its first one. Default 50 ms:
+    /// the bound on the extra latency batching adds under light load.
+    pub max_wait: Duration,
+    /// Kafka `session.timeout.ms` of the worker's group membership. Default 10 s.
+    /// Shorter detects dead workers sooner; some brokers (Tansu) also hold a new
+    /// group's JoinGroup for about half of it.
+    pub session_timeout: Duration,
+    /// Retries of failing handlers.
+    pub retry: RetryPolicy,
+    /// Park or halt on poison records.
+    pub poison: PoisonPolicy,
+    /// Consumer group id. Default `tributary.{schema}.{projection name}`: one group
+    /// per projection and Postgres schema.
+    pub group_id: Option<String>,
+    /// How often a rebuild logs its progress. Default 5 s.
+    pub progress_interval: Duration,
+    /// Pause after an infrastructure error (Kafka or Postgres unavailable) before the
+    /// batch is tried again. Default 1 s.
+    pub outage_backoff: Duration,
+}
+
+impl Default for ProjectionConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 1000,
+            max_wait: Duration::from_millis(50),
+            session_timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+            poison: PoisonPolicy::default(),
+            group_id: None,
+            progress_interval: Duration::from_secs(5),
+            outage_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+impl ProjectionConfig {
+    /// Sets [`ProjectionConfig::batch_size`] (at least 1).
+    #[must_use]
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// Sets [`ProjectionConfig::max_wait`].
+    #[must_use]
+    pub fn with_max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = max_wait;
+        self
+    }
+
+    /// Sets [`ProjectionConfig::session_timeout`].
+    #[must_use]
+    pub fn with_session_timeout(mut self, session_timeout: Duration) -> Self {
+        self.session_timeout = session_timeout;
+        self
+    }
+
+    /// Sets [`ProjectionConfig::retry`].
+    #[must_use]
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sets [`ProjectionConfig::poison`].
+    #[must_use]
+    pub fn with_poison_policy(mut self, poison: PoisonPolicy) -> Self {
+        self.poison = poison;
+        self
+    }
+
+    /// Sets [`ProjectionConfig::group_id`].
+    #[must_use]
+    pub fn with_group_id(mut self, group_id: impl Into<String>) -> Self {
+        self.group_id = Some(group_id.into());
+        self
+    }
+
+    /// Sets [`ProjectionConfig::progress_interval`].
+    #[must_use]
+    pub fn with_progress_interval(mut self, interval: Duration) -> Self {
+        self.progress_interval = interval;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let retry = RetryPolicy {
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(500),
+        };
+        assert_eq!(retry.backoff(1), Duration::from_millis(100));
+        assert_eq!(retry.backoff(2), Duration::from_millis(200));
+        assert_eq!(retry.backoff(3), Duration::from_millis(400));
+        assert_eq!(retry.backoff(4), Duration::from_millis(500));
+        assert_eq!(retry.backoff(40), Duration::from_millis(500));
+    }
+}

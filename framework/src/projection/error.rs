@@ -1,0 +1,189 @@
+//! Projection errors and poison reports.
+
+use std::fmt;
+
+use rdkafka::error::KafkaError;
+
+/// Why a record could not be applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PoisonReason {
+    /// The record is not a valid event (bad JSON, missing or invalid header, …).
+    Undecodable,
+    /// The record's `ce_type` is not a type of the topic's event enum (or a newer
+    /// version of one).
+    UnknownType,
+    /// The handler failed on every attempt.
+    HandlerFailed,
+}
+
+impl PoisonReason {
+    /// The value stored in `tributary_dead_letters.reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Undecodable => "undecodable",
+            Self::UnknownType => "unknown_type",
+            Self::HandlerFailed => "handler_failed",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Self {
+        match s {
+            "unknown_type" => Self::UnknownType,
+            "handler_failed" => Self::HandlerFailed,
+            _ => Self::Undecodable,
+        }
+    }
+}
+
+impl fmt::Display for PoisonReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A poison record: where it is and why it could not be applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoisonReport {
+    /// The projection.
+    pub projection: &'static str,
+    /// Topic of the record.
+    pub topic: String,
+    /// Partition of the record.
+    pub partition: i32,
+    /// Offset of the record.
+    pub offset: i64,
+    /// Why.
+    pub reason: PoisonReason,
+    /// The decoder's or the handler's last error.
+    pub error: String,
+    /// How often the handler was tried (0 for records that could not be decoded).
+    pub attempts: u32,
+}
+
+impl fmt::Display for PoisonReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}@{} ({}, {} attempts): {}",
+            self.topic, self.partition, self.offset, self.reason, self.attempts, self.error
+        )
+    }
+}
+
+/// Why a projection worker, rebuild, lag query or replay failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProjectionError {
+    /// A Kafka client call failed.
+    #[error(
+        "projection `{projection}`: Kafka {operation} failed: {source}; check KAFKA_BOOTSTRAP_SERVERS and that the broker is up"
+    )]
+    Kafka {
+        /// The projection.
+        projection: &'static str,
+        /// What was being done.
+        operation: &'static str,
+        /// The client's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// A Postgres query of the framework failed.
+    #[error("projection `{projection}`: Postgres {operation} failed: {source}")]
+    Database {
+        /// The projection.
+        projection: &'static str,
+        /// What was being done.
+        operation: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The projection's `migrate` hook failed.
+    #[error("projection `{projection}`: the `migrate` hook failed: {source}")]
+    Migrate {
+        /// The projection.
+        projection: &'static str,
+        /// The hook's error.
+        #[source]
+        source: crate::projection::HandlerError,
+    },
+    /// The projection's `reset` hook failed; nothing was reset.
+    #[error("projection `{projection}`: the `reset` hook failed, nothing was reset: {source}")]
+    Reset {
+        /// The projection.
+        projection: &'static str,
+        /// The hook's error.
+        #[source]
+        source: crate::projection::HandlerError,
+    },
+    /// The projection runs with [`crate::projection::PoisonPolicy::Halt`] and met a
+    /// poison record.
+    #[error("projection `{}` halted at poison record {}; fix the cause (or the handler) and restart the worker, replay it, or run with PoisonPolicy::Park", .0.projection, .0)]
+    Halted(Box<PoisonReport>),
+    /// No subscription reads the topics the projection needs.
+    #[error(
+        "projection `{projection}` has no subscriptions; call `ProjectionWorker::subscribe` with the codec of each events topic it reads"
+    )]
+    NoSubscriptions {
+        /// The projection.
+        projection: &'static str,
+    },
+    /// A topic the projection reads does not exist.
+    #[error(
+        "projection `{projection}`: topic `{topic}` does not exist; create it (the command side creates events topics at start-up) or fix the codec's prefix"
+    )]
+    MissingTopic {
+        /// The projection.
+        projection: &'static str,
+        /// The topic.
+        topic: String,
+    },
+    /// No dead letter of this projection has this id.
+    #[error("projection `{projection}` has no dead letter {id}")]
+    DeadLetterNotFound {
+        /// The projection.
+        projection: &'static str,
+        /// The id asked for.
+        id: i64,
+    },
+    /// The dead letter was already replayed.
+    #[error("dead letter {id} of projection `{projection}` was already replayed")]
+    AlreadyReplayed {
+        /// The projection.
+        projection: &'static str,
+        /// The id.
+        id: i64,
+    },
+    /// Replaying a dead letter failed; it stays parked with the new error.
+    #[error(
+        "replaying dead letter {id} of projection `{projection}` failed, it stays parked: {error}"
+    )]
+    ReplayFailed {
+        /// The projection.
+        projection: &'static str,
+        /// The id.
+        id: i64,
+        /// The decoder's or handler's error.
+        error: String,
+    },
+    /// The worker task panicked or was aborted.
+    #[error("projection `{projection}`: the worker task ended abnormally: {detail}")]
+    Task {
+        /// The projection.
+        projection: &'static str,
+        /// The panic or cancellation.
+        detail: String,
+    },
+    /// A rebuild was stopped before it caught up.
+    #[error(
+        "projection `{projection}`: the rebuild was stopped after {done} of {total} records; run it again (it starts over)"
+    )]
+    RebuildInterrupted {
+        /// The projection.
+        projection: &'static str,
+        /// Records done.
+        done: u64,
+        /// Records in total.
+        total: u64,
+    },
+}
