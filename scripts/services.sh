@@ -66,7 +66,7 @@ REPO_ROOT="$(cd "${SCRIPT_DIR}/.." && pwd)"
 readonly SCRIPT_DIR REPO_ROOT
 readonly COMPOSE_FILE="${REPO_ROOT}/docker-compose.yml"
 
-CACHE_ROOT="${TRIBUTARY_CACHE:-${HOME}/.cache/tributary}"
+CACHE_ROOT="${TRIBUTARY_CACHE:-${HOME:-/tmp}/.cache/tributary}"
 readonly CACHE_ROOT
 readonly TANSU_DIR="${CACHE_ROOT}/tansu-${TANSU_PKG}-${TANSU_PKG_VERSION}"
 readonly TANSU_BIN="${TANSU_DIR}/bin/tansu"
@@ -412,7 +412,12 @@ ensure_kafka() {
   if [[ "$mode" == docker ]]; then
     log "Kafka: docker compose up -d --wait kafka"
     compose up -d --wait kafka >&2
-    kafka_answers "$DEFAULT_KAFKA" || die "the kafka container is up but ${DEFAULT_KAFKA} does not answer"
+    local deadline=$((SECONDS + WAIT_SECS))
+    until kafka_answers "$DEFAULT_KAFKA"; do
+      ((SECONDS < deadline)) ||
+        die "the kafka container is up but ${DEFAULT_KAFKA} does not answer the Kafka protocol (see: docker compose logs kafka)"
+      sleep 0.5
+    done
   else
     install_tansu
     start_tansu

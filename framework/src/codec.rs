@@ -117,13 +117,17 @@ pub enum EncodeError {
 #[non_exhaustive]
 pub enum DecodeError {
     /// A required header is absent (or has a null value).
-    #[error("record has no `{name}` header; was it written by Tributary or a CloudEvents binary-mode producer?")]
+    #[error(
+        "record has no `{name}` header; was it written by Tributary or a CloudEvents binary-mode producer?"
+    )]
     MissingHeader {
         /// The header name.
         name: &'static str,
     },
     /// A CloudEvents header appears more than once.
-    #[error("record has the `{name}` header {count} times; CloudEvents attributes appear at most once")]
+    #[error(
+        "record has the `{name}` header {count} times; CloudEvents attributes appear at most once"
+    )]
     DuplicateHeader {
         /// The header name.
         name: &'static str,
@@ -153,7 +157,9 @@ pub enum DecodeError {
         found: String,
     },
     /// The event type is not one of this enum's types.
-    #[error("unknown event type {ce_type:?} for aggregate `{aggregate}` (known: {known}); is a newer version of the application writing events this one does not know?")]
+    #[error(
+        "unknown event type {ce_type:?} for aggregate `{aggregate}` (known: {known}); is a newer version of the application writing events this one does not know?"
+    )]
     UnknownEventType {
         /// The `ce_type` found.
         ce_type: String,
@@ -163,7 +169,9 @@ pub enum DecodeError {
         known: String,
     },
     /// The record was written with a newer version of the event type.
-    #[error("event type `{event}` has version v{found} but this application knows at most v{current}; deploy the newer version of the application to read it")]
+    #[error(
+        "event type `{event}` has version v{found} but this application knows at most v{current}; deploy the newer version of the application to read it"
+    )]
     FutureVersion {
         /// The event type name.
         event: &'static str,
@@ -173,7 +181,9 @@ pub enum DecodeError {
         current: u32,
     },
     /// No upcaster is registered for a step from an old version.
-    #[error("event type `{event}` is at v{found} and the current version is v{current}, but no upcaster from v{missing} is registered; register `Upcaster::new(\"{event}\", {missing}, ..)` on the codec")]
+    #[error(
+        "event type `{event}` is at v{found} and the current version is v{current}, but no upcaster from v{missing} is registered; register `Upcaster::new(\"{event}\", {missing}, ..)` on the codec"
+    )]
     MissingUpcaster {
         /// The event type name.
         event: &'static str,
@@ -214,7 +224,9 @@ pub enum DecodeError {
         source: PayloadError,
     },
     /// The record key is not UTF-8 or disagrees with `ce_subject`.
-    #[error("record key {key:?} does not match the `ce_subject` header {subject:?}; the key must be the aggregate id")]
+    #[error(
+        "record key {key:?} does not match the `ce_subject` header {subject:?}; the key must be the aggregate id"
+    )]
     KeyMismatch {
         /// The key, lossily decoded.
         key: String,
@@ -255,7 +267,9 @@ impl<E> fmt::Debug for EventCodec<E> {
 
 /// Why a topic prefix was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid topic prefix {prefix:?}: use 1 to 200 ASCII letters, digits, '_' or '-' (dots separate the prefix from the aggregate name)")]
+#[error(
+    "invalid topic prefix {prefix:?}: use 1 to 200 ASCII letters, digits, '_' or '-' (dots separate the prefix from the aggregate name)"
+)]
 pub struct InvalidPrefix {
     /// The prefix given.
     pub prefix: String,
@@ -405,7 +419,11 @@ impl<E: DomainEvent> EventCodec<E> {
             .with_timezone(&Utc);
         let subject = headers.required_str(headers::SUBJECT)?;
         if subject.is_empty() {
-            return Err(invalid(headers::SUBJECT, subject, "the aggregate id must not be empty"));
+            return Err(invalid(
+                headers::SUBJECT,
+                subject,
+                "the aggregate id must not be empty",
+            ));
         }
         if let Some(key) = record.key
             && key != subject.as_bytes()
@@ -423,11 +441,20 @@ impl<E: DomainEvent> EventCodec<E> {
             });
         }
         let sequence = headers.required_str(headers::SEQUENCE)?;
-        let sequence = parse_sequence(sequence)
-            .ok_or_else(|| invalid(headers::SEQUENCE, sequence, "expected a decimal integer from 1 to 2^64 - 1"))?;
+        let sequence = parse_sequence(sequence).ok_or_else(|| {
+            invalid(
+                headers::SEQUENCE,
+                sequence,
+                "expected a decimal integer from 1 to 2^64 - 1",
+            )
+        })?;
         let metadata = Metadata {
-            causation_id: headers.optional_str(headers::CAUSATION_ID)?.map(str::to_owned),
-            correlation_id: headers.optional_str(headers::CORRELATION_ID)?.map(str::to_owned),
+            causation_id: headers
+                .optional_str(headers::CAUSATION_ID)?
+                .map(str::to_owned),
+            correlation_id: headers
+                .optional_str(headers::CORRELATION_ID)?
+                .map(str::to_owned),
             // W3C trace context: an invalid traceparent is ignored, not an error.
             traceparent: headers
                 .optional_str(headers::TRACEPARENT)?
@@ -442,10 +469,11 @@ impl<E: DomainEvent> EventCodec<E> {
                 source,
             })?;
         let payload = self.upcast(event_type, found_version, payload)?;
-        let event = E::from_payload(event_type, payload).map_err(|source| DecodeError::Payload {
-            ce_type: ce_type.to_owned(),
-            source,
-        })?;
+        let event =
+            E::from_payload(event_type, payload).map_err(|source| DecodeError::Payload {
+                ce_type: ce_type.to_owned(),
+                source,
+            })?;
         Ok(EventEnvelope {
             id,
             aggregate_id: AggregateId::new(subject),
@@ -595,7 +623,9 @@ fn parse_sequence(s: &str) -> Option<u64> {
 fn is_valid_traceparent(tp: &str) -> bool {
     let parts: Vec<&str> = tp.split('-').collect();
     let hex = |s: &str, len: usize| {
-        s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     matches!(parts.as_slice(), [version, trace, parent, flags]
         if hex(version, 2) && *version != "ff"

@@ -70,9 +70,18 @@ impl KafkaConfig {
 /// Whether a librdkafka property holds a secret that must never be printed.
 pub fn is_secret_property(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ["password", "secret", "jaas", "token", "credential", "ssl.key.pem", "private", "oauthbearer.config"]
-        .iter()
-        .any(|needle| key.contains(needle))
+    [
+        "password",
+        "secret",
+        "jaas",
+        "token",
+        "credential",
+        "ssl.key.pem",
+        "private",
+        "oauthbearer.config",
+    ]
+    .iter()
+    .any(|needle| key.contains(needle))
 }
 
 impl fmt::Debug for KafkaConfig {
@@ -106,7 +115,9 @@ mod tests {
         for secret in ["hunter2", "s3cret", "abc123", "BEGIN PRIVATE KEY"] {
             assert!(!debug.contains(secret), "{secret} leaked: {debug}");
         }
-        assert!(debug.contains("broker:9093") && debug.contains("svc") && debug.contains("sasl_ssl"));
+        assert!(
+            debug.contains("broker:9093") && debug.contains("svc") && debug.contains("sasl_ssl")
+        );
         assert_eq!(config.get("sasl.password"), Some("hunter2"));
     }
 }

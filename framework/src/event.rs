@@ -47,7 +47,10 @@ pub trait DomainEvent: Serialize + DeserializeOwned + fmt::Debug + Send + Sync +
     fn to_payload(&self) -> Result<serde_json::Value, PayloadError>;
 
     /// Deserializes a payload at the current version of `event_type`.
-    fn from_payload(event_type: &EventType, payload: serde_json::Value) -> Result<Self, PayloadError>;
+    fn from_payload(
+        event_type: &EventType,
+        payload: serde_json::Value,
+    ) -> Result<Self, PayloadError>;
 
     /// Looks up a current event type by its name (`order.placed`).
     fn event_type_named(name: &str) -> Option<&'static EventType> {

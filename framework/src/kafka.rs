@@ -20,14 +20,15 @@ pub fn record_ref<M: Message>(message: &M) -> RecordRef<'_> {
 impl EncodedRecord {
     /// The headers as rdkafka [`OwnedHeaders`], in order.
     pub fn owned_headers(&self) -> OwnedHeaders {
-        self.headers
-            .iter()
-            .fold(OwnedHeaders::new_with_capacity(self.headers.len()), |acc, (key, value)| {
+        self.headers.iter().fold(
+            OwnedHeaders::new_with_capacity(self.headers.len()),
+            |acc, (key, value)| {
                 acc.insert(Header {
                     key,
                     value: Some(value),
                 })
-            })
+            },
+        )
     }
 
     /// An rdkafka record for `topic`, borrowing key and value from `self`.

@@ -20,8 +20,8 @@ mod envelope;
 mod event;
 pub mod kafka;
 pub mod projection;
-pub mod testkit;
 mod store;
+pub mod testkit;
 mod upcast;
 
 pub use aggregate::{Aggregate, AggregateId, Apply, Command, Handle};

@@ -15,8 +15,16 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 /// schema's own `tributary_migrations` table, so they never collide with the
 /// application's migrations (sqlx's `_sqlx_migrations` or any other tool).
 const MIGRATIONS: &[(i32, &str, &str)] = &[
-    (1, "snapshots", include_str!("../migrations/0001_snapshots.sql")),
-    (2, "projections", include_str!("../migrations/0002_projections.sql")),
+    (
+        1,
+        "snapshots",
+        include_str!("../migrations/0001_snapshots.sql"),
+    ),
+    (
+        2,
+        "projections",
+        include_str!("../migrations/0002_projections.sql"),
+    ),
 ];
 
 /// Why Postgres could not be used.
@@ -27,7 +35,9 @@ pub enum StoreError {
     #[error("invalid DATABASE_URL: {0}; expected postgres://user[:password]@host[:port]/database")]
     InvalidUrl(#[source] sqlx::Error),
     /// The schema name is not a plain identifier.
-    #[error("invalid schema name {0:?}: use 1 to 63 lowercase ASCII letters, digits or '_', starting with a letter")]
+    #[error(
+        "invalid schema name {0:?}: use 1 to 63 lowercase ASCII letters, digits or '_', starting with a letter"
+    )]
     InvalidSchema(String),
     /// Postgres refused the connection or a query failed.
     #[error("Postgres {operation} failed: {source}")]
@@ -176,7 +186,9 @@ impl PgStore {
                 .map_err(fail)?;
             tracing::info!(version, name, schema = %self.schema, "applied Tributary migration");
         }
-        tx.commit().await.map_err(StoreError::db("commit migrations"))
+        tx.commit()
+            .await
+            .map_err(StoreError::db("commit migrations"))
     }
 }
 
@@ -187,7 +199,14 @@ mod tests {
     #[test]
     fn schema_names_are_plain_identifiers() {
         assert!(validate_schema("tributary_it_1").is_ok());
-        for bad in ["", "1abc", "Public", "a-b", "a;drop table x", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "1abc",
+            "Public",
+            "a-b",
+            "a;drop table x",
+            &"a".repeat(64),
+        ] {
             assert!(validate_schema(bad).is_err(), "{bad}");
         }
     }

@@ -148,7 +148,12 @@ impl<A: Aggregate> AggregateOutcome<A> {
             Err(actual) if actual.to_string() == message => {}
             Err(actual) => panic!(
                 "{}",
-                mismatch("error message", &self.command_debug, &message, &actual.to_string())
+                mismatch(
+                    "error message",
+                    &self.command_debug,
+                    &message,
+                    &actual.to_string()
+                )
             ),
             Ok(events) => panic!(
                 "expected the command to be rejected with {message:?}, but it was accepted.\n\

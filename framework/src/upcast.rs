@@ -85,7 +85,9 @@ impl fmt::Debug for Upcaster {
 #[non_exhaustive]
 pub enum UpcasterError {
     /// The event type name is not one of the event enum's types.
-    #[error("cannot register an upcaster for `{event}`: it is not an event type of `{aggregate}` (known: {known})")]
+    #[error(
+        "cannot register an upcaster for `{event}`: it is not an event type of `{aggregate}` (known: {known})"
+    )]
     UnknownEvent {
         /// The name given.
         event: String,

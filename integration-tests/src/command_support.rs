@@ -89,7 +89,10 @@ impl Handle<Check> for Counter {
         if self.value == c.expected {
             Ok(vec![])
         } else {
-            Err(CounterError::Mismatch { expected: c.expected, actual: self.value })
+            Err(CounterError::Mismatch {
+                expected: c.expected,
+                actual: self.value,
+            })
         }
     }
 }
@@ -101,7 +104,11 @@ pub fn counter_processor(
     prefix: &str,
     partitions: i32,
 ) -> tributary::command::CommandProcessor<Counter> {
-    tributary::command::CommandProcessor::<Counter>::new(tributary::KafkaConfig::new(bootstrap), prefix)
+    let mut kafka = tributary::KafkaConfig::new(bootstrap);
+    if let Ok(debug) = std::env::var("TRIBUTARY_KAFKA_DEBUG") {
+        kafka = kafka.set("debug", debug);
+    }
+    tributary::command::CommandProcessor::<Counter>::new(kafka, prefix)
         .expect("valid prefix")
         .handle::<Increment>()
         .handle::<Check>()
@@ -119,7 +126,10 @@ pub fn counter_processor(
 
 /// Every committed event of the counter's events topic, per aggregate id, in
 /// partition order, read with a plain read_committed consumer.
-pub fn read_counter_events(bootstrap: &str, prefix: &str) -> BTreeMap<String, Vec<EventEnvelope<CounterEvent>>> {
+pub fn read_counter_events(
+    bootstrap: &str,
+    prefix: &str,
+) -> BTreeMap<String, Vec<EventEnvelope<CounterEvent>>> {
     let codec = EventCodec::<CounterEvent>::new(prefix).expect("valid prefix");
     let topic = codec.events_topic();
     let consumer: BaseConsumer = ClientConfig::new()
@@ -142,23 +152,34 @@ pub fn read_counter_events(bootstrap: &str, prefix: &str) -> BTreeMap<String, Ve
             continue;
         }
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, p, Offset::Beginning).expect("tpl");
+        tpl.add_partition_offset(&topic, p, Offset::Beginning)
+            .expect("tpl");
         consumer.assign(&tpl).expect("assign");
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
             let position = consumer
                 .position()
                 .ok()
-                .and_then(|tpl| tpl.find_partition(&topic, p).and_then(|e| e.offset().to_raw()))
+                .and_then(|tpl| {
+                    tpl.find_partition(&topic, p)
+                        .and_then(|e| e.offset().to_raw())
+                })
                 .unwrap_or(0);
             if position >= high {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "reading {topic}/{p} timed out at {position} of {high}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reading {topic}/{p} timed out at {position} of {high}"
+            );
             if let Some(message) = consumer.poll(Duration::from_millis(200)) {
                 let message = message.expect("consume");
-                let envelope = codec.decode(&kafka::record_ref(&message)).expect("decodable event");
-                out.entry(envelope.aggregate_id.to_string()).or_default().push(envelope);
+                let envelope = codec
+                    .decode(&kafka::record_ref(&message))
+                    .expect("decodable event");
+                out.entry(envelope.aggregate_id.to_string())
+                    .or_default()
+                    .push(envelope);
                 if message.offset() + 1 >= high {
                     break;
                 }
@@ -169,13 +190,18 @@ pub fn read_counter_events(bootstrap: &str, prefix: &str) -> BTreeMap<String, Ve
 }
 
 /// Asserts every aggregate's sequences are exactly 1..=n and returns n per aggregate.
-pub fn assert_gapless(events: &BTreeMap<String, Vec<EventEnvelope<CounterEvent>>>) -> BTreeMap<String, u64> {
+pub fn assert_gapless(
+    events: &BTreeMap<String, Vec<EventEnvelope<CounterEvent>>>,
+) -> BTreeMap<String, u64> {
     events
         .iter()
         .map(|(id, list)| {
             let sequences: Vec<u64> = list.iter().map(|e| e.sequence).collect();
             let expected: Vec<u64> = (1..=list.len() as u64).collect();
-            assert_eq!(sequences, expected, "aggregate {id}: sequences are not 1..=n");
+            assert_eq!(
+                sequences, expected,
+                "aggregate {id}: sequences are not 1..=n"
+            );
             (id.clone(), list.len() as u64)
         })
         .collect()

@@ -23,6 +23,7 @@ pub const HOW_TO_START: &str = "start the local services with `eval \"$(scripts/
 /// The broker's bootstrap servers: `KAFKA_BOOTSTRAP_SERVERS`, default `127.0.0.1:9092`.
 /// Panics with instructions when no broker answers there.
 pub fn kafka_bootstrap() -> String {
+    init_tracing();
     let servers =
         std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
     let consumer: BaseConsumer = ClientConfig::new()
@@ -33,6 +34,16 @@ pub fn kafka_bootstrap() -> String {
         panic!("no Kafka-protocol broker answers at {servers} ({err}): {HOW_TO_START}");
     }
     servers
+}
+
+/// Logs to the test output, filtered by `RUST_LOG` (default: warnings).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
 }
 
 /// Postgres: `DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`.
@@ -60,15 +71,34 @@ pub fn unique_prefix(test: &str) -> String {
 /// Creates `topic` with `partitions` partitions (replication factor 1) and waits
 /// until its metadata shows them.
 pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    create_topic_with(
+        bootstrap,
+        topic,
+        partitions,
+        &[("cleanup.policy", "delete"), ("retention.ms", "-1")],
+    )
+    .await;
+}
+
+/// Creates `topic` with `partitions` partitions and the given topic configs, and
+/// waits until its metadata shows them.
+pub async fn create_topic_with(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) {
+    let mut new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for (key, value) in configs {
+        new_topic = new_topic.set(key, value);
+    }
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
         .expect("cannot create an admin client");
     let results = admin
         .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))
-                .set("cleanup.policy", "delete")
-                .set("retention.ms", "-1")],
+            &[new_topic],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
         )
         .await
@@ -82,10 +112,11 @@ pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
         .expect("cannot create a Kafka client");
     for _ in 0..50 {
         if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))
-            && md
-                .topics()
-                .iter()
-                .any(|t| t.name() == topic && t.error().is_none() && t.partitions().len() == partitions as usize)
+            && md.topics().iter().any(|t| {
+                t.name() == topic
+                    && t.error().is_none()
+                    && t.partitions().len() == partitions as usize
+            })
         {
             return;
         }

@@ -8,21 +8,32 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tributary::command::{CommandGateway, CommandOutcome, SendOptions};
 use tributary::KafkaConfig;
+use tributary::command::{CommandGateway, CommandOutcome, SendOptions};
 use tributary_integration_tests::command_support::{
     Check, Counter, CounterError, Increment, assert_gapless, counter_processor, read_counter_events,
 };
 use tributary_integration_tests::{kafka_bootstrap, unique_prefix};
 
 async fn gateway(bootstrap: &str, prefix: &str) -> CommandGateway {
-    CommandGateway::connect_with_timeout(&KafkaConfig::new(bootstrap), prefix, Duration::from_secs(30))
-        .await
-        .expect("gateway")
+    CommandGateway::connect_with_timeout(
+        &KafkaConfig::new(bootstrap),
+        prefix,
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("gateway")
 }
 
 async fn expect_value(gateway: &CommandGateway, id: &str, expected: u64) {
-    match gateway.send(Check { id: id.into(), expected }).await.expect("check") {
+    match gateway
+        .send(Check {
+            id: id.into(),
+            expected,
+        })
+        .await
+        .expect("check")
+    {
         CommandOutcome::Accepted { events, .. } => assert!(events.is_empty()),
         CommandOutcome::Rejected(e) => panic!("aggregate {id}: {e}"),
     }
@@ -35,7 +46,10 @@ async fn expect_value(gateway: &CommandGateway, id: &str, expected: u64) {
 async fn concurrent_callers_on_one_aggregate_get_gapless_sequences() {
     let bootstrap = kafka_bootstrap();
     let prefix = unique_prefix("cmd-conc");
-    let processor = counter_processor(&bootstrap, &prefix, 4).start().await.expect("processor");
+    let processor = counter_processor(&bootstrap, &prefix, 4)
+        .start()
+        .await
+        .expect("processor");
     let gateway = gateway(&bootstrap, &prefix).await;
 
     let mut tasks = Vec::new();
@@ -46,16 +60,28 @@ async fn concurrent_callers_on_one_aggregate_get_gapless_sequences() {
             for i in 0..20 {
                 // Every 10th command of a caller is rejected by the handler.
                 let by = if i % 10 == 9 { 0 } else { 1 };
-                match gateway.send(Increment { id: "hot".into(), by }).await.expect("send") {
+                match gateway
+                    .send(Increment {
+                        id: "hot".into(),
+                        by,
+                    })
+                    .await
+                    .expect("send")
+                {
                     CommandOutcome::Accepted { version, events } => {
                         assert_eq!(events.len(), 1);
                         assert_eq!(events[0].sequence, version);
                         versions.push(version);
                     }
-                    CommandOutcome::Rejected(e) => assert_eq!(e, CounterError::Zero, "caller {caller}"),
+                    CommandOutcome::Rejected(e) => {
+                        assert_eq!(e, CounterError::Zero, "caller {caller}")
+                    }
                 }
                 let other = format!("cold-{}", (caller * 20 + i) % 100);
-                let outcome = gateway.send(Increment { id: other, by: 2 }).await.expect("send");
+                let outcome = gateway
+                    .send(Increment { id: other, by: 2 })
+                    .await
+                    .expect("send");
                 assert!(outcome.is_accepted());
             }
             versions
@@ -86,17 +112,38 @@ async fn concurrent_callers_on_one_aggregate_get_gapless_sequences() {
 async fn resent_command_ids_return_the_original_outcome_after_a_restart() {
     let bootstrap = kafka_bootstrap();
     let prefix = unique_prefix("cmd-idem");
-    let first = counter_processor(&bootstrap, &prefix, 2).start().await.expect("processor");
+    let first = counter_processor(&bootstrap, &prefix, 2)
+        .start()
+        .await
+        .expect("processor");
     let gateway = gateway(&bootstrap, &prefix).await;
 
     let send = |gateway: CommandGateway, i: u32| async move {
-        let by = if i % 5 == 0 { 0 } else { i };
-        let options = SendOptions { command_id: Some(format!("{i}-cmd")), ..Default::default() };
-        gateway.send_with(Increment { id: format!("c-{}", i % 7), by }, options).await.expect("send")
+        let by = if i.is_multiple_of(5) { 0 } else { i };
+        let options = SendOptions {
+            command_id: Some(format!("{i}-cmd")),
+            ..Default::default()
+        };
+        gateway
+            .send_with(
+                Increment {
+                    id: format!("c-{}", i % 7),
+                    by,
+                },
+                options,
+            )
+            .await
+            .expect("send")
     };
     let describe = |o: CommandOutcome<Counter>| match o {
         CommandOutcome::Accepted { version, events } => {
-            format!("accepted v{version} {:?}", events.iter().map(|e| (e.id, e.sequence, e.event.clone())).collect::<Vec<_>>())
+            format!(
+                "accepted v{version} {:?}",
+                events
+                    .iter()
+                    .map(|e| (e.id, e.sequence, e.event.clone()))
+                    .collect::<Vec<_>>()
+            )
         }
         CommandOutcome::Rejected(e) => format!("rejected {e:?}"),
     };
@@ -104,21 +151,40 @@ async fn resent_command_ids_return_the_original_outcome_after_a_restart() {
     for i in 0..100 {
         original.insert(i, describe(send(gateway.clone(), i).await));
     }
-    assert_eq!(original.values().filter(|o| o.starts_with("rejected")).count(), 20);
+    assert_eq!(
+        original
+            .values()
+            .filter(|o| o.starts_with("rejected"))
+            .count(),
+        20
+    );
     // Abrupt stop: no graceful hand-over, no final snapshot.
     drop(first);
     let before = read_counter_events(&bootstrap, &prefix);
     let before_count: usize = before.values().map(Vec::len).sum();
     assert_eq!(before_count, 80);
 
-    let second = counter_processor(&bootstrap, &prefix, 2).start().await.expect("processor");
+    let second = counter_processor(&bootstrap, &prefix, 2)
+        .start()
+        .await
+        .expect("processor");
     for i in 0..100 {
         let again = describe(send(gateway.clone(), i).await);
         assert_eq!(again, original[&i], "command {i}-cmd");
     }
     let after = read_counter_events(&bootstrap, &prefix);
-    assert_eq!(after.values().map(Vec::len).sum::<usize>(), before_count, "resends wrote events");
-    assert_eq!(second.stats().duplicates.load(std::sync::atomic::Ordering::Relaxed), 100);
+    assert_eq!(
+        after.values().map(Vec::len).sum::<usize>(),
+        before_count,
+        "resends wrote events"
+    );
+    assert_eq!(
+        second
+            .stats()
+            .duplicates
+            .load(std::sync::atomic::Ordering::Relaxed),
+        100
+    );
     second.shutdown().await.expect("shutdown");
 }
 
@@ -128,17 +194,208 @@ async fn a_command_the_processor_does_not_handle_fails_loudly() {
     let bootstrap = kafka_bootstrap();
     let prefix = unique_prefix("cmd-unknown");
     // This processor handles Increment only.
-    let processor = tributary::command::CommandProcessor::<Counter>::new(KafkaConfig::new(&bootstrap), &prefix)
-        .unwrap()
-        .handle::<Increment>()
-        .settings(tributary::command::ProcessorSettings { session_timeout: Duration::from_secs(6), ..Default::default() })
-        .topics(tributary::command::TopicSettings { partitions: 1, reply_partitions: 1, ..Default::default() })
-        .start()
-        .await
-        .unwrap();
+    let processor =
+        tributary::command::CommandProcessor::<Counter>::new(KafkaConfig::new(&bootstrap), &prefix)
+            .unwrap()
+            .handle::<Increment>()
+            .settings(tributary::command::ProcessorSettings {
+                session_timeout: Duration::from_secs(6),
+                ..Default::default()
+            })
+            .topics(tributary::command::TopicSettings {
+                partitions: 1,
+                reply_partitions: 1,
+                ..Default::default()
+            })
+            .start()
+            .await
+            .unwrap();
     let gateway = gateway(&bootstrap, &prefix).await;
-    let err = gateway.send(Check { id: "x".into(), expected: 0 }).await.unwrap_err();
-    assert!(err.to_string().contains("unknown command type `counter.check`"), "{err}");
+    let err = gateway
+        .send(Check {
+            id: "x".into(),
+            expected: 0,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("unknown command type `counter.check`"),
+        "{err}"
+    );
     let _ = Arc::new(());
     processor.shutdown().await.unwrap();
+}
+
+/// G6 + G7: restore reads at most N events past the snapshot; an unreadable or
+/// incompatible snapshot is discarded with a warning and the aggregate rebuilt
+/// from all its events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restore_starts_from_the_snapshot_and_survives_a_bad_one() {
+    use std::sync::atomic::Ordering;
+    const N: u64 = 10; // Counter's snapshot_every
+
+    let bootstrap = kafka_bootstrap();
+    let prefix = unique_prefix("cmd-snap");
+    let store = tributary_integration_tests::pg_store(&prefix).await;
+    let start = || {
+        counter_processor(&bootstrap, &prefix, 1)
+            .snapshots(store.clone())
+            .start()
+    };
+
+    let first = start().await.expect("processor");
+    let gateway = gateway(&bootstrap, &prefix).await;
+    let total = N * 5 + 3;
+    for _ in 0..total {
+        assert!(
+            gateway
+                .send(Increment {
+                    id: "s".into(),
+                    by: 1
+                })
+                .await
+                .unwrap()
+                .is_accepted()
+        );
+    }
+    // Crash: no snapshot on revoke; the per-aggregate snapshot at version 50 exists.
+    first.kill().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM tributary_snapshots WHERE aggregate_id = 's'")
+                .fetch_optional(store.pool())
+                .await
+                .unwrap();
+        if v == Some(50) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "snapshot at version 50 not written: {v:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let second = start().await.expect("processor");
+    expect_value(&gateway, "s", total).await;
+    let applied = second
+        .stats()
+        .restore_events_applied
+        .load(Ordering::Relaxed);
+    assert!(
+        applied <= N,
+        "restore applied {applied} events past the snapshot, more than N = {N}"
+    );
+    assert_eq!(applied, 3);
+    // Graceful hand-over snapshots everything: the next restore reads nothing.
+    second.shutdown().await.expect("shutdown");
+    let third = start().await.expect("processor");
+    expect_value(&gateway, "s", total).await;
+    assert_eq!(
+        third.stats().restore_records_read.load(Ordering::Relaxed),
+        0
+    );
+    third.kill().await;
+
+    for corruption in [
+        "UPDATE tributary_snapshots SET state = '{\"value\": \"not a number\"}' WHERE aggregate_id = 's'",
+        "UPDATE tributary_snapshots SET state_version = 99 WHERE aggregate_id = 's'",
+    ] {
+        sqlx::query(corruption).execute(store.pool()).await.unwrap();
+        let next = start().await.expect("processor");
+        expect_value(&gateway, "s", total).await;
+        assert_eq!(
+            next.stats().snapshots_discarded.load(Ordering::Relaxed),
+            1,
+            "{corruption}"
+        );
+        assert_eq!(
+            next.stats().restore_events_applied.load(Ordering::Relaxed),
+            total,
+            "{corruption}"
+        );
+        next.shutdown().await.expect("shutdown");
+    }
+    // Deleting every snapshot loses nothing.
+    sqlx::query("DELETE FROM tributary_snapshots")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let last = start().await.expect("processor");
+    expect_value(&gateway, "s", total).await;
+    last.shutdown().await.expect("shutdown");
+}
+
+/// Topic validation: misconfigured topics stop the start-up with the documented error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misconfigured_topics_are_refused_with_a_fix() {
+    use tributary::command::{TopicError, TopicSettings, ensure_topics};
+    use tributary_integration_tests::create_topic;
+
+    let bootstrap = kafka_bootstrap();
+    let config = KafkaConfig::new(&bootstrap);
+    let settings = TopicSettings {
+        partitions: 2,
+        reply_partitions: 1,
+        ..Default::default()
+    };
+
+    // Commands topic with another partition count than the events topic.
+    let prefix = unique_prefix("cmd-topics");
+    create_topic(&bootstrap, &format!("{prefix}.counter.events"), 2).await;
+    create_topic(&bootstrap, &format!("{prefix}.counter.commands"), 3).await;
+    let err = ensure_topics(&config, &prefix, "counter", &settings)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            TopicError::PartitionMismatch {
+                found: 3,
+                expected: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("co-partitioned"), "{err}");
+
+    // Compacted or finite-retention events topic.
+    for (config_key, value, expect) in [
+        ("cleanup.policy", "compact", "never be compacted"),
+        ("retention.ms", "86400000", "events must be kept forever"),
+    ] {
+        let prefix = unique_prefix("cmd-topics");
+        tributary_integration_tests::create_topic_with(
+            &bootstrap,
+            &format!("{prefix}.counter.events"),
+            2,
+            &[(config_key, value)],
+        )
+        .await;
+        let err = ensure_topics(&config, &prefix, "counter", &settings)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TopicError::Compacted { .. } | TopicError::FiniteRetention { .. }
+            ),
+            "{config_key}={value}: {err}"
+        );
+        assert!(err.to_string().contains(expect), "{err}");
+        assert!(
+            err.to_string().contains("kafka-configs.sh"),
+            "says how to fix it: {err}"
+        );
+    }
+
+    // A correct layout passes and reports what it found.
+    let prefix = unique_prefix("cmd-topics");
+    let layout = ensure_topics(&config, &prefix, "counter", &settings)
+        .await
+        .expect("valid topics");
+    assert_eq!(layout.partitions, 2);
 }

@@ -26,9 +26,14 @@ struct Line {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
 #[event(aggregate = "order")]
 enum OrderEvent {
-    Placed { customer: String, lines: Vec<Line> },
+    Placed {
+        customer: String,
+        lines: Vec<Line>,
+    },
     #[event(version = 2)]
-    Cancelled { reason: String },
+    Cancelled {
+        reason: String,
+    },
 }
 
 #[tokio::test]
@@ -52,7 +57,11 @@ async fn produced_record_matches_the_wire_format_byte_for_byte() {
         },
         event: OrderEvent::Placed {
             customer: "cust-9".into(),
-            lines: vec![Line { sku: "sku-1".into(), quantity: 2, price_cents: 1999 }],
+            lines: vec![Line {
+                sku: "sku-1".into(),
+                quantity: 2,
+                price_cents: 1999,
+            }],
         },
     };
     let record = codec.encode(&envelope).unwrap();
@@ -63,7 +72,9 @@ async fn produced_record_matches_the_wire_format_byte_for_byte() {
         .set("acks", "all")
         .create()
         .unwrap();
-    let rdkafka::producer::future_producer::Delivery { partition, offset, .. } = producer
+    let rdkafka::producer::future_producer::Delivery {
+        partition, offset, ..
+    } = producer
         .send(record.to_future_record(&topic), Duration::from_secs(10))
         .await
         .map_err(|(e, _)| e)
@@ -79,7 +90,8 @@ async fn produced_record_matches_the_wire_format_byte_for_byte() {
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, partition, Offset::Offset(offset)).unwrap();
+    tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))
+        .unwrap();
     consumer.assign(&tpl).unwrap();
     let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
         .await
@@ -90,13 +102,21 @@ async fn produced_record_matches_the_wire_format_byte_for_byte() {
     assert_eq!(message.key(), Some(&b"order-42"[..]));
     assert_eq!(
         message.payload(),
-        Some(&br#"{"customer":"cust-9","lines":[{"sku":"sku-1","quantity":2,"price_cents":1999}]}"#[..])
+        Some(
+            &br#"{"customer":"cust-9","lines":[{"sku":"sku-1","quantity":2,"price_cents":1999}]}"#
+                [..]
+        )
     );
     let headers: Vec<(String, Vec<u8>)> = message
         .headers()
         .expect("record has no headers")
         .iter()
-        .map(|h| (h.key.to_owned(), h.value.expect("null header value").to_vec()))
+        .map(|h| {
+            (
+                h.key.to_owned(),
+                h.value.expect("null header value").to_vec(),
+            )
+        })
         .collect();
     let expected: Vec<(String, Vec<u8>)> = [
         ("ce_specversion", "1.0".to_owned()),
@@ -109,7 +129,10 @@ async fn produced_record_matches_the_wire_format_byte_for_byte() {
         ("ce_sequence", "00000000000000000003".to_owned()),
         ("ce_causationid", "cmd-0193a4b2".to_owned()),
         ("ce_correlationid", "checkout-7".to_owned()),
-        ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.into_bytes()))

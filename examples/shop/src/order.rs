@@ -1,4 +1,4 @@
-//! The order aggregate.
+//! The order aggregate: place, confirm, cancel.
 
 use serde::{Deserialize, Serialize};
 use tributary::{Aggregate, Apply, Command, DomainEvent, Handle};
@@ -6,38 +6,63 @@ use tributary::{Aggregate, Apply, Command, DomainEvent, Handle};
 /// One order line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Line {
+    /// Stock keeping unit.
     pub sku: String,
+    /// How many.
     pub quantity: u32,
+    /// Unit price in cents.
     pub price_cents: u64,
 }
 
+/// What happened to an order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
 #[event(aggregate = "order")]
 pub enum OrderEvent {
-    Placed { customer: String, lines: Vec<Line> },
+    /// The customer placed the order.
+    Placed {
+        /// Who.
+        customer: String,
+        /// What.
+        lines: Vec<Line>,
+    },
+    /// The order was confirmed.
     Confirmed,
-    Cancelled { reason: String },
+    /// The order was cancelled.
+    Cancelled {
+        /// Why.
+        reason: String,
+    },
 }
 
+/// Why an order command was rejected.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
 pub enum OrderError {
+    /// Placing twice.
     #[error("the order was already placed")]
     AlreadyPlaced,
+    /// Placing nothing.
     #[error("an order needs at least one line")]
     NoLines,
+    /// Confirming an order that is not placed.
     #[error("the order is {0:?}, not placed")]
     NotPlaced(Status),
 }
 
+/// Where an order is in its life.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub enum Status {
+    /// Not placed yet.
     #[default]
     New,
+    /// Placed, waiting for confirmation.
     Placed,
+    /// Confirmed.
     Confirmed,
+    /// Cancelled.
     Cancelled,
 }
 
+/// The order aggregate.
 #[derive(Debug, Default, Serialize, Deserialize, Aggregate)]
 #[aggregate(name = "order", event = OrderEvent, error = OrderError, snapshot_every = 100)]
 pub struct Order {
@@ -46,40 +71,60 @@ pub struct Order {
 }
 
 impl Order {
+    /// The order's status.
     pub fn status(&self) -> Status {
         self.status
     }
 
+    /// Sum of the lines.
     pub fn total_cents(&self) -> u64 {
-        self.lines.iter().map(|l| l.price_cents * u64::from(l.quantity)).sum()
+        self.lines
+            .iter()
+            .map(|l| l.price_cents * u64::from(l.quantity))
+            .sum()
     }
 }
 
+/// Place a new order.
 #[derive(Debug, Serialize, Deserialize, Command)]
 #[command(aggregate = Order)]
 pub struct PlaceOrder {
+    /// The order.
     #[aggregate_id]
     pub order_id: String,
+    /// Who.
     pub customer: String,
+    /// What.
     pub lines: Vec<Line>,
 }
 
 impl PlaceOrder {
+    /// A sample order.
     pub fn example(order_id: &str) -> Self {
         Self {
             order_id: order_id.into(),
             customer: "cust-1".into(),
             lines: vec![
-                Line { sku: "tea".into(), quantity: 2, price_cents: 450 },
-                Line { sku: "mug".into(), quantity: 1, price_cents: 1200 },
+                Line {
+                    sku: "tea".into(),
+                    quantity: 2,
+                    price_cents: 450,
+                },
+                Line {
+                    sku: "mug".into(),
+                    quantity: 1,
+                    price_cents: 1200,
+                },
             ],
         }
     }
 }
 
+/// Confirm a placed order.
 #[derive(Debug, Serialize, Deserialize, Command)]
 #[command(aggregate = Order)]
 pub struct ConfirmOrder {
+    /// The order.
     #[aggregate_id]
     pub order_id: String,
 }
@@ -92,7 +137,10 @@ impl Handle<PlaceOrder> for Order {
         if cmd.lines.is_empty() {
             return Err(OrderError::NoLines);
         }
-        Ok(vec![OrderEvent::Placed { customer: cmd.customer, lines: cmd.lines }])
+        Ok(vec![OrderEvent::Placed {
+            customer: cmd.customer,
+            lines: cmd.lines,
+        }])
     }
 }
 
@@ -130,23 +178,36 @@ mod tests {
         let lines = cmd.lines.clone();
         AggregateTest::<Order>::given_no_previous_events()
             .when(cmd)
-            .then_expect_events([OrderEvent::Placed { customer: "cust-1".into(), lines }]);
+            .then_expect_events([OrderEvent::Placed {
+                customer: "cust-1".into(),
+                lines,
+            }]);
     }
 
     #[test]
     fn refuses_an_empty_order() {
         AggregateTest::<Order>::given_no_previous_events()
-            .when(PlaceOrder { lines: vec![], ..PlaceOrder::example("o-1") })
+            .when(PlaceOrder {
+                lines: vec![],
+                ..PlaceOrder::example("o-1")
+            })
             .then_expect_error(OrderError::NoLines);
     }
 
     #[test]
     fn confirms_only_placed_orders() {
-        AggregateTest::<Order>::given([OrderEvent::Placed { customer: "c".into(), lines: vec![] }])
-            .when(ConfirmOrder { order_id: "o-1".into() })
-            .then_expect_events([OrderEvent::Confirmed]);
+        AggregateTest::<Order>::given([OrderEvent::Placed {
+            customer: "c".into(),
+            lines: vec![],
+        }])
+        .when(ConfirmOrder {
+            order_id: "o-1".into(),
+        })
+        .then_expect_events([OrderEvent::Confirmed]);
         AggregateTest::<Order>::given_no_previous_events()
-            .when(ConfirmOrder { order_id: "o-1".into() })
+            .when(ConfirmOrder {
+                order_id: "o-1".into(),
+            })
             .then_expect_error(OrderError::NotPlaced(Status::New));
     }
 }

@@ -12,17 +12,39 @@ use crate::event::derive_support;
 /// independently of the macros.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum ShopEvent {
-    Placed { customer: String, lines: Vec<(String, u32)> },
-    Cancelled { reason: String, by_customer: bool },
+    Placed {
+        customer: String,
+        lines: Vec<(String, u32)>,
+    },
+    Cancelled {
+        reason: String,
+        by_customer: bool,
+    },
     Pinged,
     Noted(String),
 }
 
 const TYPES: &[EventType] = &[
-    EventType { name: "order.placed", version: 1, ce_type: "order.placed.v1" },
-    EventType { name: "order.cancelled", version: 3, ce_type: "order.cancelled.v3" },
-    EventType { name: "order.pinged", version: 1, ce_type: "order.pinged.v1" },
-    EventType { name: "order.noted", version: 1, ce_type: "order.noted.v1" },
+    EventType {
+        name: "order.placed",
+        version: 1,
+        ce_type: "order.placed.v1",
+    },
+    EventType {
+        name: "order.cancelled",
+        version: 3,
+        ce_type: "order.cancelled.v3",
+    },
+    EventType {
+        name: "order.pinged",
+        version: 1,
+        ce_type: "order.pinged.v1",
+    },
+    EventType {
+        name: "order.noted",
+        version: 1,
+        ce_type: "order.noted.v1",
+    },
 ];
 
 impl DomainEvent for ShopEvent {
@@ -49,7 +71,11 @@ impl DomainEvent for ShopEvent {
             "order.cancelled" => (1, false),
             "order.pinged" => (2, true),
             "order.noted" => (3, false),
-            other => return Err(PayloadError::UnknownType { name: other.to_owned() }),
+            other => {
+                return Err(PayloadError::UnknownType {
+                    name: other.to_owned(),
+                });
+            }
         };
         derive_support::from_payload("ShopEvent", names, 4, index, unit, payload)
     }
@@ -60,7 +86,10 @@ fn codec() -> EventCodec<ShopEvent> {
         .unwrap()
         .with_upcaster(Upcaster::new("order.cancelled", 1, |mut v| {
             // v1 had `why`; v2 renamed it to `reason`.
-            let why = v.get("why").cloned().ok_or_else(|| UpcastError::new("v1 without `why`"))?;
+            let why = v
+                .get("why")
+                .cloned()
+                .ok_or_else(|| UpcastError::new("v1 without `why`"))?;
             v["reason"] = why;
             Ok(v)
         }))
@@ -118,12 +147,24 @@ fn encodes_every_header_in_order() {
     assert_eq!(
         names,
         [
-            "ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "ce_subject",
-            "content-type", "ce_sequence", "ce_causationid", "ce_correlationid", "traceparent",
+            "ce_specversion",
+            "ce_id",
+            "ce_source",
+            "ce_type",
+            "ce_time",
+            "ce_subject",
+            "content-type",
+            "ce_sequence",
+            "ce_causationid",
+            "ce_correlationid",
+            "traceparent",
         ]
     );
     assert_eq!(header(&record, "ce_specversion"), "1.0");
-    assert_eq!(header(&record, "ce_id"), "0193a4b2-7c1e-7d3a-9f00-1234567890ab");
+    assert_eq!(
+        header(&record, "ce_id"),
+        "0193a4b2-7c1e-7d3a-9f00-1234567890ab"
+    );
     assert_eq!(header(&record, "ce_source"), "/shop/order");
     assert_eq!(header(&record, "ce_type"), "order.placed.v1");
     assert_eq!(header(&record, "ce_time"), "2026-11-25T20:08:43.123456Z");
@@ -148,7 +189,10 @@ fn optional_metadata_headers_are_omitted() {
 fn round_trips_every_variant_shape() {
     for event in [
         sample().event,
-        ShopEvent::Cancelled { reason: "late".into(), by_customer: true },
+        ShopEvent::Cancelled {
+            reason: "late".into(),
+            by_customer: true,
+        },
         ShopEvent::Pinged,
         ShopEvent::Noted("hello".into()),
     ] {
@@ -157,7 +201,10 @@ fn round_trips_every_variant_shape() {
         assert_eq!(decode(&record).unwrap(), envelope);
     }
     let unit = codec()
-        .encode(&EventEnvelope { event: ShopEvent::Pinged, ..sample() })
+        .encode(&EventEnvelope {
+            event: ShopEvent::Pinged,
+            ..sample()
+        })
         .unwrap();
     assert_eq!(unit.value, b"{}");
 }
@@ -165,7 +212,10 @@ fn round_trips_every_variant_shape() {
 #[test]
 fn upcasts_old_versions_step_by_step() {
     let current = EventEnvelope {
-        event: ShopEvent::Cancelled { reason: "late".into(), by_customer: false },
+        event: ShopEvent::Cancelled {
+            reason: "late".into(),
+            by_customer: false,
+        },
         ..sample()
     };
     let record = codec().encode(&current).unwrap();
@@ -181,22 +231,46 @@ fn upcasts_old_versions_step_by_step() {
 fn reports_a_missing_or_failing_upcaster() {
     let record = codec()
         .encode(&EventEnvelope {
-            event: ShopEvent::Cancelled { reason: "x".into(), by_customer: false },
+            event: ShopEvent::Cancelled {
+                reason: "x".into(),
+                by_customer: false,
+            },
             ..sample()
         })
         .unwrap();
     let mut v1 = with_header(&record, "ce_type", Some(b"order.cancelled.v1"));
     v1.value = br#"{"reason":"x"}"#.to_vec();
     let err = decode(&v1).unwrap_err();
-    assert!(matches!(err, DecodeError::Upcast { from_version: 1, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            DecodeError::Upcast {
+                from_version: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
 
     let bare = EventCodec::<ShopEvent>::new("shop").unwrap();
     let err = bare.decode(&v1.as_record()).unwrap_err();
     assert!(
-        matches!(err, DecodeError::MissingUpcaster { found: 1, current: 3, missing: 1, .. }),
+        matches!(
+            err,
+            DecodeError::MissingUpcaster {
+                found: 1,
+                current: 3,
+                missing: 1,
+                ..
+            }
+        ),
         "{err}"
     );
-    assert!(err.to_string().contains("Upcaster::new(\"order.cancelled\", 1, ..)"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("Upcaster::new(\"order.cancelled\", 1, ..)"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -204,20 +278,28 @@ fn refuses_bad_upcaster_registrations() {
     let c = || EventCodec::<ShopEvent>::new("shop").unwrap();
     let id = |v: Value| Ok(v);
     assert!(matches!(
-        c().with_upcaster(Upcaster::new("order.shipped", 1, id)).unwrap_err(),
+        c().with_upcaster(Upcaster::new("order.shipped", 1, id))
+            .unwrap_err(),
         UpcasterError::UnknownEvent { .. }
     ));
     assert!(matches!(
-        c().with_upcaster(Upcaster::new("order.placed", 1, id)).unwrap_err(),
+        c().with_upcaster(Upcaster::new("order.placed", 1, id))
+            .unwrap_err(),
         UpcasterError::NotOlder { current: 1, .. }
     ));
     assert!(matches!(
-        c().with_upcaster(Upcaster::new("order.cancelled", 0, id)).unwrap_err(),
+        c().with_upcaster(Upcaster::new("order.cancelled", 0, id))
+            .unwrap_err(),
         UpcasterError::NotOlder { .. }
     ));
     assert!(matches!(
-        codec().with_upcaster(Upcaster::new("order.cancelled", 2, id)).unwrap_err(),
-        UpcasterError::Duplicate { from_version: 2, .. }
+        codec()
+            .with_upcaster(Upcaster::new("order.cancelled", 2, id))
+            .unwrap_err(),
+        UpcasterError::Duplicate {
+            from_version: 2,
+            ..
+        }
     ));
 }
 
@@ -225,8 +307,14 @@ fn refuses_bad_upcaster_registrations() {
 fn names_the_missing_header() {
     let record = codec().encode(&sample()).unwrap();
     for name in [
-        "ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "ce_subject",
-        "content-type", "ce_sequence",
+        "ce_specversion",
+        "ce_id",
+        "ce_source",
+        "ce_type",
+        "ce_time",
+        "ce_subject",
+        "content-type",
+        "ce_sequence",
     ] {
         let err = decode(&with_header(&record, name, None)).unwrap_err();
         assert!(
@@ -247,7 +335,10 @@ fn names_the_missing_header() {
             ..null_type.as_record()
         })
         .unwrap_err();
-    assert!(matches!(err, DecodeError::MissingHeader { name: "ce_type" }), "{err}");
+    assert!(
+        matches!(err, DecodeError::MissingHeader { name: "ce_type" }),
+        "{err}"
+    );
     null_type.headers.clear();
 }
 
@@ -286,32 +377,81 @@ fn rejects_invalid_header_values() {
 fn rejects_wrong_spec_version_and_content_type() {
     let record = codec().encode(&sample()).unwrap();
     let err = decode(&with_header(&record, "ce_specversion", Some(b"0.3"))).unwrap_err();
-    assert!(matches!(err, DecodeError::UnsupportedSpecVersion { .. }), "{err}");
-    let err = decode(&with_header(&record, "content-type", Some(b"application/avro"))).unwrap_err();
-    assert!(matches!(err, DecodeError::UnsupportedContentType { .. }), "{err}");
+    assert!(
+        matches!(err, DecodeError::UnsupportedSpecVersion { .. }),
+        "{err}"
+    );
+    let err = decode(&with_header(
+        &record,
+        "content-type",
+        Some(b"application/avro"),
+    ))
+    .unwrap_err();
+    assert!(
+        matches!(err, DecodeError::UnsupportedContentType { .. }),
+        "{err}"
+    );
     // Parameters and case are allowed.
-    let ok = with_header(&record, "content-type", Some(b"Application/JSON; charset=utf-8"));
+    let ok = with_header(
+        &record,
+        "content-type",
+        Some(b"Application/JSON; charset=utf-8"),
+    );
     assert!(decode(&ok).is_ok());
 }
 
 #[test]
 fn rejects_unknown_and_future_event_types() {
     let record = codec().encode(&sample()).unwrap();
-    for ce_type in ["order.shipped.v1", "order.placed", "order.placed.v0", "order.placed.v01", "x", ""] {
+    for ce_type in [
+        "order.shipped.v1",
+        "order.placed",
+        "order.placed.v0",
+        "order.placed.v01",
+        "x",
+        "",
+    ] {
         let err = decode(&with_header(&record, "ce_type", Some(ce_type.as_bytes()))).unwrap_err();
-        assert!(matches!(err, DecodeError::UnknownEventType { .. }), "{ce_type}: {err}");
-        assert!(err.to_string().contains("order.placed.v1"), "lists known types: {err}");
+        assert!(
+            matches!(err, DecodeError::UnknownEventType { .. }),
+            "{ce_type}: {err}"
+        );
+        assert!(
+            err.to_string().contains("order.placed.v1"),
+            "lists known types: {err}"
+        );
     }
     let err = decode(&with_header(&record, "ce_type", Some(b"order.placed.v2"))).unwrap_err();
-    assert!(matches!(err, DecodeError::FutureVersion { found: 2, current: 1, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            DecodeError::FutureVersion {
+                found: 2,
+                current: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn rejects_duplicate_headers() {
     let mut record = codec().encode(&sample()).unwrap();
-    record.headers.push(("ce_type".into(), b"order.placed.v1".to_vec()));
+    record
+        .headers
+        .push(("ce_type".into(), b"order.placed.v1".to_vec()));
     let err = decode(&record).unwrap_err();
-    assert!(matches!(err, DecodeError::DuplicateHeader { name: "ce_type", count: 2 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            DecodeError::DuplicateHeader {
+                name: "ce_type",
+                count: 2
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -319,14 +459,26 @@ fn rejects_bad_payloads() {
     let record = codec().encode(&sample()).unwrap();
     let mut bad_json = record.clone();
     bad_json.value = b"{not json".to_vec();
-    assert!(matches!(decode(&bad_json).unwrap_err(), DecodeError::InvalidJson { .. }));
+    assert!(matches!(
+        decode(&bad_json).unwrap_err(),
+        DecodeError::InvalidJson { .. }
+    ));
 
     let mut wrong_fields = record.clone();
     wrong_fields.value = br#"{"customer":1}"#.to_vec();
-    assert!(matches!(decode(&wrong_fields).unwrap_err(), DecodeError::Payload { .. }));
+    assert!(matches!(
+        decode(&wrong_fields).unwrap_err(),
+        DecodeError::Payload { .. }
+    ));
 
-    let tombstone = RecordRef { value: None, ..record.as_record() };
-    assert!(matches!(codec().decode(&tombstone).unwrap_err(), DecodeError::MissingValue));
+    let tombstone = RecordRef {
+        value: None,
+        ..record.as_record()
+    };
+    assert!(matches!(
+        codec().decode(&tombstone).unwrap_err(),
+        DecodeError::MissingValue
+    ));
 }
 
 #[test]
@@ -334,8 +486,14 @@ fn key_must_match_subject_but_may_be_null() {
     let record = codec().encode(&sample()).unwrap();
     let mut other_key = record.clone();
     other_key.key = b"order-43".to_vec();
-    assert!(matches!(decode(&other_key).unwrap_err(), DecodeError::KeyMismatch { .. }));
-    let no_key = RecordRef { key: None, ..record.as_record() };
+    assert!(matches!(
+        decode(&other_key).unwrap_err(),
+        DecodeError::KeyMismatch { .. }
+    ));
+    let no_key = RecordRef {
+        key: None,
+        ..record.as_record()
+    };
     assert_eq!(codec().decode(&no_key).unwrap(), sample());
 }
 
@@ -357,10 +515,16 @@ fn ignores_an_invalid_traceparent() {
 fn encode_refuses_empty_ids_and_sequence_zero() {
     let mut env = sample();
     env.aggregate_id = AggregateId::new("");
-    assert!(matches!(codec().encode(&env).unwrap_err(), EncodeError::EmptyAggregateId { .. }));
+    assert!(matches!(
+        codec().encode(&env).unwrap_err(),
+        EncodeError::EmptyAggregateId { .. }
+    ));
     let mut env = sample();
     env.sequence = 0;
-    assert!(matches!(codec().encode(&env).unwrap_err(), EncodeError::ZeroSequence { .. }));
+    assert!(matches!(
+        codec().encode(&env).unwrap_err(),
+        EncodeError::ZeroSequence { .. }
+    ));
 }
 
 #[test]
@@ -374,10 +538,15 @@ fn prefix_is_validated() {
 
 fn arb_event() -> impl Strategy<Value = ShopEvent> {
     prop_oneof![
-        (any::<String>(), proptest::collection::vec((any::<String>(), any::<u32>()), 0..4))
+        (
+            any::<String>(),
+            proptest::collection::vec((any::<String>(), any::<u32>()), 0..4)
+        )
             .prop_map(|(customer, lines)| ShopEvent::Placed { customer, lines }),
-        (any::<String>(), any::<bool>())
-            .prop_map(|(reason, by_customer)| ShopEvent::Cancelled { reason, by_customer }),
+        (any::<String>(), any::<bool>()).prop_map(|(reason, by_customer)| ShopEvent::Cancelled {
+            reason,
+            by_customer
+        }),
         Just(ShopEvent::Pinged),
         any::<String>().prop_map(ShopEvent::Noted),
     ]
@@ -395,8 +564,8 @@ fn arb_envelope() -> impl Strategy<Value = EventEnvelope<ShopEvent>> {
         proptest::option::of(("[0-9a-f]{32}", "[0-9a-f]{16}", "[0-9a-f]{2}")),
         arb_event(),
     )
-        .prop_map(|(id, agg, sequence, micros, causation, correlation, tp, event)| {
-            EventEnvelope {
+        .prop_map(
+            |(id, agg, sequence, micros, causation, correlation, tp, event)| EventEnvelope {
                 id: Uuid::from_u128(id),
                 aggregate_id: AggregateId::new(agg),
                 sequence,
@@ -404,25 +573,38 @@ fn arb_envelope() -> impl Strategy<Value = EventEnvelope<ShopEvent>> {
                 metadata: Metadata {
                     causation_id: causation,
                     correlation_id: correlation,
-                    traceparent: tp.map(|(t, p, f)| format!("00-{t}-{p}-{f}")).filter(|tp| is_valid_traceparent(tp)),
+                    traceparent: tp
+                        .map(|(t, p, f)| format!("00-{t}-{p}-{f}"))
+                        .filter(|tp| is_valid_traceparent(tp)),
                 },
                 event,
-            }
-        })
+            },
+        )
 }
 
 fn arb_headers() -> impl Strategy<Value = Vec<(String, Option<Vec<u8>>)>> {
     let name = prop_oneof![
-        Just("ce_specversion".to_owned()), Just("ce_id".to_owned()), Just("ce_source".to_owned()),
-        Just("ce_type".to_owned()), Just("ce_time".to_owned()), Just("ce_subject".to_owned()),
-        Just("content-type".to_owned()), Just("ce_sequence".to_owned()),
-        Just("traceparent".to_owned()), ".{0,12}",
+        Just("ce_specversion".to_owned()),
+        Just("ce_id".to_owned()),
+        Just("ce_source".to_owned()),
+        Just("ce_type".to_owned()),
+        Just("ce_time".to_owned()),
+        Just("ce_subject".to_owned()),
+        Just("content-type".to_owned()),
+        Just("ce_sequence".to_owned()),
+        Just("traceparent".to_owned()),
+        ".{0,12}",
     ];
     let value = proptest::option::of(prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..40),
         prop_oneof![
-            Just("1.0"), Just("order.placed.v1"), Just("order.cancelled.v1"), Just("order.pinged.v9"),
-            Just("application/json"), Just("00000000000000000001"), Just("2026-11-25T20:08:43Z"),
+            Just("1.0"),
+            Just("order.placed.v1"),
+            Just("order.cancelled.v1"),
+            Just("order.pinged.v9"),
+            Just("application/json"),
+            Just("00000000000000000001"),
+            Just("2026-11-25T20:08:43Z"),
             Just("0193a4b2-7c1e-7d3a-9f00-1234567890ab"),
         ]
         .prop_map(|s| s.as_bytes().to_vec()),

@@ -48,7 +48,9 @@ impl<A: Aggregate> CommandOutcome<A> {
 #[non_exhaustive]
 pub enum GatewayError {
     /// No reply within the timeout. The command may still be processed.
-    #[error("no outcome for command {command_id} within {waited:?}; it may still be processed: resend it with the same command id to learn its outcome")]
+    #[error(
+        "no outcome for command {command_id} within {waited:?}; it may still be processed: resend it with the same command id to learn its outcome"
+    )]
     Timeout {
         /// The command id.
         command_id: String,
@@ -56,7 +58,9 @@ pub enum GatewayError {
         waited: Duration,
     },
     /// The command could not be written to Kafka (broker unavailable, timed out, …).
-    #[error("command {command_id} could not be written to Kafka: {source}; check that the brokers are reachable, then resend with the same command id")]
+    #[error(
+        "command {command_id} could not be written to Kafka: {source}; check that the brokers are reachable, then resend with the same command id"
+    )]
     Unavailable {
         /// The command id.
         command_id: String,
@@ -167,10 +171,13 @@ impl CommandGateway {
         prefix: &str,
         timeout: Duration,
     ) -> Result<Self, GatewayError> {
-        crate::codec::validate_prefix(prefix).map_err(|e| GatewayError::InvalidCommand(e.to_string()))?;
+        crate::codec::validate_prefix(prefix)
+            .map_err(|e| GatewayError::InvalidCommand(e.to_string()))?;
         let replies = wire::replies_topic(prefix);
-        let reply_partitions = ensure_replies_topic(kafka, prefix, &TopicSettings::default()).await?;
-        let reply_partition = (uuid::Uuid::new_v4().as_u128() % reply_partitions.max(1) as u128) as i32;
+        let reply_partitions =
+            ensure_replies_topic(kafka, prefix, &TopicSettings::default()).await?;
+        let reply_partition =
+            (uuid::Uuid::new_v4().as_u128() % reply_partitions.max(1) as u128) as i32;
 
         let consumer: StreamConsumer = kafka
             .client_config()
@@ -182,13 +189,22 @@ impl CommandGateway {
             .map_err(setup("create reply consumer"))?;
         // Start at the current end explicitly, so no reply produced after this point
         // can be missed (Offset::End would be resolved later).
-        let (_, high) = consumer
+        // read_uncommitted: the last stable offset can lag (or read 0 on some
+        // brokers) while processors have transactions open.
+        let watermarks: rdkafka::consumer::BaseConsumer = kafka
+            .client_config()
+            .set("isolation.level", "read_uncommitted")
+            .create()
+            .map_err(setup("create watermark client"))?;
+        let (_, high) = watermarks
             .fetch_watermarks(&replies, reply_partition, Duration::from_secs(10))
             .map_err(setup("fetch reply watermarks"))?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&replies, reply_partition, Offset::Offset(high))
             .map_err(setup("assign reply partition"))?;
-        consumer.assign(&tpl).map_err(setup("assign reply partition"))?;
+        consumer
+            .assign(&tpl)
+            .map_err(setup("assign reply partition"))?;
 
         let producer: FutureProducer = kafka
             .client_config()
@@ -217,7 +233,10 @@ impl CommandGateway {
     }
 
     /// Sends `command` with a new command id and waits for its outcome.
-    pub async fn send<C: Command>(&self, command: C) -> Result<CommandOutcome<C::Aggregate>, GatewayError> {
+    pub async fn send<C: Command>(
+        &self,
+        command: C,
+    ) -> Result<CommandOutcome<C::Aggregate>, GatewayError> {
         self.send_with(command, SendOptions::default()).await
     }
 
@@ -227,14 +246,22 @@ impl CommandGateway {
         command: C,
         options: SendOptions,
     ) -> Result<CommandOutcome<C::Aggregate>, GatewayError> {
-        let command_id = options.command_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let command_id = options
+            .command_id
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let aggregate_id = command.aggregate_id();
         let span = info_span!("send_command", command_id = %command_id, aggregate_id = %aggregate_id,
             command_type = C::NAME, aggregate = <C::Aggregate as Aggregate>::NAME);
-        self.send_inner(command, command_id, aggregate_id, options.correlation_id, options.traceparent,
-            options.timeout.unwrap_or(self.inner.timeout))
-            .instrument(span)
-            .await
+        self.send_inner(
+            command,
+            command_id,
+            aggregate_id,
+            options.correlation_id,
+            options.traceparent,
+            options.timeout.unwrap_or(self.inner.timeout),
+        )
+        .instrument(span)
+        .await
     }
 
     async fn send_inner<C: Command>(
@@ -248,10 +275,15 @@ impl CommandGateway {
     ) -> Result<CommandOutcome<C::Aggregate>, GatewayError> {
         type A<C> = <C as Command>::Aggregate;
         if aggregate_id.as_str().is_empty() {
-            return Err(GatewayError::InvalidCommand(format!("`{}` has an empty aggregate id", C::NAME)));
+            return Err(GatewayError::InvalidCommand(format!(
+                "`{}` has an empty aggregate id",
+                C::NAME
+            )));
         }
         if command_id.is_empty() {
-            return Err(GatewayError::InvalidCommand("the command id is empty".into()));
+            return Err(GatewayError::InvalidCommand(
+                "the command id is empty".into(),
+            ));
         }
         let value = serde_json::to_vec(&command).map_err(GatewayError::Serialize)?;
         let traceparent = traceparent.unwrap_or_else(new_traceparent);
@@ -270,13 +302,20 @@ impl CommandGateway {
         );
         let (tx, rx) = oneshot::channel();
         {
-            let mut pending = self.inner.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut pending = self
+                .inner
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if pending.contains_key(&command_id) {
                 return Err(GatewayError::AlreadyPending(command_id));
             }
             pending.insert(command_id.clone(), tx);
         }
-        let _guard = PendingGuard { pending: &self.inner.pending, id: command_id.clone() };
+        let _guard = PendingGuard {
+            pending: &self.inner.pending,
+            id: command_id.clone(),
+        };
         let topic = wire::commands_topic(&self.inner.prefix, A::<C>::NAME);
         let started = tokio::time::Instant::now();
         let produce = self.inner.producer.send(
@@ -287,14 +326,24 @@ impl CommandGateway {
             timeout,
         );
         match tokio::time::timeout(timeout, produce).await {
-            Err(_) => return Err(GatewayError::Timeout { command_id, waited: started.elapsed() }),
+            Err(_) => {
+                return Err(GatewayError::Timeout {
+                    command_id,
+                    waited: started.elapsed(),
+                });
+            }
             Ok(Err((source, _))) => return Err(GatewayError::Unavailable { command_id, source }),
             Ok(Ok(_)) => {}
         }
         let remaining = timeout.saturating_sub(started.elapsed());
         let reply = match tokio::time::timeout(remaining, rx).await {
             Ok(Ok(reply)) => reply,
-            _ => return Err(GatewayError::Timeout { command_id, waited: started.elapsed() }),
+            _ => {
+                return Err(GatewayError::Timeout {
+                    command_id,
+                    waited: started.elapsed(),
+                });
+            }
         };
         outcome::<A<C>>(reply, &aggregate_id)
     }
@@ -308,13 +357,22 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.id);
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
     }
 }
 
-fn outcome<A: Aggregate>(reply: ReplyWire, aggregate_id: &AggregateId) -> Result<CommandOutcome<A>, GatewayError> {
+fn outcome<A: Aggregate>(
+    reply: ReplyWire,
+    aggregate_id: &AggregateId,
+) -> Result<CommandOutcome<A>, GatewayError> {
     let command_id = reply.command_id;
-    let bad = |reason: String| GatewayError::BadReply { command_id: command_id.clone(), reason };
+    let bad = |reason: String| GatewayError::BadReply {
+        command_id: command_id.clone(),
+        reason,
+    };
     match reply.outcome {
         OutcomeWire::Accepted { version, events } => {
             let codec = EventCodec::<A::Event>::new("reply").map_err(|e| bad(e.to_string()))?;
@@ -330,7 +388,9 @@ fn outcome<A: Aggregate>(reply: ReplyWire, aggregate_id: &AggregateId) -> Result
                             causation_id: Some(command_id.clone()),
                             ..Metadata::default()
                         },
-                        event: codec.decode_payload(&e.ce_type, e.data).map_err(|e| bad(e.to_string()))?,
+                        event: codec
+                            .decode_payload(&e.ce_type, e.data)
+                            .map_err(|e| bad(e.to_string()))?,
                     })
                 })
                 .collect::<Result<Vec<_>, GatewayError>>()?;
@@ -347,7 +407,9 @@ async fn listen(consumer: StreamConsumer, pending: Arc<Pending>) {
     loop {
         match consumer.recv().await {
             Ok(message) => {
-                let Some(payload) = message.payload() else { continue };
+                let Some(payload) = message.payload() else {
+                    continue;
+                };
                 match serde_json::from_slice::<ReplyWire>(payload) {
                     Ok(reply) => {
                         let waiter = pending
@@ -375,4 +437,3 @@ fn new_traceparent() -> String {
     let parent = uuid::Uuid::new_v4().simple().to_string();
     format!("00-{trace}-{}-01", &parent[..16])
 }
-

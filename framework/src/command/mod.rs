@@ -9,5 +9,7 @@ mod topics;
 pub mod wire;
 
 pub use gateway::{CommandGateway, CommandOutcome, GatewayError, SendOptions};
-pub use processor::{CommandProcessor, ProcessorError, ProcessorHandle, ProcessorSettings, ProcessorStats};
+pub use processor::{
+    CommandProcessor, ProcessorError, ProcessorHandle, ProcessorSettings, ProcessorStats,
+};
 pub use topics::{TopicError, TopicLayout, TopicSettings, ensure_topics};

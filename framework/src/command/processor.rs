@@ -19,7 +19,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance};
+use rdkafka::consumer::{
+    BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
+};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -107,7 +109,9 @@ pub enum ProcessorError {
     Upcaster(#[from] UpcasterError),
     /// An event in the events topic cannot be read, so the state of its aggregate —
     /// and of the partition — cannot be rebuilt. Deploy a version that can decode it.
-    #[error("cannot restore partition {partition}: event at offset {offset} is unreadable: {reason}")]
+    #[error(
+        "cannot restore partition {partition}: event at offset {offset} is unreadable: {reason}"
+    )]
     Unreadable {
         /// Events partition.
         partition: i32,
@@ -118,7 +122,9 @@ pub enum ProcessorError {
     },
     /// The events partition breaks the one-writer invariant (a gap or a duplicate
     /// sequence): something other than the processor wrote to it.
-    #[error("events partition {partition} is inconsistent at offset {offset}: aggregate `{aggregate_id}` is at version {version} but the event has sequence {sequence}")]
+    #[error(
+        "events partition {partition} is inconsistent at offset {offset}: aggregate `{aggregate_id}` is at version {version} but the event has sequence {sequence}"
+    )]
     Inconsistent {
         /// Events partition.
         partition: i32,
@@ -132,7 +138,9 @@ pub enum ProcessorError {
         sequence: u64,
     },
     /// Restoring a partition did not finish in time.
-    #[error("restoring partition {partition} timed out after {waited:?} at offset {position} of {end}")]
+    #[error(
+        "restoring partition {partition} timed out after {waited:?} at offset {position} of {end}"
+    )]
     RestoreTimeout {
         /// Events partition.
         partition: i32,
@@ -146,6 +154,17 @@ pub enum ProcessorError {
     /// The processor thread panicked or could not be joined.
     #[error("the processor thread ended abnormally: {0}")]
     Thread(String),
+}
+
+impl ProcessorError {
+    /// Whether retrying later may succeed (broker or database unavailable). Other
+    /// errors stop the processor.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Kafka { .. } | Self::Store(_) | Self::RestoreTimeout { .. }
+        )
+    }
 }
 
 fn kafka(operation: &'static str) -> impl FnOnce(KafkaError) -> ProcessorError {
@@ -204,6 +223,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 type Decided<A> = Result<Vec<<A as Aggregate>::Event>, <A as Aggregate>::Error>;
 type DecideFn<A> = Box<dyn Fn(&A, &[u8]) -> Result<Decided<A>, serde_json::Error> + Send + Sync>;
 type CommitHook = Arc<dyn Fn(i32) + Send + Sync>;
+/// Seen command ids with their reply bytes, and their order for expiry.
+type SeenWindow = (
+    HashMap<String, Arc<Vec<u8>>>,
+    VecDeque<(SystemTime, String)>,
+);
 
 /// Builds and starts the command processor of aggregate type `A`.
 ///
@@ -225,7 +249,7 @@ pub struct CommandProcessor<A: Aggregate> {
     store: Option<PgStore>,
     settings: ProcessorSettings,
     topics: TopicSettings,
-    before_commit: Option<CommitHook>,
+    before_transaction: Option<CommitHook>,
 }
 
 impl<A: Aggregate> std::fmt::Debug for CommandProcessor<A> {
@@ -250,7 +274,7 @@ impl<A: Aggregate> CommandProcessor<A> {
             store: None,
             settings: ProcessorSettings::default(),
             topics: TopicSettings::default(),
-            before_commit: None,
+            before_transaction: None,
         })
     }
 
@@ -265,7 +289,8 @@ impl<A: Aggregate> CommandProcessor<A> {
             let command: C = serde_json::from_slice(payload)?;
             Ok(state.handle(command))
         });
-        self.handlers.insert(format!("{}.{}", A::NAME, C::NAME), decide);
+        self.handlers
+            .insert(format!("{}.{}", A::NAME, C::NAME), decide);
         self
     }
 
@@ -298,11 +323,12 @@ impl<A: Aggregate> CommandProcessor<A> {
         self
     }
 
-    /// Fault injection for tests: called with the partition right before each commit.
+    /// Fault injection for tests: called with the partition after a batch was
+    /// polled and before its transaction begins.
     #[doc(hidden)]
     #[must_use]
-    pub fn before_commit(mut self, hook: impl Fn(i32) + Send + Sync + 'static) -> Self {
-        self.before_commit = Some(Arc::new(hook));
+    pub fn before_transaction(mut self, hook: impl Fn(i32) + Send + Sync + 'static) -> Self {
+        self.before_transaction = Some(Arc::new(hook));
         self
     }
 
@@ -328,7 +354,7 @@ impl<A: Aggregate> CommandProcessor<A> {
             kafka: self.kafka.clone(),
             runtime,
             stats: Arc::clone(&stats),
-            before_commit: self.before_commit,
+            before_transaction: self.before_transaction,
         });
         let restore_consumer: BaseConsumer = self
             .kafka
@@ -340,11 +366,20 @@ impl<A: Aggregate> CommandProcessor<A> {
             .set("fetch.wait.max.ms", "10")
             .create()
             .map_err(kafka("create restore consumer"))?;
+        let watermark_consumer: BaseConsumer = self
+            .kafka
+            .client_config()
+            .set("group.id", format!("{group}.restore"))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_uncommitted")
+            .create()
+            .map_err(kafka("create watermark consumer"))?;
         let core = Arc::new(Mutex::new(Core {
             shared: Arc::clone(&shared),
             partitions: HashMap::new(),
             snapshot_tx,
             restore_consumer,
+            watermark_consumer,
             fatal: None,
         }));
         let consumer: BaseConsumer<RebalanceContext<A>> = self
@@ -356,24 +391,34 @@ impl<A: Aggregate> CommandProcessor<A> {
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
             .set("partition.assignment.strategy", "range")
-            .set("session.timeout.ms", s.session_timeout.as_millis().to_string())
-            .set("max.poll.interval.ms", s.max_poll_interval.as_millis().to_string())
+            .set(
+                "session.timeout.ms",
+                s.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "max.poll.interval.ms",
+                s.max_poll_interval.as_millis().to_string(),
+            )
             // Latency: librdkafka waits up to 500 ms for fetch.min.bytes by default.
             .set("fetch.wait.max.ms", "5")
-            .create_with_context(RebalanceContext { core: Arc::clone(&core) })
+            .create_with_context(RebalanceContext {
+                core: Arc::clone(&core),
+            })
             .map_err(kafka("create consumer"))?;
         consumer
             .subscribe(&[shared.layout.commands.as_str()])
             .map_err(kafka("subscribe"))?;
         let stop = Arc::new(AtomicBool::new(false));
-        let thread_stop = Arc::clone(&stop);
+        let kill = Arc::new(AtomicBool::new(false));
+        let (thread_stop, thread_kill) = (Arc::clone(&stop), Arc::clone(&kill));
         let thread = std::thread::Builder::new()
             .name(format!("tributary-{}", A::NAME))
-            .spawn(move || run(consumer, core, thread_stop))
+            .spawn(move || run(consumer, core, thread_stop, thread_kill))
             .map_err(|e| ProcessorError::Thread(e.to_string()))?;
         info!(aggregate = A::NAME, %group, "command processor started");
         Ok(ProcessorHandle {
             stop,
+            kill,
             thread: Some(thread),
             stats,
         })
@@ -385,11 +430,21 @@ impl<A: Aggregate> CommandProcessor<A> {
 #[derive(Debug)]
 pub struct ProcessorHandle {
     stop: Arc<AtomicBool>,
+    kill: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<Result<(), ProcessorError>>>,
     stats: Arc<ProcessorStats>,
 }
 
 impl ProcessorHandle {
+    /// Stops at once, as a crash would: no snapshots, no hand-over beyond closing
+    /// the consumer. Whatever was not committed is processed again by the next owner.
+    pub async fn kill(mut self) {
+        self.kill.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+
     /// The processor's counters.
     pub fn stats(&self) -> &Arc<ProcessorStats> {
         &self.stats
@@ -431,7 +486,7 @@ struct Shared<A: Aggregate> {
     kafka: KafkaConfig,
     runtime: tokio::runtime::Handle,
     stats: Arc<ProcessorStats>,
-    before_commit: Option<CommitHook>,
+    before_transaction: Option<CommitHook>,
 }
 
 /// One aggregate instance in memory.
@@ -470,7 +525,8 @@ impl ProducerContext for DeliveryContext {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
             Ok(message) if message.topic() == self.events_topic => {
-                self.max_offset.fetch_max(message.offset(), Ordering::SeqCst);
+                self.max_offset
+                    .fetch_max(message.offset(), Ordering::SeqCst);
             }
             Ok(_) => {}
             Err((error, _)) => {
@@ -499,6 +555,9 @@ struct Core<A: Aggregate> {
     partitions: HashMap<i32, PartitionState<A>>,
     snapshot_tx: Option<UnboundedSender<SnapshotJob>>,
     restore_consumer: BaseConsumer,
+    /// read_uncommitted, for high watermarks: a read_committed handle reports the
+    /// last stable offset, which some brokers report as 0 while any transaction is open.
+    watermark_consumer: BaseConsumer,
     fatal: Option<ProcessorError>,
 }
 
@@ -523,9 +582,14 @@ impl<A: Aggregate> ConsumerContext for RebalanceContext<A> {
                 let mut core = lock(&self.core);
                 for p in partitions {
                     if let Err(error) = core.restore(p) {
-                        error!(%error, partition = p, "restore failed; the processor stops");
-                        core.fatal.get_or_insert(error);
-                        return;
+                        if error.is_transient() {
+                            // Retried when the partition's next command arrives.
+                            warn!(%error, partition = p, "restore failed; will retry");
+                        } else {
+                            error!(%error, partition = p, "restore failed; the processor stops");
+                            core.fatal.get_or_insert(error);
+                            return;
+                        }
                     }
                 }
             }
@@ -539,14 +603,23 @@ fn run<A: Aggregate>(
     consumer: BaseConsumer<RebalanceContext<A>>,
     core: Arc<Mutex<Core<A>>>,
     stop: Arc<AtomicBool>,
+    kill: Arc<AtomicBool>,
 ) -> Result<(), ProcessorError> {
     let (max_batch, linger) = {
         let c = lock(&core);
-        (c.shared.settings.max_batch.max(1), c.shared.settings.batch_linger)
+        (
+            c.shared.settings.max_batch.max(1),
+            c.shared.settings.batch_linger,
+        )
     };
     loop {
         if let Some(error) = lock(&core).fatal.take() {
             return Err(error);
+        }
+        if kill.load(Ordering::SeqCst) {
+            warn!("command processor killed");
+            lock(&core).partitions.clear();
+            return Ok(());
         }
         if stop.load(Ordering::SeqCst) {
             info!("command processor shutting down");
@@ -592,7 +665,10 @@ fn run<A: Aggregate>(
             .unwrap_or_default();
         let mut by_partition: Vec<(i32, Vec<OwnedMessage>)> = Vec::new();
         for message in batch {
-            match by_partition.iter_mut().find(|(p, _)| *p == message.partition()) {
+            match by_partition
+                .iter_mut()
+                .find(|(p, _)| *p == message.partition())
+            {
                 Some((_, messages)) => messages.push(message),
                 None => by_partition.push((message.partition(), vec![message])),
             }
@@ -604,7 +680,14 @@ fn run<A: Aggregate>(
                     continue; // revoked meanwhile; the new owner processes these
                 }
                 if let Err(error) = c.restore(partition) {
-                    return Err(error);
+                    if !error.is_transient() {
+                        return Err(error);
+                    }
+                    warn!(%error, partition, "restore failed; retrying in 1 s");
+                    drop(c);
+                    seek_back(&consumer, &messages);
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
                 }
             }
             match c.process(partition, &messages, &metadata) {
@@ -634,7 +717,12 @@ fn seek_back<C: ConsumerContext>(consumer: &BaseConsumer<C>, messages: &[OwnedMe
             .or_insert(m.offset());
     }
     for ((topic, partition), offset) in firsts {
-        if let Err(error) = consumer.seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(10)) {
+        if let Err(error) = consumer.seek(
+            &topic,
+            partition,
+            Offset::Offset(offset),
+            Duration::from_secs(10),
+        ) {
             warn!(%error, partition, offset, "seek failed");
         }
     }
@@ -673,8 +761,14 @@ impl<A: Aggregate> Core<A> {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "1")
-            .set("transaction.timeout.ms", settings.transaction_timeout.as_millis().to_string())
-            .set("message.timeout.ms", settings.transaction_timeout.as_millis().to_string())
+            .set(
+                "transaction.timeout.ms",
+                settings.transaction_timeout.as_millis().to_string(),
+            )
+            .set(
+                "message.timeout.ms",
+                settings.transaction_timeout.as_millis().to_string(),
+            )
             .create_with_context(DeliveryContext {
                 events_topic: shared.layout.events.clone(),
                 max_offset: AtomicI64::new(-1),
@@ -688,8 +782,15 @@ impl<A: Aggregate> Core<A> {
 
         let (aggregates, read, applied) = self.restore_aggregates(partition, false)?;
         let (seen, seen_order) = self.restore_seen(partition)?;
-        let max_offset = aggregates.values().map(|s| s.offset_bound).max().unwrap_or(-1);
-        producer.context().max_offset.store(max_offset, Ordering::SeqCst);
+        let max_offset = aggregates
+            .values()
+            .map(|s| s.offset_bound)
+            .max()
+            .unwrap_or(-1);
+        producer
+            .context()
+            .max_offset
+            .store(max_offset, Ordering::SeqCst);
         info!(
             aggregates = aggregates.len(),
             events_read = read,
@@ -746,25 +847,38 @@ impl<A: Aggregate> Core<A> {
                         let version = u64::try_from(row.version).unwrap_or(0);
                         aggregates.insert(
                             row.aggregate_id,
-                            Slot { state, version, snapshot_version: version, offset_bound: row.events_offset },
+                            Slot {
+                                state,
+                                version,
+                                snapshot_version: version,
+                                offset_bound: row.events_offset,
+                            },
                         );
                     }
                     Err(reason) => {
                         warn!(aggregate_id = %row.aggregate_id, %reason,
                             "discarding an unreadable snapshot; rebuilding the aggregate from its events");
                         ProcessorStats::add(&shared.stats.snapshots_discarded, 1);
-                        self.block_on(snapshot::discard(store, A::NAME, partition, &row.aggregate_id))?;
+                        self.block_on(snapshot::discard(
+                            store,
+                            A::NAME,
+                            partition,
+                            &row.aggregate_id,
+                        ))?;
                         broken = true;
                     }
                 }
             }
-            if !broken && !full && let Some(w) = snapshots.watermark {
+            if !broken
+                && !full
+                && let Some(w) = snapshots.watermark
+            {
                 start = w + 1;
             }
         }
         let topic = shared.layout.events.clone();
         let (low, high) = self
-            .restore_consumer
+            .watermark_consumer
             .fetch_watermarks(&topic, partition, Duration::from_secs(30))
             .map_err(kafka("fetch events watermarks"))?;
         let start = start.max(low);
@@ -772,12 +886,16 @@ impl<A: Aggregate> Core<A> {
         let mut gap = None;
         self.read_range(&topic, partition, start, high, |message| {
             read += 1;
-            let envelope = shared.codec.decode(&record_ref(message)).map_err(|e| ProcessorError::Unreadable {
-                partition,
-                offset: message.offset(),
-                reason: e.to_string(),
+            let envelope = shared.codec.decode(&record_ref(message)).map_err(|e| {
+                ProcessorError::Unreadable {
+                    partition,
+                    offset: message.offset(),
+                    reason: e.to_string(),
+                }
             })?;
-            let slot = aggregates.entry(envelope.aggregate_id.into_string()).or_default();
+            let slot = aggregates
+                .entry(envelope.aggregate_id.into_string())
+                .or_default();
             slot.offset_bound = slot.offset_bound.max(message.offset());
             if envelope.sequence <= slot.snapshot_version {
                 return Ok(()); // covered by the snapshot
@@ -796,7 +914,10 @@ impl<A: Aggregate> Core<A> {
         if let Some((offset, version, sequence)) = gap {
             if start > low && !full {
                 // Snapshot rows were deleted under a watermark: read everything.
-                warn!(partition, offset, "snapshots do not cover the partition; replaying it from the start");
+                warn!(
+                    partition,
+                    offset, "snapshots do not cover the partition; replaying it from the start"
+                );
                 return self.restore_aggregates(partition, true);
             }
             let aggregate_id = aggregates
@@ -804,20 +925,25 @@ impl<A: Aggregate> Core<A> {
                 .find(|(_, s)| s.version == version)
                 .map(|(id, _)| id.clone())
                 .unwrap_or_default();
-            return Err(ProcessorError::Inconsistent { partition, offset, aggregate_id, version, sequence });
+            return Err(ProcessorError::Inconsistent {
+                partition,
+                offset,
+                aggregate_id,
+                version,
+                sequence,
+            });
         }
         Ok((aggregates, read, applied))
     }
 
-    fn restore_seen(
-        &mut self,
-        partition: i32,
-    ) -> Result<(HashMap<String, Arc<Vec<u8>>>, VecDeque<(SystemTime, String)>), ProcessorError> {
+    fn restore_seen(&mut self, partition: i32) -> Result<SeenWindow, ProcessorError> {
         let topic = self.shared.layout.outcomes.clone();
         let window = self.shared.settings.dedup_window;
-        let since = SystemTime::now().checked_sub(window).unwrap_or(SystemTime::UNIX_EPOCH);
+        let since = SystemTime::now()
+            .checked_sub(window)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         let (low, high) = self
-            .restore_consumer
+            .watermark_consumer
             .fetch_watermarks(&topic, partition, Duration::from_secs(30))
             .map_err(kafka("fetch outcomes watermarks"))?;
         let mut seen = HashMap::new();
@@ -861,7 +987,9 @@ impl<A: Aggregate> Core<A> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, Offset::Offset(start))
             .map_err(kafka("assign restore partition"))?;
-        consumer.assign(&tpl).map_err(kafka("assign restore partition"))?;
+        consumer
+            .assign(&tpl)
+            .map_err(kafka("assign restore partition"))?;
         let started = Instant::now();
         let mut position = start;
         let result = loop {
@@ -880,10 +1008,10 @@ impl<A: Aggregate> Core<A> {
                 Some(Err(error)) => warn!(%error, "restore consumer error"),
                 None => {
                     // Transaction markers take offsets but are not delivered.
-                    if let Ok(Some(p)) = consumer
-                        .position()
-                        .map(|tpl| tpl.find_partition(topic, partition).and_then(|e| e.offset().to_raw()))
-                    {
+                    if let Ok(Some(p)) = consumer.position().map(|tpl| {
+                        tpl.find_partition(topic, partition)
+                            .and_then(|e| e.offset().to_raw())
+                    }) {
                         position = position.max(p);
                     }
                 }
@@ -904,12 +1032,18 @@ impl<A: Aggregate> Core<A> {
     /// Hands every aggregate changed since its last snapshot to the writer and
     /// advances the partition's watermark; waits for the write if `wait`.
     fn flush(&mut self, partition: i32, wait: bool) {
-        let Some(tx) = self.snapshot_tx.clone() else { return };
-        let Some(part) = self.partitions.get_mut(&partition) else { return };
+        let Some(tx) = self.snapshot_tx.clone() else {
+            return;
+        };
+        let Some(part) = self.partitions.get_mut(&partition) else {
+            return;
+        };
         let watermark = part.producer.context().max_offset.load(Ordering::SeqCst);
         let mut rows = Vec::new();
         for id in &part.dirty {
-            let Some(slot) = part.aggregates.get(id) else { continue };
+            let Some(slot) = part.aggregates.get(id) else {
+                continue;
+            };
             match snapshot_row(id, slot) {
                 Some(row) => rows.push(row),
                 None => return, // cannot cover every aggregate: keep the old watermark
@@ -928,7 +1062,12 @@ impl<A: Aggregate> Core<A> {
         } else {
             (None, None)
         };
-        let job = SnapshotJob { partition, rows, watermark: (watermark >= 0).then_some(watermark), done };
+        let job = SnapshotJob {
+            partition,
+            rows,
+            watermark: (watermark >= 0).then_some(watermark),
+            done,
+        };
         if tx.send(job).is_err() {
             warn!(partition, "snapshot writer is gone");
             return;
@@ -965,16 +1104,28 @@ impl<A: Aggregate> Core<A> {
         let shared = Arc::clone(&self.shared);
         let first = messages.first().map_or(-1, Message::offset);
         let last = messages.last().map_or(-1, Message::offset);
-        let span = info_span!("command_batch", aggregate = A::NAME, partition, commands = messages.len(),
-            first_offset = first, last_offset = last);
+        let span = info_span!(
+            "command_batch",
+            aggregate = A::NAME,
+            partition,
+            commands = messages.len(),
+            first_offset = first,
+            last_offset = last
+        );
         let _enter = span.enter();
         let Some(part) = self.partitions.get_mut(&partition) else {
             return Err(BatchFailure::Retry);
         };
         let timeout = shared.settings.transaction_timeout;
+        if let Some(hook) = &shared.before_transaction {
+            hook(partition);
+        }
         let result = (|| -> KafkaResult<Vec<(String, Arc<Vec<u8>>)>> {
             part.producer.begin_transaction()?;
-            part.producer.context().failed.store(false, Ordering::SeqCst);
+            part.producer
+                .context()
+                .failed
+                .store(false, Ordering::SeqCst);
             let mut new_seen: Vec<(String, Arc<Vec<u8>>)> = Vec::new();
             for message in messages {
                 if let Some(entry) = handle_one(&shared, partition, part, &new_seen, message)? {
@@ -982,11 +1133,13 @@ impl<A: Aggregate> Core<A> {
                 }
             }
             let mut offsets = TopicPartitionList::new();
-            offsets.add_partition_offset(&shared.layout.commands, partition, Offset::Offset(last + 1))?;
-            part.producer.send_offsets_to_transaction(&offsets, metadata, timeout)?;
-            if let Some(hook) = &shared.before_commit {
-                hook(partition);
-            }
+            offsets.add_partition_offset(
+                &shared.layout.commands,
+                partition,
+                Offset::Offset(last + 1),
+            )?;
+            part.producer
+                .send_offsets_to_transaction(&offsets, metadata, timeout)?;
             part.producer.commit_transaction(timeout)?;
             Ok(new_seen)
         })();
@@ -998,7 +1151,9 @@ impl<A: Aggregate> Core<A> {
                     part.seen_order.push_back((now, id.clone()));
                     part.seen.insert(id, reply);
                 }
-                let horizon = now.checked_sub(shared.settings.dedup_window).unwrap_or(SystemTime::UNIX_EPOCH);
+                let horizon = now
+                    .checked_sub(shared.settings.dedup_window)
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
                 while part.seen_order.front().is_some_and(|(t, _)| *t < horizon) {
                     if let Some((_, id)) = part.seen_order.pop_front() {
                         part.seen.remove(&id);
@@ -1010,9 +1165,12 @@ impl<A: Aggregate> Core<A> {
             Err(error) => {
                 let fenced = matches!(&error, KafkaError::Transaction(e) if e.is_fatal())
                     || error.rdkafka_error_code().is_some_and(|c| {
-                        matches!(c, rdkafka::types::RDKafkaErrorCode::Fenced
-                            | rdkafka::types::RDKafkaErrorCode::ProducerFenced
-                            | rdkafka::types::RDKafkaErrorCode::InvalidProducerEpoch)
+                        matches!(
+                            c,
+                            rdkafka::types::RDKafkaErrorCode::Fenced
+                                | rdkafka::types::RDKafkaErrorCode::ProducerFenced
+                                | rdkafka::types::RDKafkaErrorCode::InvalidProducerEpoch
+                        )
                     });
                 if fenced {
                     error!(%error, partition, "commit refused: another processor owns this partition now; dropping it");
@@ -1021,21 +1179,23 @@ impl<A: Aggregate> Core<A> {
                     lock(&shared.stats.owned).retain(|p| *p != partition);
                     return Err(BatchFailure::Fenced);
                 }
-                warn!(%error, partition, "transaction failed; aborting and restoring the partition");
+                warn!(%error, partition, "transaction failed; aborting it and restoring the partition");
                 let _ = part.producer.abort_transaction(timeout);
                 ProcessorStats::add(&shared.stats.aborted, 1);
-                // The in-memory state saw the aborted events: rebuild it.
-                if let Err(error) = self.restore(partition) {
-                    error!(%error, partition, "restore after abort failed");
-                    self.fatal.get_or_insert(error);
-                }
+                // The in-memory state saw the aborted events: drop it. The partition
+                // is restored when its commands are consumed again, if it is still
+                // assigned to this instance then.
+                self.partitions.remove(&partition);
+                lock(&shared.stats.owned).retain(|p| *p != partition);
                 Err(BatchFailure::Retry)
             }
         }
     }
 
     fn after_commit(&mut self, partition: i32) {
-        let Some(part) = self.partitions.get_mut(&partition) else { return };
+        let Some(part) = self.partitions.get_mut(&partition) else {
+            return;
+        };
         // Every event of this transaction is at or before the highest delivered offset.
         let bound = part.producer.context().max_offset.load(Ordering::SeqCst);
         let touched: Vec<String> = part.touched.drain().collect();
@@ -1044,7 +1204,10 @@ impl<A: Aggregate> Core<A> {
                 slot.offset_bound = bound;
             }
         }
-        let (Some(every), Some(tx)) = (A::SNAPSHOT_EVERY.filter(|n| *n > 0), self.snapshot_tx.clone()) else {
+        let (Some(every), Some(tx)) = (
+            A::SNAPSHOT_EVERY.filter(|n| *n > 0),
+            self.snapshot_tx.clone(),
+        ) else {
             return;
         };
         if part.events_since_flush >= self.shared.settings.flush_every {
@@ -1053,7 +1216,9 @@ impl<A: Aggregate> Core<A> {
         }
         let mut rows = Vec::new();
         for id in touched {
-            let Some(slot) = part.aggregates.get_mut(&id) else { continue };
+            let Some(slot) = part.aggregates.get_mut(&id) else {
+                continue;
+            };
             if slot.version / every > slot.snapshot_version / every
                 && let Some(row) = snapshot_row(&id, slot)
             {
@@ -1064,7 +1229,12 @@ impl<A: Aggregate> Core<A> {
         }
         if !rows.is_empty() {
             ProcessorStats::add(&self.shared.stats.snapshots, rows.len() as u64);
-            let _ = tx.send(SnapshotJob { partition, rows, watermark: None, done: None });
+            let _ = tx.send(SnapshotJob {
+                partition,
+                rows,
+                watermark: None,
+                done: None,
+            });
         }
     }
 }
@@ -1103,34 +1273,55 @@ fn handle_one<A: Aggregate>(
             return Ok(None);
         }
     };
-    let span = info_span!("command", command_id = command.command_id, aggregate_id = command.aggregate_id,
-        command_type = command.command_type, partition, offset = message.offset(),
-        version = tracing::field::Empty, outcome = tracing::field::Empty);
+    let span = info_span!(
+        "command",
+        command_id = command.command_id,
+        aggregate_id = command.aggregate_id,
+        command_type = command.command_type,
+        partition,
+        offset = message.offset(),
+        version = tracing::field::Empty,
+        outcome = tracing::field::Empty
+    );
     let _enter = span.enter();
     ProcessorStats::add(&shared.stats.commands, 1);
 
-    let earlier = part
-        .seen
-        .get(command.command_id)
-        .cloned()
-        .or_else(|| batch_seen.iter().find(|(id, _)| id == command.command_id).map(|(_, r)| Arc::clone(r)));
+    let earlier = part.seen.get(command.command_id).cloned().or_else(|| {
+        batch_seen
+            .iter()
+            .find(|(id, _)| id == command.command_id)
+            .map(|(_, r)| Arc::clone(r))
+    });
     if let Some(reply) = earlier {
         ProcessorStats::add(&shared.stats.duplicates, 1);
         Span::current().record("outcome", "duplicate");
         debug!("command id seen before; replying with the original outcome");
         if let Some(rp) = command.reply_partition {
-            send(&part.producer, &shared.layout.replies, rp, command.command_id.as_bytes(), &reply, command.correlation_id)?;
+            send(
+                &part.producer,
+                &shared.layout.replies,
+                rp,
+                command.command_id.as_bytes(),
+                &reply,
+                command.correlation_id,
+            )?;
         }
         return Ok(None);
     }
 
     let outcome = decide(shared, partition, part, &command)?;
-    Span::current().record("outcome", match &outcome {
-        OutcomeWire::Accepted { .. } => "accepted",
-        OutcomeWire::Rejected { .. } => "rejected",
-        OutcomeWire::Failed { .. } => "failed",
-    });
-    let reply = ReplyWire { command_id: command.command_id.to_owned(), outcome };
+    Span::current().record(
+        "outcome",
+        match &outcome {
+            OutcomeWire::Accepted { .. } => "accepted",
+            OutcomeWire::Rejected { .. } => "rejected",
+            OutcomeWire::Failed { .. } => "failed",
+        },
+    );
+    let reply = ReplyWire {
+        command_id: command.command_id.to_owned(),
+        outcome,
+    };
     let bytes = match serde_json::to_vec(&reply) {
         Ok(b) => Arc::new(b),
         Err(error) => {
@@ -1138,9 +1329,23 @@ fn handle_one<A: Aggregate>(
             return Ok(None);
         }
     };
-    send(&part.producer, &shared.layout.outcomes, partition, command.aggregate_id.as_bytes(), &bytes, command.correlation_id)?;
+    send(
+        &part.producer,
+        &shared.layout.outcomes,
+        partition,
+        command.aggregate_id.as_bytes(),
+        &bytes,
+        command.correlation_id,
+    )?;
     if let Some(rp) = command.reply_partition {
-        send(&part.producer, &shared.layout.replies, rp, command.command_id.as_bytes(), &bytes, command.correlation_id)?;
+        send(
+            &part.producer,
+            &shared.layout.replies,
+            rp,
+            command.command_id.as_bytes(),
+            &bytes,
+            command.correlation_id,
+        )?;
     }
     Ok(Some((command.command_id.to_owned(), bytes)))
 }
@@ -1163,17 +1368,26 @@ fn decide<A: Aggregate>(
             ),
         });
     };
-    let slot = part.aggregates.entry(command.aggregate_id.to_owned()).or_default();
+    let slot = part
+        .aggregates
+        .entry(command.aggregate_id.to_owned())
+        .or_default();
     let events = match handler(&slot.state, command.payload) {
         Err(error) => {
             ProcessorStats::add(&shared.stats.failed, 1);
-            return Ok(OutcomeWire::Failed { reason: format!("cannot deserialize `{}`: {error}", command.command_type) });
+            return Ok(OutcomeWire::Failed {
+                reason: format!("cannot deserialize `{}`: {error}", command.command_type),
+            });
         }
         Ok(Err(domain_error)) => {
             ProcessorStats::add(&shared.stats.rejected, 1);
             return Ok(match serde_json::to_value(&domain_error) {
                 Ok(error) => OutcomeWire::Rejected { error },
-                Err(e) => OutcomeWire::Failed { reason: format!("rejected with `{domain_error}`, which does not serialize: {e}") },
+                Err(e) => OutcomeWire::Failed {
+                    reason: format!(
+                        "rejected with `{domain_error}`, which does not serialize: {e}"
+                    ),
+                },
             });
         }
         Ok(Ok(events)) => events,
@@ -1181,7 +1395,12 @@ fn decide<A: Aggregate>(
     // Encode everything before touching the state, so a failure changes nothing.
     let metadata = Metadata {
         causation_id: Some(command.command_id.to_owned()),
-        correlation_id: Some(command.correlation_id.unwrap_or(command.command_id).to_owned()),
+        correlation_id: Some(
+            command
+                .correlation_id
+                .unwrap_or(command.command_id)
+                .to_owned(),
+        ),
         traceparent: command.traceparent.map(str::to_owned),
     };
     let count = events.len() as u64;
@@ -1201,12 +1420,20 @@ fn decide<A: Aggregate>(
             .codec
             .encode(&envelope)
             .map_err(|e| e.to_string())
-            .and_then(|record| envelope.event.to_payload().map(|data| (record, data)).map_err(|e| e.to_string()));
+            .and_then(|record| {
+                envelope
+                    .event
+                    .to_payload()
+                    .map(|data| (record, data))
+                    .map_err(|e| e.to_string())
+            });
         let (record, data) = match encoded_pair {
             Ok(pair) => pair,
             Err(error) => {
                 ProcessorStats::add(&shared.stats.failed, 1);
-                return Ok(OutcomeWire::Failed { reason: format!("cannot encode the events: {error}") });
+                return Ok(OutcomeWire::Failed {
+                    reason: format!("cannot encode the events: {error}"),
+                });
             }
         };
         wires.push(EventWire {
@@ -1229,7 +1456,10 @@ fn decide<A: Aggregate>(
         loop {
             match part.producer.send(base) {
                 Ok(()) => break,
-                Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                Err((
+                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    back,
+                )) => {
                     part.producer.poll(Duration::from_millis(10));
                     base = back;
                 }
@@ -1250,7 +1480,10 @@ fn decide<A: Aggregate>(
     ProcessorStats::add(&shared.stats.accepted, 1);
     ProcessorStats::add(&shared.stats.events, count);
     Span::current().record("version", version);
-    Ok(OutcomeWire::Accepted { version, events: wires })
+    Ok(OutcomeWire::Accepted {
+        version,
+        events: wires,
+    })
 }
 
 fn send(
@@ -1263,13 +1496,23 @@ fn send(
 ) -> KafkaResult<()> {
     let mut headers = rdkafka::message::OwnedHeaders::new();
     if let Some(id) = correlation_id {
-        headers = headers.insert(rdkafka::message::Header { key: crate::codec::headers::CORRELATION_ID, value: Some(id) });
+        headers = headers.insert(rdkafka::message::Header {
+            key: crate::codec::headers::CORRELATION_ID,
+            value: Some(id),
+        });
     }
-    let mut record = BaseRecord::to(topic).partition(partition).key(key).payload(value).headers(headers);
+    let mut record = BaseRecord::to(topic)
+        .partition(partition)
+        .key(key)
+        .payload(value)
+        .headers(headers);
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+            Err((
+                KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                back,
+            )) => {
                 producer.poll(Duration::from_millis(10));
                 record = back;
             }

@@ -64,7 +64,11 @@ pub(crate) async fn save(
     rows: &[SnapshotRow],
     watermark: Option<i64>,
 ) -> Result<(), StoreError> {
-    let mut tx = store.pool().begin().await.map_err(StoreError::db("begin"))?;
+    let mut tx = store
+        .pool()
+        .begin()
+        .await
+        .map_err(StoreError::db("begin"))?;
     if !rows.is_empty() {
         let ids: Vec<&str> = rows.iter().map(|r| r.aggregate_id.as_str()).collect();
         let versions: Vec<i64> = rows.iter().map(|r| r.version).collect();
@@ -108,7 +112,9 @@ pub(crate) async fn save(
         .await
         .map_err(StoreError::db("write snapshot watermark"))?;
     }
-    tx.commit().await.map_err(StoreError::db("commit snapshots"))
+    tx.commit()
+        .await
+        .map_err(StoreError::db("commit snapshots"))
 }
 
 /// Deletes one aggregate's snapshot and the partition's watermark (used when a

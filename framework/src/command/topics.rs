@@ -90,7 +90,9 @@ pub enum TopicError {
         expected: usize,
     },
     /// A topic could not be created.
-    #[error("cannot create topic `{topic}`: {code:?}; check the principal's CreateTopics ACL or create it by hand")]
+    #[error(
+        "cannot create topic `{topic}`: {code:?}; check the principal's CreateTopics ACL or create it by hand"
+    )]
     Create {
         /// The topic.
         topic: String,
@@ -98,7 +100,9 @@ pub enum TopicError {
         code: RDKafkaErrorCode,
     },
     /// The cluster could not be asked.
-    #[error("Kafka admin operation `{operation}` failed: {source}; is the cluster reachable at the configured bootstrap.servers?")]
+    #[error(
+        "Kafka admin operation `{operation}` failed: {source}; is the cluster reachable at the configured bootstrap.servers?"
+    )]
     Kafka {
         /// What was being done.
         operation: &'static str,
@@ -134,7 +138,9 @@ pub struct TopicLayout {
     pub brokers: usize,
 }
 
-async fn partition_counts(config: &KafkaConfig) -> Result<(HashMap<String, usize>, usize), TopicError> {
+async fn partition_counts(
+    config: &KafkaConfig,
+) -> Result<(HashMap<String, usize>, usize), TopicError> {
     let client_config = config.client_config();
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = client_config.create().map_err(kafka("create client"))?;
@@ -184,10 +190,26 @@ pub async fn ensure_topics(
     let outcome_retention = ms(settings.outcome_retention);
     let reply_retention = ms(settings.reply_retention);
     let wanted: Vec<NewTopic<'_>> = [
-        (&events, settings.partitions, vec![("retention.ms", "-1"), ("retention.bytes", "-1")]),
-        (&commands, settings.partitions, vec![("retention.ms", command_retention.as_str())]),
-        (&outcomes, settings.partitions, vec![("retention.ms", outcome_retention.as_str())]),
-        (&replies, settings.reply_partitions, vec![("retention.ms", reply_retention.as_str())]),
+        (
+            &events,
+            settings.partitions,
+            vec![("retention.ms", "-1"), ("retention.bytes", "-1")],
+        ),
+        (
+            &commands,
+            settings.partitions,
+            vec![("retention.ms", command_retention.as_str())],
+        ),
+        (
+            &outcomes,
+            settings.partitions,
+            vec![("retention.ms", outcome_retention.as_str())],
+        ),
+        (
+            &replies,
+            settings.reply_partitions,
+            vec![("retention.ms", reply_retention.as_str())],
+        ),
     ]
     .into_iter()
     .filter(|(name, _, _)| !counts.contains_key(name.as_str()))
@@ -204,10 +226,16 @@ pub async fn ensure_topics(
     .collect();
 
     if !wanted.is_empty() {
-        let admin: AdminClient<DefaultClientContext> =
-            config.client_config().create().map_err(kafka("create admin client"))?;
+        let admin: AdminClient<DefaultClientContext> = config
+            .client_config()
+            .create()
+            .map_err(kafka("create admin client"))?;
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        for result in admin.create_topics(&wanted, &options).await.map_err(kafka("create topics"))? {
+        for result in admin
+            .create_topics(&wanted, &options)
+            .await
+            .map_err(kafka("create topics"))?
+        {
             match result {
                 Ok(topic) => tracing::info!(%topic, "created topic"),
                 // Another instance created it first: fine, validated below.
@@ -252,12 +280,26 @@ pub async fn ensure_topics(
 }
 
 async fn validate_events_config(config: &KafkaConfig, events: &str) -> Result<(), TopicError> {
-    let admin: AdminClient<DefaultClientContext> =
-        config.client_config().create().map_err(kafka("create admin client"))?;
-    let described = admin
-        .describe_configs(&[ResourceSpecifier::Topic(events)], &AdminOptions::new())
+    let admin: AdminClient<DefaultClientContext> = config
+        .client_config()
+        .create()
+        .map_err(kafka("create admin client"))?;
+    let described = match admin
+        .describe_configs(
+            &[ResourceSpecifier::Topic(events)],
+            &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
+        )
         .await
-        .map_err(kafka("describe topic configs"))?;
+    {
+        Ok(described) => described,
+        Err(error) => {
+            // Brokers that do not implement DescribeConfigs, or an ACL without
+            // DescribeConfigs: say so loudly, but don't refuse to start.
+            tracing::warn!(%error, topic = events,
+                "cannot read the events topic's configuration; make sure it is not compacted and keeps events forever");
+            return Ok(());
+        }
+    };
     for resource in described.into_iter().flatten() {
         let value = |name: &str| resource.get(name).and_then(|e| e.value.clone());
         if let Some(policy) = value("cleanup.policy")
@@ -297,14 +339,24 @@ pub(crate) async fn ensure_replies_topic(
     let replication = settings
         .replication_factor
         .unwrap_or_else(|| i32::try_from(brokers.clamp(1, 3)).unwrap_or(1));
-    let admin: AdminClient<DefaultClientContext> =
-        config.client_config().create().map_err(kafka("create admin client"))?;
+    let admin: AdminClient<DefaultClientContext> = config
+        .client_config()
+        .create()
+        .map_err(kafka("create admin client"))?;
     let retention = settings.reply_retention.as_millis().to_string();
-    let topic = NewTopic::new(&replies, settings.reply_partitions, TopicReplication::Fixed(replication))
-        .set("cleanup.policy", "delete")
-        .set("retention.ms", &retention);
+    let topic = NewTopic::new(
+        &replies,
+        settings.reply_partitions,
+        TopicReplication::Fixed(replication),
+    )
+    .set("cleanup.policy", "delete")
+    .set("retention.ms", &retention);
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    for result in admin.create_topics(&[topic], &options).await.map_err(kafka("create topics"))? {
+    for result in admin
+        .create_topics(&[topic], &options)
+        .await
+        .map_err(kafka("create topics"))?
+    {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => return Err(TopicError::Create { topic, code }),

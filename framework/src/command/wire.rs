@@ -48,7 +48,10 @@ pub(crate) struct ReplyWire {
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub(crate) enum OutcomeWire {
     /// The command was accepted; its events are at `version - events.len() + 1 ..= version`.
-    Accepted { version: u64, events: Vec<EventWire> },
+    Accepted {
+        version: u64,
+        events: Vec<EventWire>,
+    },
     /// The handler rejected it with this domain error.
     Rejected { error: serde_json::Value },
     /// The processor could not handle it (unknown command type, bad JSON, …).
@@ -79,11 +82,18 @@ pub(crate) struct CommandHeaders<'a> {
 
 pub(crate) fn encode_command(h: &CommandHeaders<'_>, value: Vec<u8>) -> EncodedRecord {
     let mut headers: Vec<(String, Vec<u8>)> = Vec::with_capacity(10);
-    let mut push = |name: &str, value: &str| headers.push((name.to_owned(), value.as_bytes().to_vec()));
+    let mut push =
+        |name: &str, value: &str| headers.push((name.to_owned(), value.as_bytes().to_vec()));
     push(headers::SPEC_VERSION, SPEC_VERSION);
     push(headers::ID, h.command_id);
-    push(headers::SOURCE, &format!("/{}/{}/gateway", h.prefix, h.aggregate));
-    push(headers::TYPE, &format!("{}.{}", h.aggregate, h.command_name));
+    push(
+        headers::SOURCE,
+        &format!("/{}/{}/gateway", h.prefix, h.aggregate),
+    );
+    push(
+        headers::TYPE,
+        &format!("{}.{}", h.aggregate, h.command_name),
+    );
     push(headers::TIME, &codec::format_time(&Utc::now()));
     push(headers::SUBJECT, h.aggregate_id);
     push(headers::CONTENT_TYPE, CONTENT_TYPE);
@@ -131,11 +141,14 @@ fn header<'a>(record: &RecordRef<'a>, name: &str) -> Option<&'a str> {
         .and_then(|v| std::str::from_utf8(v).ok())
 }
 
-pub(crate) fn decode_command<'a>(record: &RecordRef<'a>) -> Result<IncomingCommand<'a>, BadCommand> {
+pub(crate) fn decode_command<'a>(
+    record: &RecordRef<'a>,
+) -> Result<IncomingCommand<'a>, BadCommand> {
     let command_id = header(record, headers::ID)
         .filter(|id| !id.is_empty())
         .ok_or(BadCommand::MissingHeader(headers::ID))?;
-    let command_type = header(record, headers::TYPE).ok_or(BadCommand::MissingHeader(headers::TYPE))?;
+    let command_type =
+        header(record, headers::TYPE).ok_or(BadCommand::MissingHeader(headers::TYPE))?;
     let aggregate_id = record
         .key
         .and_then(|k| std::str::from_utf8(k).ok())
@@ -183,20 +196,33 @@ mod tests {
         assert_eq!(cmd.payload, br#"{"x":1}"#);
 
         let no_id = RecordRef {
-            headers: view.headers.iter().filter(|(n, _)| *n != "ce_id").cloned().collect(),
+            headers: view
+                .headers
+                .iter()
+                .filter(|(n, _)| *n != "ce_id")
+                .cloned()
+                .collect(),
             ..view.clone()
         };
-        assert_eq!(decode_command(&no_id), Err(BadCommand::MissingHeader("ce_id")));
+        assert_eq!(
+            decode_command(&no_id),
+            Err(BadCommand::MissingHeader("ce_id"))
+        );
     }
 
     #[test]
     fn reply_json_shape() {
         let reply = ReplyWire {
             command_id: "c".into(),
-            outcome: OutcomeWire::Rejected { error: serde_json::json!({"OutOfStock": {"sku": "a"}}) },
+            outcome: OutcomeWire::Rejected {
+                error: serde_json::json!({"OutOfStock": {"sku": "a"}}),
+            },
         };
         let json = serde_json::to_string(&reply).unwrap();
-        assert_eq!(json, r#"{"command_id":"c","outcome":"rejected","error":{"OutOfStock":{"sku":"a"}}}"#);
+        assert_eq!(
+            json,
+            r#"{"command_id":"c","outcome":"rejected","error":{"OutOfStock":{"sku":"a"}}}"#
+        );
         assert_eq!(serde_json::from_str::<ReplyWire>(&json).unwrap(), reply);
     }
 }

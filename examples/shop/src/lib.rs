@@ -1,0 +1,3 @@
+//! Tributary's e-commerce sample: the domain.
+
+pub mod order;

@@ -1,0 +1,54 @@
+//! A counter command processor as its own process, so tests can kill it for real
+//! (SIGKILL: no hand-over, no final snapshot, no LeaveGroup) or freeze it (SIGSTOP).
+//!
+//! Environment: `KAFKA_BOOTSTRAP_SERVERS`, `TRIBUTARY_PREFIX`, `TRIBUTARY_PARTITIONS`;
+//! optional `TRIBUTARY_PAUSE_FILE`: before its first transaction the node prints
+//! `paused` and waits until that file exists. Prints `fenced` once a commit of it
+//! was refused.
+
+#![allow(clippy::expect_used, clippy::print_stdout, clippy::print_stderr)]
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tributary_integration_tests::command_support::counter_processor;
+
+#[tokio::main]
+async fn main() {
+    let bootstrap = std::env::var("KAFKA_BOOTSTRAP_SERVERS").expect("KAFKA_BOOTSTRAP_SERVERS");
+    let prefix = std::env::var("TRIBUTARY_PREFIX").expect("TRIBUTARY_PREFIX");
+    let partitions: i32 = std::env::var("TRIBUTARY_PARTITIONS")
+        .expect("TRIBUTARY_PARTITIONS")
+        .parse()
+        .expect("a number");
+    let mut processor = counter_processor(&bootstrap, &prefix, partitions);
+    if let Ok(file) = std::env::var("TRIBUTARY_PAUSE_FILE") {
+        let paused = AtomicBool::new(false);
+        processor = processor.before_transaction(move |_| {
+            if !paused.swap(true, Ordering::SeqCst) {
+                println!("paused");
+                let _ = std::io::stdout().flush();
+                while !std::path::Path::new(&file).exists() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        });
+    }
+    let processor = processor.start().await.expect("processor starts");
+    let mut reported = false;
+    // Run until killed, or until the processor stops by itself.
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if !reported && processor.stats().fenced.load(Ordering::Relaxed) > 0 {
+            reported = true;
+            println!("fenced");
+            let _ = std::io::stdout().flush();
+        }
+        if processor.is_finished() {
+            let result = processor.shutdown().await;
+            eprintln!("counter_node: processor stopped: {result:?}");
+            std::process::exit(1);
+        }
+    }
+}
