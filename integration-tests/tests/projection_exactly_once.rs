@@ -12,7 +12,7 @@ use tributary::projection::ProjectionWorker;
 use tributary::{EventCodec, EventEnvelope};
 use tributary_integration_tests::projection_support::{
     AccountEvent, RawRecord, Totals, expected_totals, kafka_config, produce_transactional,
-    read_log, read_totals, test_config, test_store, wait_until,
+    read_log, read_totals, test_config, test_store, wait_caught_up, wait_until,
 };
 use tributary_integration_tests::{create_topic, kafka_bootstrap, unique_prefix};
 
@@ -114,21 +114,7 @@ async fn aborted_workers_apply_every_event_exactly_once() {
 
     // A last worker catches up; the projection must then match the log exactly.
     let handle = worker.clone().spawn();
-    wait_until(
-        Duration::from_secs(120),
-        "the projection to catch up (lag 0)",
-        || {
-            let worker = worker.clone();
-            async move {
-                worker
-                    .lag()
-                    .await
-                    .map(|lag| lag.iter().all(|p| p.lag == 0))
-                    .unwrap_or(false)
-            }
-        },
-    )
-    .await;
+    wait_caught_up(&store, &bootstrap, &topic, Duration::from_secs(120)).await;
     handle.shutdown().await.expect("graceful shutdown");
 
     let log = read_log(&bootstrap, &topic).await;

@@ -122,6 +122,8 @@ struct Part {
     position: i64,
     /// `false` until the checkpoint is known and the consumer sought to it.
     ready: bool,
+    /// The consumer reported the end of the partition and no record came since.
+    at_end: bool,
 }
 
 fn is_outage(error: &HandlerError) -> bool {
@@ -445,6 +447,7 @@ impl<P: Projection> ProjectionWorker<P> {
                 checkpoint: None,
                 position: 0,
                 ready: true,
+                at_end: false,
             });
         }
         consumer
@@ -927,9 +930,15 @@ impl RebuildTracker {
             .and_then(|p| p.checkpoint)
     }
 
+    /// Every partition reached the high-water mark read at the start, and the
+    /// consumer saw its end (some brokers under-report high-water marks, so the
+    /// mark alone is not trusted).
     fn finished(&self, parts: &[Part]) -> bool {
         self.marks.iter().all(|(topic, partition, low, high)| {
-            Self::position(parts, topic, *partition).unwrap_or(*low) >= *high
+            parts
+                .iter()
+                .find(|p| p.partition == *partition && p.topic == *topic)
+                .is_some_and(|p| p.at_end && p.checkpoint.unwrap_or(*low) >= *high)
         })
     }
 
@@ -1081,6 +1090,7 @@ impl<P: Projection> Runner<'_, P> {
                             checkpoint,
                             position: checkpoint.unwrap_or(0),
                             ready,
+                            at_end: false,
                         });
                     }
                 }
@@ -1185,6 +1195,9 @@ impl<P: Projection> Runner<'_, P> {
                 }
                 Ok(Err(KafkaError::PartitionEOF(partition))) => {
                     self.take_rebalance_events_dropping(&mut groups);
+                    for part in self.parts.iter_mut().filter(|p| p.partition == partition) {
+                        part.at_end = true;
+                    }
                     self.eof.push(partition);
                 }
                 Ok(Err(error)) => {
@@ -1217,6 +1230,7 @@ impl<P: Projection> Runner<'_, P> {
             return false;
         }
         part.position = message.offset() + 1;
+        part.at_end = false;
         match groups.iter_mut().find(|(id, _)| *id == part.id) {
             Some((_, messages)) => messages.push(message),
             None => groups.push((part.id, vec![message])),
