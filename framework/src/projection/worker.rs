@@ -1163,7 +1163,8 @@ impl<P: Projection> Runner<'_, P> {
         }
     }
 
-    /// Receives up to `batch_size` records, split by partition: waits up to
+    /// Receives records, split by partition, until one partition has `batch_size`
+    /// of them: waits up to
     /// `IDLE_TICK` for the first, then at most `max_wait` for the rest. Stops early
     /// on shutdown.
     ///
@@ -1186,11 +1187,11 @@ impl<P: Projection> Runner<'_, P> {
                 Ok(Ok(message)) => {
                     let message = message.detach();
                     self.take_rebalance_events_dropping(&mut groups);
-                    if self.accept(message, &mut groups) {
+                    if let Some(len) = self.accept(message, &mut groups) {
                         if count == 0 {
                             deadline = deadline.min(tokio::time::Instant::now() + config.max_wait);
                         }
-                        count += 1;
+                        count = count.max(len);
                     }
                 }
                 Ok(Err(KafkaError::PartitionEOF(partition))) => {
@@ -1213,29 +1214,31 @@ impl<P: Projection> Runner<'_, P> {
     }
 
     /// Adds a record to its partition's group, unless its partition is not ready or
-    /// it was already received.
+    /// it was already received. Returns the group's size, `None` if dropped.
     fn accept(
         &mut self,
         message: OwnedMessage,
         groups: &mut Vec<(u64, Vec<OwnedMessage>)>,
-    ) -> bool {
-        let Some(part) = self
+    ) -> Option<usize> {
+        let part = self
             .parts
             .iter_mut()
-            .find(|p| p.partition == message.partition() && p.topic == message.topic())
-        else {
-            return false;
-        };
+            .find(|p| p.partition == message.partition() && p.topic == message.topic())?;
         if !part.ready || message.offset() < part.position {
-            return false;
+            return None;
         }
         part.position = message.offset() + 1;
         part.at_end = false;
         match groups.iter_mut().find(|(id, _)| *id == part.id) {
-            Some((_, messages)) => messages.push(message),
-            None => groups.push((part.id, vec![message])),
+            Some((_, messages)) => {
+                messages.push(message);
+                Some(messages.len())
+            }
+            None => {
+                groups.push((part.id, vec![message]));
+                Some(1)
+            }
         }
-        true
     }
 
     /// At the end of a partition, moves the checkpoint past trailing transaction
