@@ -358,7 +358,7 @@ impl<A: Aggregate> CommandProcessor<A> {
             stats: Arc::clone(&stats),
             before_transaction: self.before_transaction,
         });
-        let restore_consumer: BaseConsumer = self
+        let restore_consumer: BaseConsumer<RestoreContext> = self
             .kafka
             .client_config()
             .set("group.id", format!("{group}.restore"))
@@ -366,7 +366,8 @@ impl<A: Aggregate> CommandProcessor<A> {
             .set("enable.auto.offset.store", "false")
             .set("isolation.level", "read_committed")
             .set("fetch.wait.max.ms", "10")
-            .create()
+            .set("enable.partition.eof", "true")
+            .create_with_context(RestoreContext)
             .map_err(kafka("create restore consumer"))?;
         let watermark_consumer: BaseConsumer = self
             .kafka
@@ -556,12 +557,27 @@ struct Core<A: Aggregate> {
     shared: Arc<Shared<A>>,
     partitions: HashMap<i32, PartitionState<A>>,
     snapshot_tx: Option<UnboundedSender<SnapshotJob>>,
-    restore_consumer: BaseConsumer,
+    restore_consumer: BaseConsumer<RestoreContext>,
     /// read_uncommitted, for high watermarks: a read_committed handle reports the
     /// last stable offset, which some brokers report as 0 while any transaction is open.
     watermark_consumer: BaseConsumer,
     fatal: Option<ProcessorError>,
 }
+
+/// The restore consumer asks for end-of-partition events; they are not errors.
+struct RestoreContext;
+
+impl ClientContext for RestoreContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let eof = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
+        if !eof {
+            error!(%error, reason, "restore consumer error");
+        }
+    }
+}
+
+impl ConsumerContext for RestoreContext {}
 
 struct RebalanceContext<A: Aggregate> {
     core: Arc<Mutex<Core<A>>>,
@@ -986,9 +1002,6 @@ impl<A: Aggregate> Core<A> {
         end: i64,
         mut f: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> Result<(), ProcessorError>,
     ) -> Result<(), ProcessorError> {
-        if start >= end {
-            return Ok(());
-        }
         let consumer = &self.restore_consumer;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, Offset::Offset(start))
@@ -998,17 +1011,28 @@ impl<A: Aggregate> Core<A> {
             .map_err(kafka("assign restore partition"))?;
         let started = Instant::now();
         let mut position = start;
+        // Read until both the high watermark taken before and the end-of-partition
+        // signal are reached: some brokers under-report the high watermark.
+        let mut eof = false;
         let result = loop {
-            if position >= end {
+            if eof && position >= end {
                 break Ok(());
             }
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(message)) => {
                     position = message.offset() + 1;
-                    if message.offset() < end
-                        && let Err(e) = f(&message)
-                    {
+                    eof = false;
+                    if let Err(e) = f(&message) {
                         break Err(e);
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    eof = true;
+                    if let Ok(Some(p)) = consumer.position().map(|tpl| {
+                        tpl.find_partition(topic, partition)
+                            .and_then(|e| e.offset().to_raw())
+                    }) {
+                        position = position.max(p);
                     }
                 }
                 Some(Err(error)) => warn!(%error, "restore consumer error"),

@@ -1,0 +1,146 @@
+//! Restore benchmark (G6): time to restore one events partition with a short and a
+//! long history, with and without snapshots. With snapshots the restore reads only
+//! the events after the partition's snapshot watermark, so it must not grow with
+//! history.
+//!
+//! ```text
+//! cargo run --release -p tributary-integration-tests --example bench_restore -- [--small N] [--large N]
+//! ```
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use tributary::{EventCodec, EventEnvelope};
+use tributary_integration_tests::command_support::{CounterEvent, counter_processor};
+use tributary_integration_tests::{kafka_bootstrap, pg_store, unique_prefix};
+
+const AGGREGATES: u64 = 100;
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Writes `events` counter events round-robin over 100 aggregates into partition 0.
+fn write_history(bootstrap: &str, prefix: &str, events: u64) {
+    let codec = EventCodec::<CounterEvent>::new(prefix).unwrap();
+    let topic = codec.events_topic();
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    for i in 0..events {
+        let envelope = EventEnvelope::new(
+            format!("agg-{}", i % AGGREGATES),
+            i / AGGREGATES + 1,
+            CounterEvent::Incremented { by: 1 },
+        );
+        let record = codec.encode(&envelope).unwrap();
+        let mut r = BaseRecord::to(&topic)
+            .partition(0)
+            .key(record.key.as_slice())
+            .payload(record.value.as_slice())
+            .headers(record.owned_headers());
+        loop {
+            match producer.send(r) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    producer.poll(Duration::from_millis(5));
+                    r = back;
+                }
+            }
+        }
+        if i % 10_000 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    producer.flush(Duration::from_secs(120)).unwrap();
+}
+
+/// Starts a processor, waits for its restore of partition 0, returns (ms, records read).
+async fn restore(
+    bootstrap: &str,
+    prefix: &str,
+    store: Option<tributary::PgStore>,
+    graceful: bool,
+) -> (u64, u64) {
+    // Restores run inside the rebalance; allow a long one (1M events without snapshots).
+    let mut processor =
+        counter_processor(bootstrap, prefix, 1).settings(tributary::command::ProcessorSettings {
+            session_timeout: Duration::from_secs(6),
+            max_poll_interval: Duration::from_secs(600),
+            ..Default::default()
+        });
+    if let Some(store) = store {
+        processor = processor.snapshots(store);
+    }
+    let handle = processor.start().await.expect("processor");
+    while handle.stats().restores.load(Ordering::Relaxed) == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ms = handle.stats().restore_millis.load(Ordering::Relaxed);
+    let read = handle.stats().restore_records_read.load(Ordering::Relaxed);
+    if graceful {
+        handle.shutdown().await.expect("shutdown");
+    } else {
+        handle.kill().await;
+    }
+    (ms, read)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let bootstrap = kafka_bootstrap();
+    let small = arg("--small", 10_000);
+    let large = arg("--large", 1_000_000);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    println!("# bench_restore");
+    println!(
+        "machine: {cores} cores; broker: {bootstrap}; Postgres: {}",
+        tributary_integration_tests::database_url()
+    );
+    println!(
+        "settings: 1 partition, {AGGREGATES} aggregates, Counter snapshot_every = 10, flush_every = 1000, release build"
+    );
+    println!(
+        "command: cargo run --release -p tributary-integration-tests --example bench_restore -- --small {small} --large {large}"
+    );
+    println!();
+    println!(
+        "| history (events) | without snapshots: ms / records read | with snapshots: ms / records read |"
+    );
+    println!("|---|---|---|");
+    for history in [small, large] {
+        let prefix = unique_prefix("bench-restore");
+        // Create the topics with a processor, then write the history directly.
+        restore(&bootstrap, &prefix, None, false).await;
+        {
+            let (b, p) = (bootstrap.clone(), prefix.clone());
+            tokio::task::spawn_blocking(move || write_history(&b, &p, history))
+                .await
+                .unwrap();
+        }
+        let without = restore(&bootstrap, &prefix, None, false).await;
+        // A processor with snapshots restores fully once and snapshots on hand-over…
+        let store = pg_store(&prefix).await;
+        restore(&bootstrap, &prefix, Some(store.clone()), true).await;
+        // …so the next restore starts from the snapshots.
+        let with = restore(&bootstrap, &prefix, Some(store), false).await;
+        println!(
+            "| {history} | {} ms / {} | {} ms / {} |",
+            without.0, without.1, with.0, with.1
+        );
+    }
+}
