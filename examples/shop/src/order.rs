@@ -210,4 +210,26 @@ mod tests {
             })
             .then_expect_error(OrderError::NotPlaced(Status::New));
     }
+
+    #[test]
+    fn a_mismatch_panics_with_a_line_diff() {
+        let result = std::panic::catch_unwind(|| {
+            AggregateTest::<Order>::given([OrderEvent::Placed {
+                customer: "c".into(),
+                lines: vec![],
+            }])
+            .when(ConfirmOrder {
+                order_id: "o-1".into(),
+            })
+            .then_expect_events([OrderEvent::Cancelled { reason: "x".into() }]);
+        });
+        let payload = result.expect_err("a wrong expectation must fail");
+        let message = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default();
+        assert!(message.contains("diff (- expected, + actual)"), "{message}");
+        assert!(message.contains("-     Cancelled {"), "{message}");
+        assert!(message.contains("+     Confirmed,"), "{message}");
+    }
 }
