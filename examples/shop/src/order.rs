@@ -167,6 +167,7 @@ impl Apply<OrderEvent> for Order {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use tributary::testkit::AggregateTest;
 
