@@ -16,6 +16,7 @@ use tributary_integration_tests::command_support::counter_processor;
 
 #[tokio::main]
 async fn main() {
+    tributary_integration_tests::init_tracing();
     let bootstrap = std::env::var("KAFKA_BOOTSTRAP_SERVERS").expect("KAFKA_BOOTSTRAP_SERVERS");
     let prefix = std::env::var("TRIBUTARY_PREFIX").expect("TRIBUTARY_PREFIX");
     let partitions: i32 = std::env::var("TRIBUTARY_PARTITIONS")
