@@ -130,7 +130,16 @@ pub fn read_counter_events(
     bootstrap: &str,
     prefix: &str,
 ) -> BTreeMap<String, Vec<EventEnvelope<CounterEvent>>> {
-    let codec = EventCodec::<CounterEvent>::new(prefix).expect("valid prefix");
+    read_events::<CounterEvent>(bootstrap, prefix)
+}
+
+/// Every committed event of `E`'s events topic, per aggregate id, in partition
+/// order, read with a plain read_committed consumer.
+pub fn read_events<E: tributary::DomainEvent>(
+    bootstrap: &str,
+    prefix: &str,
+) -> BTreeMap<String, Vec<EventEnvelope<E>>> {
+    let codec = EventCodec::<E>::new(prefix).expect("valid prefix");
     let topic = codec.events_topic();
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -143,7 +152,7 @@ pub fn read_counter_events(
         .fetch_metadata(Some(&topic), Duration::from_secs(10))
         .expect("metadata");
     let partitions = metadata.topics()[0].partitions().len() as i32;
-    let mut out: BTreeMap<String, Vec<EventEnvelope<CounterEvent>>> = BTreeMap::new();
+    let mut out: BTreeMap<String, Vec<EventEnvelope<E>>> = BTreeMap::new();
     for p in 0..partitions {
         let (_, high) = consumer
             .fetch_watermarks(&topic, p, Duration::from_secs(10))
@@ -190,9 +199,7 @@ pub fn read_counter_events(
 }
 
 /// Asserts every aggregate's sequences are exactly 1..=n and returns n per aggregate.
-pub fn assert_gapless(
-    events: &BTreeMap<String, Vec<EventEnvelope<CounterEvent>>>,
-) -> BTreeMap<String, u64> {
+pub fn assert_gapless<E>(events: &BTreeMap<String, Vec<EventEnvelope<E>>>) -> BTreeMap<String, u64> {
     events
         .iter()
         .map(|(id, list)| {

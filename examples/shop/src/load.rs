@@ -1,0 +1,356 @@
+//! A load generator and the settle check, shared by `--demo` and the end-to-end
+//! test: seeds a catalogue through the HTTP API, places orders from concurrent
+//! clients, then waits until the read models agree with each other.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tower::ServiceExt;
+
+use crate::app::ShopError;
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct LoadPlan {
+    /// Orders to place.
+    pub orders: usize,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// SKUs in the catalogue (`sku-00`, `sku-01`, …).
+    pub skus: usize,
+    /// Units of each SKU restocked at the start.
+    pub stock_per_sku: u64,
+    /// Makes order ids unique per run (`order-{run}-{n}`).
+    pub run: String,
+    /// Seed of the order generator.
+    pub seed: u64,
+}
+
+impl LoadPlan {
+    /// `orders` orders from `clients` clients over `skus` SKUs, each stocked with
+    /// about half of the units the orders will ask for (orders have 1–3 lines of
+    /// 1–3 units), so that roughly half of them fail on stock.
+    pub fn half_stocked(orders: usize, clients: usize, skus: usize, run: &str) -> Self {
+        let expected_units_per_sku = orders as u64 * 4 / skus.max(1) as u64;
+        Self {
+            orders,
+            clients,
+            skus,
+            stock_per_sku: (expected_units_per_sku / 2).max(1),
+            run: run.to_owned(),
+            seed: 42,
+        }
+    }
+
+    /// The SKU names.
+    pub fn sku_names(&self) -> Vec<String> {
+        (0..self.skus).map(|i| format!("sku-{i:02}")).collect()
+    }
+
+    /// The `n`-th order's request body (deterministic).
+    pub fn order(&self, n: usize) -> Value {
+        let mut rng = SplitMix(self.seed ^ (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let line_count = 1 + rng.below(3) as usize;
+        let mut skus: Vec<usize> = Vec::new();
+        while skus.len() < line_count.min(self.skus) {
+            let s = rng.below(self.skus as u64) as usize;
+            if !skus.contains(&s) {
+                skus.push(s);
+            }
+        }
+        let lines: Vec<Value> = skus
+            .iter()
+            .map(|&s| {
+                json!({
+                    "sku": format!("sku-{s:02}"),
+                    "quantity": 1 + rng.below(3),
+                    "price_cents": 199 + 100 * s as u64,
+                })
+            })
+            .collect();
+        json!({
+            "order_id": format!("order-{}-{n:05}", self.run),
+            "customer": format!("customer-{:02}", n % 50),
+            "lines": lines,
+        })
+    }
+}
+
+/// A tiny deterministic generator (SplitMix64), so runs are reproducible without
+/// a dependency.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Calls the API in-process (no socket): `method path` with an optional JSON body.
+pub async fn call(
+    router: &Router,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(StatusCode, Value), ShopError> {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(match body {
+            Some(v) => Body::from(v.to_string()),
+            None => Body::empty(),
+        })
+        .map_err(|e| ShopError::Usage(format!("bad request {method} {path}: {e}")))?;
+    let response = router
+        .clone()
+        .oneshot(request)
+        .await
+        .map_err(|e| ShopError::Usage(format!("{method} {path}: {e}")))?;
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .map_err(|e| ShopError::Usage(format!("{method} {path}: reading the body: {e}")))?;
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Ok((status, value))
+}
+
+/// Restocks every SKU of the plan through the API (retrying while the
+/// processors start), then waits until the stock read model lists them all.
+pub async fn seed_catalogue(router: &Router, pool: &PgPool, plan: &LoadPlan) -> Result<(), ShopError> {
+    for sku in plan.sku_names() {
+        let body = json!({ "quantity": plan.stock_per_sku });
+        let path = format!("/stock/{sku}/restock");
+        retrying(router, "POST", &path, &body).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let listed: i64 = sqlx::query_scalar("SELECT count(*) FROM stock_levels WHERE sku = ANY($1)")
+            .bind(plan.sku_names())
+            .fetch_one(pool)
+            .await?;
+        if listed == plan.skus as i64 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(ShopError::Usage(format!(
+                "the stock read model lists {listed} of {} SKUs after 120 s; are the projections running?",
+                plan.skus
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends until the API gives a definite answer: 503/504 (broker or processor
+/// unavailable, outcome unknown) are retried with the same body, which carries
+/// the same id, so a retry never acts twice.
+async fn retrying(
+    router: &Router,
+    method: &str,
+    path: &str,
+    body: &Value,
+) -> Result<(StatusCode, Value), ShopError> {
+    let mut attempt = 0u32;
+    loop {
+        let (status, value) = call(router, method, path, Some(body)).await?;
+        let transient = status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::GATEWAY_TIMEOUT;
+        if !transient || attempt >= 60 {
+            return Ok((status, value));
+        }
+        attempt += 1;
+        tracing::info!(%status, path, attempt, "retrying: {value}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// What placing the orders did.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    /// Orders the API accepted (202).
+    pub accepted: usize,
+    /// Orders refused with a 4xx (should be none for generated orders).
+    pub refused: Vec<String>,
+    /// Retries after 503/504.
+    pub retries: usize,
+    /// Wall time of placing all orders.
+    pub elapsed: Duration,
+}
+
+/// Places the plan's orders from `plan.clients` concurrent clients. `on_placed`
+/// is called with the count after each accepted order (the tests kill and restart
+/// parts of the shop from it).
+pub async fn place_orders(
+    router: &Router,
+    plan: &LoadPlan,
+    on_placed: Arc<dyn Fn(usize) + Send + Sync>,
+) -> Result<LoadReport, ShopError> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..plan.clients {
+        let (router, plan, next, accepted, on_placed) = (
+            router.clone(),
+            plan.clone(),
+            Arc::clone(&next),
+            Arc::clone(&accepted),
+            Arc::clone(&on_placed),
+        );
+        clients.spawn(async move {
+            let mut report = LoadReport::default();
+            loop {
+                let n = next.fetch_add(1, Ordering::SeqCst);
+                if n >= plan.orders {
+                    return Ok::<_, ShopError>(report);
+                }
+                let body = plan.order(n);
+                let mut attempt = 0;
+                loop {
+                    let (status, value) = call(&router, "POST", "/orders", Some(&body)).await?;
+                    match status {
+                        StatusCode::ACCEPTED => {
+                            report.accepted += 1;
+                            on_placed(accepted.fetch_add(1, Ordering::SeqCst) + 1);
+                            break;
+                        }
+                        StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+                            if attempt < 60 =>
+                        {
+                            attempt += 1;
+                            report.retries += 1;
+                            tokio::time::sleep(Duration::from_millis(250)).await;
+                        }
+                        other => {
+                            report.refused.push(format!("order {n}: {other} {value}"));
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    let mut total = LoadReport::default();
+    while let Some(joined) = clients.join_next().await {
+        let report = joined.map_err(|e| ShopError::Usage(format!("client task failed: {e}")))??;
+        total.accepted += report.accepted;
+        total.retries += report.retries;
+        total.refused.extend(report.refused);
+    }
+    total.elapsed = started.elapsed();
+    Ok(total)
+}
+
+/// One SKU in the [`Settled`] picture.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SkuLine {
+    /// Units available in the stock read model.
+    pub available: i64,
+    /// Units reserved in the stock read model.
+    pub reserved: i64,
+    /// Units of confirmed orders, from the order summaries.
+    pub confirmed_units: i64,
+}
+
+/// The read models once they agree (or when waiting gave up).
+#[derive(Debug, Clone, Default)]
+pub struct Settled {
+    /// Orders per status.
+    pub orders_by_status: BTreeMap<String, i64>,
+    /// Per SKU.
+    pub skus: BTreeMap<String, SkuLine>,
+    /// Notifications per order (orders without any are absent).
+    pub notifications_per_order: BTreeMap<String, i64>,
+    /// Whether every condition held before the deadline.
+    pub settled: bool,
+    /// How long after the call the conditions held (or the wait gave up).
+    pub waited: Duration,
+}
+
+impl Settled {
+    /// Orders in a final status (confirmed, cancelled, paid or shipped).
+    pub fn decided(&self) -> i64 {
+        self.orders_by_status
+            .iter()
+            .filter(|(s, _)| s.as_str() != "placed")
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Orders in `status`.
+    pub fn count(&self, status: &str) -> i64 {
+        self.orders_by_status.get(status).copied().unwrap_or(0)
+    }
+}
+
+/// Reads the read models once.
+pub async fn read_models(pool: &PgPool) -> Result<Settled, ShopError> {
+    let mut picture = Settled::default();
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM order_summaries GROUP BY status")
+            .fetch_all(pool)
+            .await?;
+    picture.orders_by_status = rows.into_iter().collect();
+    let stock: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT sku, available, reserved FROM stock_levels")
+            .fetch_all(pool)
+            .await?;
+    for (sku, available, reserved) in stock {
+        let line = picture.skus.entry(sku).or_default();
+        line.available = available;
+        line.reserved = reserved;
+    }
+    let confirmed: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT l->>'sku', sum((l->>'quantity')::bigint)::bigint
+         FROM order_summaries o, jsonb_array_elements(o.lines) l
+         WHERE o.status = 'confirmed' GROUP BY 1",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (sku, units) in confirmed {
+        picture.skus.entry(sku).or_default().confirmed_units = units;
+    }
+    let notes: Vec<(String, i64)> =
+        sqlx::query_as("SELECT order_id, count(*) FROM notifications GROUP BY order_id")
+            .fetch_all(pool)
+            .await?;
+    picture.notifications_per_order = notes.into_iter().collect();
+    Ok(picture)
+}
+
+/// Waits (up to `timeout`) until `expected_orders` orders are decided, each has
+/// a notification, and every SKU's reserved units equal its confirmed units (so
+/// every cancelled order's reservations are released).
+pub async fn wait_settled(pool: &PgPool, expected_orders: usize, timeout: Duration) -> Result<Settled, ShopError> {
+    let started = Instant::now();
+    loop {
+        let mut picture = read_models(pool).await?;
+        let decided = picture.decided();
+        let notified = picture.notifications_per_order.len() as i64;
+        let released = picture.skus.values().all(|s| s.reserved == s.confirmed_units);
+        picture.waited = started.elapsed();
+        if decided == expected_orders as i64 && notified == decided && released {
+            picture.settled = true;
+            return Ok(picture);
+        }
+        if started.elapsed() > timeout {
+            return Ok(picture);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
