@@ -42,3 +42,18 @@ impl EncodedRecord {
             .headers(self.owned_headers())
     }
 }
+
+/// Logs a client-level error of a consumer that asked for end-of-partition events
+/// (`enable.partition.eof`): those arrive through the same channel but are not
+/// errors, so they are dropped here instead of being logged at ERROR.
+pub(crate) fn log_client_error(
+    client: &'static str,
+    error: rdkafka::error::KafkaError,
+    reason: &str,
+) {
+    let eof = matches!(error, rdkafka::error::KafkaError::PartitionEOF(_))
+        || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
+    if !eof {
+        tracing::error!(%error, reason, client, "Kafka client error");
+    }
+}

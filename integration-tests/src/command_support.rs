@@ -135,7 +135,7 @@ pub fn read_counter_events(
 
 /// Every committed event of `E`'s events topic, per aggregate id, in partition
 /// order, read with a plain read_committed consumer.
-pub fn read_events<E: tributary::DomainEvent>(
+pub fn read_events<E: DomainEvent>(
     bootstrap: &str,
     prefix: &str,
 ) -> BTreeMap<String, Vec<EventEnvelope<E>>> {
@@ -199,7 +199,9 @@ pub fn read_events<E: tributary::DomainEvent>(
 }
 
 /// Asserts every aggregate's sequences are exactly 1..=n and returns n per aggregate.
-pub fn assert_gapless<E>(events: &BTreeMap<String, Vec<EventEnvelope<E>>>) -> BTreeMap<String, u64> {
+pub fn assert_gapless<E>(
+    events: &BTreeMap<String, Vec<EventEnvelope<E>>>,
+) -> BTreeMap<String, u64> {
     events
         .iter()
         .map(|(id, list)| {

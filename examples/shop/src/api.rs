@@ -158,7 +158,11 @@ fn valid_id(kind: &str, id: &str) -> Result<(), ApiError> {
 /// The command id of placing `order_id`: placing the same order id again (a
 /// client retry) returns the first outcome instead of failing or acting twice.
 pub fn place_command_id(order_id: &str) -> String {
-    Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("shop/place/{order_id}").as_bytes()).to_string()
+    Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!("shop/place/{order_id}").as_bytes(),
+    )
+    .to_string()
 }
 
 async fn send<C>(
@@ -193,9 +197,7 @@ async fn place_order(
     State(state): State<ApiState>,
     JsonBody(req): JsonBody<PlaceOrderRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let order_id = req
-        .order_id
-        .unwrap_or_else(|| Uuid::now_v7().to_string());
+    let order_id = req.order_id.unwrap_or_else(|| Uuid::now_v7().to_string());
     valid_id("order_id", &order_id)?;
     valid_id("customer", &req.customer)?;
     validate_lines(&req.lines).map_err(ApiError::unprocessable)?;
@@ -401,9 +403,10 @@ pub struct StockLevel {
 }
 
 async fn list_stock(State(state): State<ApiState>) -> Result<Json<Vec<StockLevel>>, ApiError> {
-    let rows = sqlx::query_as("SELECT sku, available, reserved, shipped FROM stock_levels ORDER BY sku")
-        .fetch_all(&state.pool)
-        .await?;
+    let rows =
+        sqlx::query_as("SELECT sku, available, reserved, shipped FROM stock_levels ORDER BY sku")
+            .fetch_all(&state.pool)
+            .await?;
     Ok(Json(rows))
 }
 

@@ -95,8 +95,10 @@ impl ShopConfig {
 
     /// A command gateway for the API, the demo or the process manager.
     pub async fn gateway(&self) -> Result<CommandGateway, ShopError> {
-        Ok(CommandGateway::connect_with_timeout(&self.kafka, &self.prefix, self.command_timeout)
-            .await?)
+        Ok(
+            CommandGateway::connect_with_timeout(&self.kafka, &self.prefix, self.command_timeout)
+                .await?,
+        )
     }
 
     fn processor_settings(&self) -> ProcessorSettings {
@@ -115,18 +117,23 @@ impl ShopConfig {
     }
 
     /// Starts an order command processor (creating the order topics if missing).
-    pub async fn start_order_processor(&self, store: &PgStore) -> Result<ProcessorHandle, ShopError> {
-        Ok(CommandProcessor::<Order>::new(self.kafka.clone(), &self.prefix)?
-            .handle::<PlaceOrder>()
-            .handle::<RecordReservation>()
-            .handle::<CancelOrder>()
-            .handle::<MarkPaid>()
-            .handle::<MarkShipped>()
-            .snapshots(store.clone())
-            .settings(self.processor_settings())
-            .topics(self.topic_settings())
-            .start()
-            .await?)
+    pub async fn start_order_processor(
+        &self,
+        store: &PgStore,
+    ) -> Result<ProcessorHandle, ShopError> {
+        Ok(
+            CommandProcessor::<Order>::new(self.kafka.clone(), &self.prefix)?
+                .handle::<PlaceOrder>()
+                .handle::<RecordReservation>()
+                .handle::<CancelOrder>()
+                .handle::<MarkPaid>()
+                .handle::<MarkShipped>()
+                .snapshots(store.clone())
+                .settings(self.processor_settings())
+                .topics(self.topic_settings())
+                .start()
+                .await?,
+        )
     }
 
     /// Starts an inventory command processor (creating the inventory topics if missing).
@@ -134,16 +141,18 @@ impl ShopConfig {
         &self,
         store: &PgStore,
     ) -> Result<ProcessorHandle, ShopError> {
-        Ok(CommandProcessor::<Inventory>::new(self.kafka.clone(), &self.prefix)?
-            .handle::<Restock>()
-            .handle::<ReserveStock>()
-            .handle::<ReleaseStock>()
-            .handle::<ShipStock>()
-            .snapshots(store.clone())
-            .settings(self.processor_settings())
-            .topics(self.topic_settings())
-            .start()
-            .await?)
+        Ok(
+            CommandProcessor::<Inventory>::new(self.kafka.clone(), &self.prefix)?
+                .handle::<Restock>()
+                .handle::<ReserveStock>()
+                .handle::<ReleaseStock>()
+                .handle::<ShipStock>()
+                .snapshots(store.clone())
+                .settings(self.processor_settings())
+                .topics(self.topic_settings())
+                .start()
+                .await?,
+        )
     }
 
     fn projection_config(&self) -> ProjectionConfig {
@@ -153,24 +162,39 @@ impl ShopConfig {
     }
 
     /// The worker of the `order_summaries` read model.
-    pub fn order_summaries(&self, store: &PgStore) -> Result<ProjectionWorker<OrderSummaries>, ShopError> {
-        Ok(ProjectionWorker::new(OrderSummaries, store.clone(), self.kafka.clone())
-            .subscribe(EventCodec::<OrderEvent>::new(self.prefix.clone())?)
-            .with_config(self.projection_config()))
+    pub fn order_summaries(
+        &self,
+        store: &PgStore,
+    ) -> Result<ProjectionWorker<OrderSummaries>, ShopError> {
+        Ok(
+            ProjectionWorker::new(OrderSummaries, store.clone(), self.kafka.clone())
+                .subscribe(EventCodec::<OrderEvent>::new(self.prefix.clone())?)
+                .with_config(self.projection_config()),
+        )
     }
 
     /// The worker of the `stock_levels` read model.
-    pub fn stock_levels(&self, store: &PgStore) -> Result<ProjectionWorker<StockLevels>, ShopError> {
-        Ok(ProjectionWorker::new(StockLevels, store.clone(), self.kafka.clone())
-            .subscribe(EventCodec::<InventoryEvent>::new(self.prefix.clone())?)
-            .with_config(self.projection_config()))
+    pub fn stock_levels(
+        &self,
+        store: &PgStore,
+    ) -> Result<ProjectionWorker<StockLevels>, ShopError> {
+        Ok(
+            ProjectionWorker::new(StockLevels, store.clone(), self.kafka.clone())
+                .subscribe(EventCodec::<InventoryEvent>::new(self.prefix.clone())?)
+                .with_config(self.projection_config()),
+        )
     }
 
     /// The worker of the `notifications` read model.
-    pub fn notifications(&self, store: &PgStore) -> Result<ProjectionWorker<Notifications>, ShopError> {
-        Ok(ProjectionWorker::new(Notifications, store.clone(), self.kafka.clone())
-            .subscribe(EventCodec::<OrderEvent>::new(self.prefix.clone())?)
-            .with_config(self.projection_config()))
+    pub fn notifications(
+        &self,
+        store: &PgStore,
+    ) -> Result<ProjectionWorker<Notifications>, ShopError> {
+        Ok(
+            ProjectionWorker::new(Notifications, store.clone(), self.kafka.clone())
+                .subscribe(EventCodec::<OrderEvent>::new(self.prefix.clone())?)
+                .with_config(self.projection_config()),
+        )
     }
 
     /// The worker running the order-fulfilment process manager. It retries a
@@ -186,10 +210,12 @@ impl ShopConfig {
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(5),
         });
-        Ok(ProjectionWorker::new(Fulfilment::new(gateway), store.clone(), self.kafka.clone())
-            .subscribe(EventCodec::<OrderEvent>::new(self.prefix.clone())?)
-            .subscribe(EventCodec::<InventoryEvent>::new(self.prefix.clone())?)
-            .with_config(config))
+        Ok(
+            ProjectionWorker::new(Fulfilment::new(gateway), store.clone(), self.kafka.clone())
+                .subscribe(EventCodec::<OrderEvent>::new(self.prefix.clone())?)
+                .subscribe(EventCodec::<InventoryEvent>::new(self.prefix.clone())?)
+                .with_config(config),
+        )
     }
 }
 

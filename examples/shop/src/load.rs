@@ -132,7 +132,11 @@ pub async fn call(
 
 /// Restocks every SKU of the plan through the API (retrying while the
 /// processors start), then waits until the stock read model lists them all.
-pub async fn seed_catalogue(router: &Router, pool: &PgPool, plan: &LoadPlan) -> Result<(), ShopError> {
+pub async fn seed_catalogue(
+    router: &Router,
+    pool: &PgPool,
+    plan: &LoadPlan,
+) -> Result<(), ShopError> {
     for sku in plan.sku_names() {
         let body = json!({ "quantity": plan.stock_per_sku });
         let path = format!("/stock/{sku}/restock");
@@ -140,10 +144,11 @@ pub async fn seed_catalogue(router: &Router, pool: &PgPool, plan: &LoadPlan) -> 
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let listed: i64 = sqlx::query_scalar("SELECT count(*) FROM stock_levels WHERE sku = ANY($1)")
-            .bind(plan.sku_names())
-            .fetch_one(pool)
-            .await?;
+        let listed: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM stock_levels WHERE sku = ANY($1)")
+                .bind(plan.sku_names())
+                .fetch_one(pool)
+                .await?;
         if listed == plan.skus as i64 {
             return Ok(());
         }
@@ -169,7 +174,8 @@ async fn retrying(
     let mut attempt = 0u32;
     loop {
         let (status, value) = call(router, method, path, Some(body)).await?;
-        let transient = status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::GATEWAY_TIMEOUT;
+        let transient =
+            status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::GATEWAY_TIMEOUT;
         if !transient || attempt >= 60 {
             return Ok((status, value));
         }
@@ -336,13 +342,20 @@ pub async fn read_models(pool: &PgPool) -> Result<Settled, ShopError> {
 /// Waits (up to `timeout`) until `expected_orders` orders are decided, each has
 /// a notification, and every SKU's reserved units equal its confirmed units (so
 /// every cancelled order's reservations are released).
-pub async fn wait_settled(pool: &PgPool, expected_orders: usize, timeout: Duration) -> Result<Settled, ShopError> {
+pub async fn wait_settled(
+    pool: &PgPool,
+    expected_orders: usize,
+    timeout: Duration,
+) -> Result<Settled, ShopError> {
     let started = Instant::now();
     loop {
         let mut picture = read_models(pool).await?;
         let decided = picture.decided();
         let notified = picture.notifications_per_order.len() as i64;
-        let released = picture.skus.values().all(|s| s.reserved == s.confirmed_units);
+        let released = picture
+            .skus
+            .values()
+            .all(|s| s.reserved == s.confirmed_units);
         picture.waited = started.elapsed();
         if decided == expected_orders as i64 && notified == decided && released {
             picture.settled = true;

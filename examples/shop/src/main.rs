@@ -60,10 +60,9 @@ fn parse(args: Vec<String>) -> Result<Args, ShopError> {
                 .ok_or_else(|| ShopError::Usage(format!("{name} needs a value")))
         };
         let number = |name: &str, v: String| {
-            v.parse::<usize>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| ShopError::Usage(format!("{name} needs a positive number, not {v:?}")))
+            v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                ShopError::Usage(format!("{name} needs a positive number, not {v:?}"))
+            })
         };
         match arg.as_str() {
             "--demo" => parsed.demo = true,
@@ -82,7 +81,11 @@ fn parse(args: Vec<String>) -> Result<Args, ShopError> {
                     "usage: example-shop [--role api,order-processor,inventory-processor,projections] [--listen ADDR]\n       example-shop --demo [--orders N] [--clients N] [--skus N]".into(),
                 ));
             }
-            other => return Err(ShopError::Usage(format!("unknown argument {other:?}; try --help"))),
+            other => {
+                return Err(ShopError::Usage(format!(
+                    "unknown argument {other:?}; try --help"
+                )));
+            }
         }
     }
     Ok(parsed)
@@ -104,7 +107,10 @@ async fn run(args: Vec<String>) -> Result<(), ShopError> {
         config.migrate_read_models(&store).await?;
         let app = router(ApiState::new(config.gateway().await?, store.pool().clone()));
         let listener = tokio::net::TcpListener::bind(&args.listen).await?;
-        println!("example-shop: HTTP API on http://{}", listener.local_addr()?);
+        println!(
+            "example-shop: HTTP API on http://{}",
+            listener.local_addr()?
+        );
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;
@@ -157,7 +163,8 @@ async fn demo(args: &Args) -> Result<(), ShopError> {
         report.refused.len(),
         report.retries
     );
-    let settled = load::wait_settled(store.pool(), report.accepted, Duration::from_secs(120)).await?;
+    let settled =
+        load::wait_settled(store.pool(), report.accepted, Duration::from_secs(120)).await?;
     let settle_time = placed_at.elapsed();
     if settled.settled {
         println!(
@@ -187,7 +194,10 @@ async fn demo(args: &Args) -> Result<(), ShopError> {
     }
     let notifications: i64 = settled.notifications_per_order.values().sum();
     println!();
-    println!("  notifications: {notifications} for {} decided orders", settled.decided());
+    println!(
+        "  notifications: {notifications} for {} decided orders",
+        settled.decided()
+    );
     let (_, sample) = load::call(&api, "GET", "/customers/customer-00/notifications", None).await?;
     if let Some(first) = sample.as_array().and_then(|a| a.first()) {
         println!("  e.g. GET /customers/customer-00/notifications → {first}");
@@ -200,6 +210,8 @@ async fn demo(args: &Args) -> Result<(), ShopError> {
     if settled.settled {
         Ok(())
     } else {
-        Err(ShopError::Usage("the demo's read models did not settle".into()))
+        Err(ShopError::Usage(
+            "the demo's read models did not settle".into(),
+        ))
     }
 }

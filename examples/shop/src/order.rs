@@ -423,32 +423,26 @@ mod tests {
         AggregateTest::<Order>::given([placed()])
             .when(answer("tea", None))
             .then_expect_events([OrderEvent::LineReserved { sku: "tea".into() }]);
-        AggregateTest::<Order>::given([
-            placed(),
-            OrderEvent::LineReserved { sku: "tea".into() },
-        ])
-        .when(answer("mug", None))
-        .then_expect_events([
-            OrderEvent::LineReserved { sku: "mug".into() },
-            OrderEvent::Confirmed {
-                customer: "ada".into(),
-                total_cents: 1350,
-            },
-        ]);
+        AggregateTest::<Order>::given([placed(), OrderEvent::LineReserved { sku: "tea".into() }])
+            .when(answer("mug", None))
+            .then_expect_events([
+                OrderEvent::LineReserved { sku: "mug".into() },
+                OrderEvent::Confirmed {
+                    customer: "ada".into(),
+                    total_cents: 1350,
+                },
+            ]);
     }
 
     #[test]
     fn cancels_on_the_first_rejection() {
-        AggregateTest::<Order>::given([
-            placed(),
-            OrderEvent::LineReserved { sku: "tea".into() },
-        ])
-        .when(answer("mug", Some("insufficient stock")))
-        .then_expect_events([OrderEvent::Cancelled {
-            customer: "ada".into(),
-            reason: "mug: insufficient stock".into(),
-            skus: vec!["tea".into(), "mug".into()],
-        }]);
+        AggregateTest::<Order>::given([placed(), OrderEvent::LineReserved { sku: "tea".into() }])
+            .when(answer("mug", Some("insufficient stock")))
+            .then_expect_events([OrderEvent::Cancelled {
+                customer: "ada".into(),
+                reason: "mug: insufficient stock".into(),
+                skus: vec!["tea".into(), "mug".into()],
+            }]);
     }
 
     #[test]
@@ -461,12 +455,9 @@ mod tests {
         AggregateTest::<Order>::given([placed(), cancelled])
             .when(answer("tea", None))
             .then_expect_events([]);
-        AggregateTest::<Order>::given([
-            placed(),
-            OrderEvent::LineReserved { sku: "tea".into() },
-        ])
-        .when(answer("tea", None))
-        .then_expect_events([]);
+        AggregateTest::<Order>::given([placed(), OrderEvent::LineReserved { sku: "tea".into() }])
+            .when(answer("tea", None))
+            .then_expect_events([]);
         AggregateTest::<Order>::given([placed()])
             .when(answer("cake", None))
             .then_expect_error(OrderError::UnknownLine("cake".into()));

@@ -104,7 +104,12 @@ impl Fulfilment {
                         sku: sku.clone(),
                         order_id: order_id.to_owned(),
                     };
-                    step(&self.gateway, cmd, command_id(e.id, &format!("release/{sku}")), &e.metadata)
+                    step(
+                        &self.gateway,
+                        cmd,
+                        command_id(e.id, &format!("release/{sku}")),
+                        &e.metadata,
+                    )
                 })
                 .collect(),
             OrderEvent::Shipped { skus } => skus
@@ -114,7 +119,12 @@ impl Fulfilment {
                         sku: sku.clone(),
                         order_id: order_id.to_owned(),
                     };
-                    step(&self.gateway, cmd, command_id(e.id, &format!("ship/{sku}")), &e.metadata)
+                    step(
+                        &self.gateway,
+                        cmd,
+                        command_id(e.id, &format!("ship/{sku}")),
+                        &e.metadata,
+                    )
                 })
                 .collect(),
             OrderEvent::LineReserved { .. } | OrderEvent::Confirmed { .. } | OrderEvent::Paid => {
@@ -139,7 +149,12 @@ impl Fulfilment {
             sku,
             rejected,
         };
-        vec![step(&self.gateway, cmd, command_id(e.id, "answer"), &e.metadata)]
+        vec![step(
+            &self.gateway,
+            cmd,
+            command_id(e.id, "answer"),
+            &e.metadata,
+        )]
     }
 }
 
@@ -210,7 +225,13 @@ impl Handles<InventoryEvent> for Fulfilment {
         events: &[&EventEnvelope<InventoryEvent>],
         _tx: &mut PgConnection,
     ) -> Result<(), HandlerError> {
-        run_all(events.iter().flat_map(|e| self.inventory_steps(e)).collect()).await
+        run_all(
+            events
+                .iter()
+                .flat_map(|e| self.inventory_steps(e))
+                .collect(),
+        )
+        .await
     }
 }
 
@@ -221,8 +242,14 @@ mod tests {
     #[test]
     fn command_ids_are_deterministic_per_event_and_step() {
         let event = Uuid::now_v7();
-        assert_eq!(command_id(event, "reserve/tea"), command_id(event, "reserve/tea"));
-        assert_ne!(command_id(event, "reserve/tea"), command_id(event, "reserve/mug"));
+        assert_eq!(
+            command_id(event, "reserve/tea"),
+            command_id(event, "reserve/tea")
+        );
+        assert_ne!(
+            command_id(event, "reserve/tea"),
+            command_id(event, "reserve/mug")
+        );
         assert_ne!(
             command_id(event, "answer"),
             command_id(Uuid::now_v7(), "answer")

@@ -569,11 +569,7 @@ struct RestoreContext;
 
 impl ClientContext for RestoreContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        let eof = matches!(error, KafkaError::PartitionEOF(_))
-            || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
-        if !eof {
-            error!(%error, reason, "restore consumer error");
-        }
+        crate::kafka::log_client_error("processor restore consumer", error, reason);
     }
 }
 

@@ -1434,7 +1434,11 @@ impl RebalanceContext {
     }
 }
 
-impl ClientContext for RebalanceContext {}
+impl ClientContext for RebalanceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        crate::kafka::log_client_error("projection consumer", error, reason);
+    }
+}
 
 impl ConsumerContext for RebalanceContext {
     fn rebalance(
