@@ -10,9 +10,11 @@
 //! 0.11 guarantees).
 //!
 //! Per batch and partition: begin → for each command: check its id against the seen
-//! window, run the handler, produce events (to partition `p`), the outcome (to the
-//! outcomes topic, partition `p`) and the reply → `send_offsets_to_transaction` →
-//! commit. Snapshots are written after the commit.
+//! window, run the handler, produce events (to partition `p`) and the outcome (to the
+//! outcomes topic, partition `p`) → `send_offsets_to_transaction` → commit. The
+//! replies are sent after the commit, by one non-transactional producer: a caller
+//! never hears of an outcome that did not commit. Snapshots are written after the
+//! commit.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -377,12 +379,23 @@ impl<A: Aggregate> CommandProcessor<A> {
             .set("isolation.level", "read_uncommitted")
             .create()
             .map_err(kafka("create watermark consumer"))?;
+        // Replies are notifications of committed outcomes: sent after the commit by
+        // one idempotent, non-transactional producer (see `Core::process`).
+        let reply_producer: BaseProducer<ReplyContext> = self
+            .kafka
+            .client_config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "1")
+            .create_with_context(ReplyContext)
+            .map_err(kafka("create reply producer"))?;
         let core = Arc::new(Mutex::new(Core {
             shared: Arc::clone(&shared),
             partitions: HashMap::new(),
             snapshot_tx,
             restore_consumer,
             watermark_consumer,
+            reply_producer,
             fatal: None,
         }));
         let consumer: BaseConsumer<RebalanceContext<A>> = self
@@ -416,7 +429,14 @@ impl<A: Aggregate> CommandProcessor<A> {
         let (thread_stop, thread_kill) = (Arc::clone(&stop), Arc::clone(&kill));
         let thread = std::thread::Builder::new()
             .name(format!("tributary-{}", A::NAME))
-            .spawn(move || run(consumer, core, thread_stop, thread_kill))
+            .spawn(move || {
+                let result = run(consumer, core, thread_stop, thread_kill);
+                if let Err(error) = &result {
+                    // Nobody may call shutdown() for a while: say it now.
+                    error!(aggregate = A::NAME, %error, "command processor stopped");
+                }
+                result
+            })
             .map_err(|e| ProcessorError::Thread(e.to_string()))?;
         info!(aggregate = A::NAME, %group, "command processor started");
         Ok(ProcessorHandle {
@@ -549,6 +569,8 @@ struct PartitionState<A> {
     events_since_flush: u64,
     /// Aggregates changed in the open transaction.
     touched: HashSet<String>,
+    /// Replies of the open transaction, sent after it commits.
+    replies: Vec<PendingReply>,
     /// Aggregates with events not covered by a snapshot.
     dirty: HashSet<String>,
 }
@@ -561,7 +583,33 @@ struct Core<A: Aggregate> {
     /// read_uncommitted, for high watermarks: a read_committed handle reports the
     /// last stable offset, which some brokers report as 0 while any transaction is open.
     watermark_consumer: BaseConsumer,
+    /// Sends the replies of committed transactions.
+    reply_producer: BaseProducer<ReplyContext>,
     fatal: Option<ProcessorError>,
+}
+
+/// Logs replies that could not be delivered: their callers time out and resend with
+/// the same command id, which the processor answers from its seen ids.
+struct ReplyContext;
+
+impl ClientContext for ReplyContext {}
+
+impl ProducerContext for ReplyContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, _)) = result {
+            warn!(%error, "a reply could not be delivered; its caller will time out and resend");
+        }
+    }
+}
+
+/// A reply to send once the transaction that decided it has committed.
+struct PendingReply {
+    reply_partition: i32,
+    command_id: String,
+    reply: Arc<Vec<u8>>,
+    correlation_id: Option<String>,
 }
 
 /// The restore consumer asks for end-of-partition events; they are not errors.
@@ -639,6 +687,9 @@ fn run<A: Aggregate>(
             info!("command processor shutting down");
             let owned: Vec<i32> = lock(&core).partitions.keys().copied().collect();
             lock(&core).revoke(&owned, true);
+            if let Err(error) = lock(&core).reply_producer.flush(Duration::from_secs(5)) {
+                warn!(%error, "replies still queued at shutdown; their callers will resend");
+            }
             drop(consumer);
             return Ok(());
         }
@@ -832,6 +883,7 @@ impl<A: Aggregate> Core<A> {
                 seen_order,
                 events_since_flush: 0,
                 touched: HashSet::new(),
+                replies: Vec::new(),
             },
         );
         lock(&shared.stats.owned).push(partition);
@@ -1147,6 +1199,7 @@ impl<A: Aggregate> Core<A> {
             hook(partition);
         }
         let result = (|| -> KafkaResult<Vec<(String, Arc<Vec<u8>>)>> {
+            part.replies.clear();
             part.producer.begin_transaction()?;
             part.producer
                 .context()
@@ -1173,6 +1226,20 @@ impl<A: Aggregate> Core<A> {
         match result {
             Ok(new_seen) => {
                 ProcessorStats::add(&shared.stats.transactions, 1);
+                // Only now, with the outcomes committed, do the callers hear of them.
+                for r in part.replies.drain(..) {
+                    if let Err(error) = send(
+                        &self.reply_producer,
+                        &shared.layout.replies,
+                        r.reply_partition,
+                        r.command_id.as_bytes(),
+                        &r.reply,
+                        r.correlation_id.as_deref(),
+                    ) {
+                        warn!(%error, command_id = r.command_id, "cannot send a reply; its caller will time out and resend");
+                    }
+                }
+                self.reply_producer.poll(Duration::ZERO);
                 let now = SystemTime::now();
                 for (id, reply) in new_seen {
                     part.seen_order.push_back((now, id.clone()));
@@ -1324,14 +1391,12 @@ fn handle_one<A: Aggregate>(
         Span::current().record("outcome", "duplicate");
         debug!("command id seen before; replying with the original outcome");
         if let Some(rp) = command.reply_partition {
-            send(
-                &part.producer,
-                &shared.layout.replies,
-                rp,
-                command.command_id.as_bytes(),
-                &reply,
-                command.correlation_id,
-            )?;
+            part.replies.push(PendingReply {
+                reply_partition: rp,
+                command_id: command.command_id.to_owned(),
+                reply,
+                correlation_id: command.correlation_id.map(str::to_owned),
+            });
         }
         return Ok(None);
     }
@@ -1365,14 +1430,12 @@ fn handle_one<A: Aggregate>(
         command.correlation_id,
     )?;
     if let Some(rp) = command.reply_partition {
-        send(
-            &part.producer,
-            &shared.layout.replies,
-            rp,
-            command.command_id.as_bytes(),
-            &bytes,
-            command.correlation_id,
-        )?;
+        part.replies.push(PendingReply {
+            reply_partition: rp,
+            command_id: command.command_id.to_owned(),
+            reply: Arc::clone(&bytes),
+            correlation_id: command.correlation_id.map(str::to_owned),
+        });
     }
     Ok(Some((command.command_id.to_owned(), bytes)))
 }
@@ -1523,8 +1586,8 @@ fn drain_deliveries(producer: &BaseProducer<DeliveryContext>, timeout: Duration)
     }
 }
 
-fn send(
-    producer: &BaseProducer<DeliveryContext>,
+fn send<C: ProducerContext<DeliveryOpaque = ()>>(
+    producer: &BaseProducer<C>,
     topic: &str,
     partition: i32,
     key: &[u8],
