@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `POST /orders` | place an order `{order_id?, customer, lines: [{sku, quantity, price_cents}]}` → 202 |
 //! | `POST /orders/{id}/cancel` | cancel `{reason?}` |
+//! | `POST /orders/{id}/pay`, `POST /orders/{id}/ship` | mark a confirmed order paid, a paid one shipped |
 //! | `GET /orders/{id}` | the order's summary |
 //! | `GET /orders?customer=&status=&limit=` | list summaries, newest first |
 //! | `POST /stock/{sku}/restock` | add stock `{quantity}` |
@@ -30,7 +31,9 @@ use tributary::{Command, Handle};
 use uuid::Uuid;
 
 use crate::inventory::{InventoryError, Restock};
-use crate::order::{CancelOrder, Line, OrderError, PlaceOrder, validate_lines};
+use crate::order::{
+    CancelOrder, Line, MarkPaid, MarkShipped, OrderError, PlaceOrder, validate_lines,
+};
 
 /// Largest request body accepted (413 beyond).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -57,6 +60,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/orders", post(place_order).get(list_orders))
         .route("/orders/{id}", get(get_order))
         .route("/orders/{id}/cancel", post(cancel_order))
+        .route("/orders/{id}/pay", post(pay_order))
+        .route("/orders/{id}/ship", post(ship_order))
         .route("/stock", get(list_stock))
         .route("/stock/{sku}", get(get_stock))
         .route("/stock/{sku}/restock", post(restock))
@@ -276,6 +281,38 @@ async fn cancel_order(
     match send(&state, command, None).await? {
         CommandOutcome::Accepted { version, .. } => Ok(Json(
             json!({ "order_id": order_id, "status": "cancelled", "version": version }),
+        )),
+        CommandOutcome::Rejected(error) => Err(order_rejection(error)),
+    }
+}
+
+async fn pay_order(
+    State(state): State<ApiState>,
+    Path(order_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    valid_id("order_id", &order_id)?;
+    let command = MarkPaid {
+        order_id: order_id.clone(),
+    };
+    match send(&state, command, None).await? {
+        CommandOutcome::Accepted { version, .. } => Ok(Json(
+            json!({ "order_id": order_id, "status": "paid", "version": version }),
+        )),
+        CommandOutcome::Rejected(error) => Err(order_rejection(error)),
+    }
+}
+
+async fn ship_order(
+    State(state): State<ApiState>,
+    Path(order_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    valid_id("order_id", &order_id)?;
+    let command = MarkShipped {
+        order_id: order_id.clone(),
+    };
+    match send(&state, command, None).await? {
+        CommandOutcome::Accepted { version, .. } => Ok(Json(
+            json!({ "order_id": order_id, "status": "shipped", "version": version }),
         )),
         CommandOutcome::Rejected(error) => Err(order_rejection(error)),
     }

@@ -8,9 +8,10 @@ use tributary::command::{
     ProcessorSettings, TopicSettings,
 };
 use tributary::projection::{
-    Projection, ProjectionConfig, ProjectionError, ProjectionHandle, ProjectionWorker, RetryPolicy,
+    Handles, Projection, ProjectionConfig, ProjectionError, ProjectionHandle, ProjectionWorker,
+    RetryPolicy,
 };
-use tributary::{EventCodec, InvalidPrefix, KafkaConfig, PgStore, StoreError};
+use tributary::{DomainEvent, EventCodec, InvalidPrefix, KafkaConfig, PgStore, StoreError};
 
 use crate::inventory::{Inventory, InventoryEvent, ReleaseStock, ReserveStock, Restock, ShipStock};
 use crate::order::{
@@ -161,16 +162,25 @@ impl ShopConfig {
             .with_max_wait(Duration::from_millis(10))
     }
 
+    /// A worker of `projection` reading the events of `E`.
+    fn worker<P, E>(&self, projection: P, store: &PgStore) -> Result<ProjectionWorker<P>, ShopError>
+    where
+        P: Handles<E>,
+        E: DomainEvent,
+    {
+        Ok(
+            ProjectionWorker::new(projection, store.clone(), self.kafka.clone())
+                .subscribe(EventCodec::<E>::new(self.prefix.clone())?)
+                .with_config(self.projection_config()),
+        )
+    }
+
     /// The worker of the `order_summaries` read model.
     pub fn order_summaries(
         &self,
         store: &PgStore,
     ) -> Result<ProjectionWorker<OrderSummaries>, ShopError> {
-        Ok(
-            ProjectionWorker::new(OrderSummaries, store.clone(), self.kafka.clone())
-                .subscribe(EventCodec::<OrderEvent>::new(self.prefix.clone())?)
-                .with_config(self.projection_config()),
-        )
+        self.worker::<_, OrderEvent>(OrderSummaries, store)
     }
 
     /// The worker of the `stock_levels` read model.
@@ -178,11 +188,7 @@ impl ShopConfig {
         &self,
         store: &PgStore,
     ) -> Result<ProjectionWorker<StockLevels>, ShopError> {
-        Ok(
-            ProjectionWorker::new(StockLevels, store.clone(), self.kafka.clone())
-                .subscribe(EventCodec::<InventoryEvent>::new(self.prefix.clone())?)
-                .with_config(self.projection_config()),
-        )
+        self.worker::<_, InventoryEvent>(StockLevels, store)
     }
 
     /// The worker of the `notifications` read model.
@@ -190,11 +196,7 @@ impl ShopConfig {
         &self,
         store: &PgStore,
     ) -> Result<ProjectionWorker<Notifications>, ShopError> {
-        Ok(
-            ProjectionWorker::new(Notifications, store.clone(), self.kafka.clone())
-                .subscribe(EventCodec::<OrderEvent>::new(self.prefix.clone())?)
-                .with_config(self.projection_config()),
-        )
+        self.worker::<_, OrderEvent>(Notifications, store)
     }
 
     /// The worker running the order-fulfilment process manager. It retries a
