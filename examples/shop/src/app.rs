@@ -57,7 +57,7 @@ pub struct ShopConfig {
     /// Topic prefix (`SHOP_TOPIC_PREFIX`, default `shop`): topics are
     /// `{prefix}.order.events`, `{prefix}.inventory.commands`, ….
     pub prefix: String,
-    /// Postgres (`DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`).
+    /// Postgres (`DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`).
     pub database_url: String,
     /// Postgres schema of the snapshots, checkpoints and read models
     /// (`SHOP_SCHEMA`, default `shop`).
@@ -78,10 +78,7 @@ impl ShopConfig {
         Self {
             kafka: KafkaConfig::from_env(),
             prefix: env("SHOP_TOPIC_PREFIX", "shop"),
-            database_url: env(
-                "DATABASE_URL",
-                "postgres://postgres@127.0.0.1:5432/postgres",
-            ),
+            database_url: env("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
             schema: env("SHOP_SCHEMA", "shop"),
             partitions: 4,
             session_timeout: Duration::from_secs(6),
