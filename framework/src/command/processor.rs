@@ -604,6 +604,9 @@ impl ProducerContext for ReplyContext {
     }
 }
 
+/// Command ids decided by a transaction, with their replies.
+type NewSeen = Vec<(String, Arc<Vec<u8>>)>;
+
 /// A reply to send once the transaction that decided it has committed.
 struct PendingReply {
     reply_partition: i32,
@@ -738,8 +741,11 @@ fn run<A: Aggregate>(
                 None => by_partition.push((message.partition(), vec![message])),
             }
         }
+        let mut c = lock(&core);
+        let mut ready: Vec<(i32, Vec<OwnedMessage>)> = Vec::new();
+        let mut rewind: Vec<OwnedMessage> = Vec::new();
+        let mut restore_failed = false;
         for (partition, messages) in by_partition {
-            let mut c = lock(&core);
             if !c.partitions.contains_key(&partition) {
                 if !assigned.contains(&partition) {
                     continue; // revoked meanwhile; the new owner processes these
@@ -749,24 +755,28 @@ fn run<A: Aggregate>(
                         return Err(error);
                     }
                     warn!(%error, partition, "restore failed; retrying in 1 s");
-                    drop(c);
-                    seek_back(&consumer, &messages);
-                    std::thread::sleep(Duration::from_secs(1));
+                    rewind.extend(messages);
+                    restore_failed = true;
                     continue;
                 }
             }
-            match c.process(partition, &messages, &metadata) {
+            ready.push((partition, messages));
+        }
+        for (messages, outcome) in c.process_all(ready, &metadata) {
+            match outcome {
                 Ok(()) => {}
-                Err(BatchFailure::Retry) => {
-                    drop(c);
-                    seek_back(&consumer, &messages);
-                }
-                Err(BatchFailure::Fenced) => {
-                    drop(c);
-                    // Someone else owns the partition now; its revocation follows.
-                    seek_back(&consumer, &messages);
-                }
+                // Retry: aborted, the partition is restored when its commands come
+                // back. Fenced: someone else owns the partition now; its revocation
+                // follows. Either way the commands are consumed again.
+                Err(BatchFailure::Retry | BatchFailure::Fenced) => rewind.extend(messages),
             }
+        }
+        drop(c);
+        if !rewind.is_empty() {
+            seek_back(&consumer, &rewind);
+        }
+        if restore_failed {
+            std::thread::sleep(Duration::from_secs(1));
         }
     }
 }
@@ -1172,57 +1182,72 @@ impl<A: Aggregate> Core<A> {
         lock(&self.shared.stats.owned).retain(|p| !partitions.contains(p));
     }
 
-    /// Processes one partition's batch in one transaction.
-    fn process(
+    /// Processes the batches of several partitions, each in its own transaction.
+    /// Partitions are independent (own producer, own transactional id, own
+    /// aggregates), so their transactions run on parallel threads: a transaction
+    /// costs a few broker round trips however small it is, and running them one
+    /// after the other would add those up for every partition of the batch.
+    fn process_all(
         &mut self,
-        partition: i32,
-        messages: &[OwnedMessage],
+        work: Vec<(i32, Vec<OwnedMessage>)>,
         metadata: &ConsumerGroupMetadata,
-    ) -> Result<(), BatchFailure> {
+    ) -> Vec<(Vec<OwnedMessage>, Result<(), BatchFailure>)> {
         let shared = Arc::clone(&self.shared);
-        let first = messages.first().map_or(-1, Message::offset);
-        let last = messages.last().map_or(-1, Message::offset);
-        let span = info_span!(
-            "command_batch",
-            aggregate = A::NAME,
-            partition,
-            commands = messages.len(),
-            first_offset = first,
-            last_offset = last
-        );
-        let _enter = span.enter();
+        let mut taken: Vec<(i32, Option<PartitionState<A>>, Vec<OwnedMessage>)> = work
+            .into_iter()
+            .map(|(p, messages)| (p, self.partitions.remove(&p), messages))
+            .collect();
+        let results: Vec<Option<KafkaResult<NewSeen>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = taken
+                .iter_mut()
+                .map(|(p, part, messages)| {
+                    let shared = &shared;
+                    let p = *p;
+                    scope.spawn(move || {
+                        part.as_mut()
+                            .map(|part| transact(shared, p, part, messages, metadata))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    // A panicking handler: treat it as a failed transaction
+                    // (aborted, partition restored, commands retried).
+                    h.join().unwrap_or_else(|_| {
+                        error!("a transaction thread panicked");
+                        Some(Err(KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::Fail,
+                        )))
+                    })
+                })
+                .collect()
+        });
+        taken
+            .into_iter()
+            .zip(results)
+            .map(|((partition, part, messages), result)| {
+                let outcome = match (part, result) {
+                    (Some(part), Some(result)) => {
+                        self.partitions.insert(partition, part);
+                        self.finish(partition, result)
+                    }
+                    _ => Err(BatchFailure::Retry),
+                };
+                (messages, outcome)
+            })
+            .collect()
+    }
+
+    /// After a partition's transaction: on success, send its replies, remember its
+    /// command ids and snapshot; on failure, abort and drop the partition (or just
+    /// drop it when fenced).
+    fn finish(&mut self, partition: i32, result: KafkaResult<NewSeen>) -> Result<(), BatchFailure> {
+        let shared = Arc::clone(&self.shared);
+        let timeout = shared.settings.transaction_timeout;
         let Some(part) = self.partitions.get_mut(&partition) else {
             return Err(BatchFailure::Retry);
         };
-        let timeout = shared.settings.transaction_timeout;
-        if let Some(hook) = &shared.before_transaction {
-            hook(partition);
-        }
-        let result = (|| -> KafkaResult<Vec<(String, Arc<Vec<u8>>)>> {
-            part.replies.clear();
-            part.producer.begin_transaction()?;
-            part.producer
-                .context()
-                .failed
-                .store(false, Ordering::SeqCst);
-            let mut new_seen: Vec<(String, Arc<Vec<u8>>)> = Vec::new();
-            for message in messages {
-                if let Some(entry) = handle_one(&shared, partition, part, &new_seen, message)? {
-                    new_seen.push(entry);
-                }
-            }
-            let mut offsets = TopicPartitionList::new();
-            offsets.add_partition_offset(
-                &shared.layout.commands,
-                partition,
-                Offset::Offset(last + 1),
-            )?;
-            part.producer
-                .send_offsets_to_transaction(&offsets, metadata, timeout)?;
-            drain_deliveries(&part.producer, timeout);
-            part.producer.commit_transaction(timeout)?;
-            Ok(new_seen)
-        })();
         match result {
             Ok(new_seen) => {
                 ProcessorStats::add(&shared.stats.transactions, 1);
@@ -1347,6 +1372,52 @@ fn snapshot_row<A: Aggregate>(id: &str, slot: &Slot<A>) -> Option<SnapshotRow> {
             None
         }
     }
+}
+
+/// One partition's batch in one transaction: begin → decide every command →
+/// offsets → commit. Replies are collected in `part.replies` and sent by
+/// [`Core::finish`] once the commit succeeded.
+fn transact<A: Aggregate>(
+    shared: &Shared<A>,
+    partition: i32,
+    part: &mut PartitionState<A>,
+    messages: &[OwnedMessage],
+    metadata: &ConsumerGroupMetadata,
+) -> KafkaResult<NewSeen> {
+    let first = messages.first().map_or(-1, Message::offset);
+    let last = messages.last().map_or(-1, Message::offset);
+    let span = info_span!(
+        "command_batch",
+        aggregate = A::NAME,
+        partition,
+        commands = messages.len(),
+        first_offset = first,
+        last_offset = last
+    );
+    let _enter = span.enter();
+    let timeout = shared.settings.transaction_timeout;
+    if let Some(hook) = &shared.before_transaction {
+        hook(partition);
+    }
+    part.replies.clear();
+    part.producer.begin_transaction()?;
+    part.producer
+        .context()
+        .failed
+        .store(false, Ordering::SeqCst);
+    let mut new_seen: Vec<(String, Arc<Vec<u8>>)> = Vec::new();
+    for message in messages {
+        if let Some(entry) = handle_one(shared, partition, part, &new_seen, message)? {
+            new_seen.push(entry);
+        }
+    }
+    let mut offsets = TopicPartitionList::new();
+    offsets.add_partition_offset(&shared.layout.commands, partition, Offset::Offset(last + 1))?;
+    part.producer
+        .send_offsets_to_transaction(&offsets, metadata, timeout)?;
+    drain_deliveries(&part.producer, timeout);
+    part.producer.commit_transaction(timeout)?;
+    Ok(new_seen)
 }
 
 /// Handles one command inside the open transaction. Returns the new seen entry.
