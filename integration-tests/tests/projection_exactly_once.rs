@@ -1,6 +1,6 @@
 //! G4 under crashes: a projection worker is aborted (its task dropped mid-await, as a
 //! crash would) many times while a 10,000-event load is written in Kafka
-//! transactions (some aborted); at the end the read model equals the one computed
+//! transactions (some aborted), a slice per round; at the end the read model equals the one computed
 //! from the log by a plain consumer: no event applied twice, none missed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
@@ -64,21 +64,31 @@ async fn aborted_workers_apply_every_event_exactly_once() {
         })
         .collect();
 
-    // The load: transactions of 50 records, every 7th aborted, spread over time so
-    // the worker crashes while records keep arriving.
+    // The load: transactions of 50 records, every 7th aborted, in ABORTS + 1 slices.
+    // The first slice is written up front; each round starts the next slice as soon
+    // as its worker applies, so records keep arriving while that worker is killed and
+    // the next incarnation always finds work, however fast the worker is.
+    let (go, slices) = std::sync::mpsc::channel::<()>();
     let loader = {
         let (bootstrap, topic) = (bootstrap.clone(), topic.clone());
+        let slice_len = EVENTS.div_ceil(ABORTS + 1);
         std::thread::spawn(move || {
-            produce_transactional(
-                &bootstrap,
-                &topic,
-                &records,
-                50,
-                Some(7),
-                Duration::from_millis(15),
-            );
+            for slice in records.chunks(slice_len) {
+                if slices.recv().is_err() {
+                    break;
+                }
+                produce_transactional(
+                    &bootstrap,
+                    &topic,
+                    slice,
+                    50,
+                    Some(7),
+                    Duration::from_millis(15),
+                );
+            }
         })
     };
+    go.send(()).unwrap();
 
     let totals = Totals::default();
     let worker = ProjectionWorker::new(totals.clone(), store.clone(), kafka_config(&bootstrap))
@@ -100,6 +110,7 @@ async fn aborted_workers_apply_every_event_exactly_once() {
             },
         )
         .await;
+        go.send(()).unwrap();
         tokio::time::sleep(Duration::from_millis(rng.next() % 40)).await;
         handle.abort();
         let calls = totals.calls.load(Ordering::SeqCst) - calls_before;
@@ -110,6 +121,7 @@ async fn aborted_workers_apply_every_event_exactly_once() {
         let _ = handle.join().await;
         eprintln!("round {round}: handler calls {calls}, committed {applied}");
     }
+    drop(go);
     loader.join().expect("loader panicked");
 
     // A last worker catches up; the projection must then match the log exactly.

@@ -40,6 +40,14 @@ use crate::store::PgStore;
 /// partitions to resynchronize again.
 const IDLE_TICK: Duration = Duration::from_millis(250);
 
+/// `fetch.queue.backoff.ms` of the worker's consumer unless the Kafka settings set
+/// it: see [`ProjectionWorker::consumer_config`].
+const FETCH_QUEUE_BACKOFF_MS: &str = "10";
+
+/// While a batch is applied, the prefetch of the next one lets the batch's
+/// Postgres round trips go on after this many records.
+const PREFETCH_YIELD_EVERY: usize = 64;
+
 /// Runs a [`Projection`]: see the [module documentation](crate::projection).
 ///
 /// Cloning is cheap; clones share the projection, the status and the settings, so
@@ -109,6 +117,7 @@ enum TryError {
 }
 
 /// A partition the worker applies.
+#[derive(Clone)]
 struct Part {
     /// Unique per assignment, so records collected before a rebalance are not
     /// applied under a later assignment of the same partition.
@@ -307,6 +316,13 @@ impl<P: Projection> ProjectionWorker<P> {
 
     fn consumer_config(&self) -> ClientConfig {
         let mut config = self.kafka.client_config();
+        // librdkafka stops fetching a partition whose local queue is full and waits
+        // `fetch.queue.backoff.ms` (default 1 s) before it looks again. A worker that
+        // applies about as fast as it fetches drains the queue well within that and
+        // then sits idle: measured ~0.5 s every ~120,000 records, 40 % of a rebuild.
+        if config.get("fetch.queue.backoff.ms").is_none() {
+            config.set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
+        }
         config
             .set("group.id", self.group_id())
             .set("enable.auto.commit", "false")
@@ -637,21 +653,60 @@ impl<P: Projection> ProjectionWorker<P> {
         Ok(summary)
     }
 
-    /// Applies one partition's records: batches with the checkpoint, locating and
-    /// retrying failing events, parking (or halting on) poison records.
+    /// Applies the collected records, one partition after the other, each on a copy
+    /// of its [`Part`] (the caller merges the copies back). Logs conflicts and
+    /// outages (and waits `outage_backoff` after one, as the loop always did before
+    /// the next partition); stops at a halt or a shutdown during a retry backoff.
+    async fn apply_groups(
+        &self,
+        jobs: Vec<(Part, Group)>,
+        shutdown: &mut Shutdown,
+    ) -> Vec<(Part, Result<(), Failure>)> {
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for (mut part, group) in jobs {
+            let result = self
+                .apply_partition(&mut part, &group.messages, &group.decoded, shutdown)
+                .await;
+            let stop = match &result {
+                Ok(()) => false,
+                Err(Failure::Conflict) => {
+                    tracing::warn!(projection = P::NAME, topic = %part.topic, partition = part.partition, expected = ?part.checkpoint, "checkpoint was moved by another worker: this worker lost the partition; batch rolled back, checkpoint will be re-read");
+                    self.status.send_modify(|s| s.conflicts += 1);
+                    false
+                }
+                Err(Failure::Infra(error)) => {
+                    tracing::error!(projection = P::NAME, topic = %part.topic, partition = part.partition, error = %error, "batch failed and was rolled back; retrying after a pause");
+                    self.status
+                        .send_modify(|s| s.last_error = Some(error.to_string()));
+                    tokio::select! {
+                        () = shutdown.wait() => {}
+                        () = tokio::time::sleep(self.config.outage_backoff) => {}
+                    }
+                    false
+                }
+                Err(Failure::Halted(_) | Failure::Shutdown) => true,
+            };
+            outcomes.push((part, result));
+            if stop {
+                break;
+            }
+        }
+        outcomes
+    }
+
+    /// Applies one partition's records (decoded when they arrived): batches with
+    /// the checkpoint, locating and retrying failing events, parking (or halting
+    /// on) poison records.
     async fn apply_partition(
         &self,
         part: &mut Part,
         messages: &[OwnedMessage],
+        decoded: &[Result<Decoded, DecodeError>],
         shutdown: &mut Shutdown,
     ) -> Result<(), Failure> {
         let Some(source) = self.sources.get(part.source) else {
             return Ok(());
         };
-        let decoded: Vec<Result<Decoded, DecodeError>> = messages
-            .iter()
-            .map(|m| source.decode(&record_ref(m)))
-            .collect();
         let default_mode = if source.batched() {
             Mode::Batched
         } else {
@@ -968,6 +1023,43 @@ impl RebuildTracker {
     }
 }
 
+/// Records of one partition received under one assignment, decoded on arrival.
+struct Group {
+    /// [`Part::id`].
+    id: u64,
+    messages: Vec<OwnedMessage>,
+    /// `decoded[i]` is `messages[i]` decoded.
+    decoded: Vec<Result<Decoded, DecodeError>>,
+}
+
+/// Records received but not applied yet.
+#[derive(Default)]
+struct Pending {
+    groups: Vec<Group>,
+    /// When the first of them arrived (`max_wait` counts from there).
+    first_at: Option<tokio::time::Instant>,
+}
+
+impl Pending {
+    fn largest(&self) -> usize {
+        self.groups
+            .iter()
+            .map(|g| g.messages.len())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Drops the records of partitions that are gone, were assigned anew, or wait
+    /// to re-read their checkpoint.
+    fn retain_ready(&mut self, parts: &[Part]) {
+        self.groups
+            .retain(|g| parts.iter().any(|p| p.id == g.id && p.ready));
+        if self.groups.is_empty() {
+            self.first_at = None;
+        }
+    }
+}
+
 /// The consume-apply loop shared by group workers and rebuilds.
 struct Runner<'w, P: Projection> {
     worker: &'w ProjectionWorker<P>,
@@ -987,11 +1079,13 @@ impl<P: Projection> Runner<'_, P> {
         mut rebuild: Option<&mut RebuildTracker>,
     ) -> Result<(), ProjectionError> {
         let worker = self.worker;
+        // Records received (and decoded) but not applied yet.
+        let mut pending = Pending::default();
         loop {
             if let Some(tracker) = rebuild.as_deref_mut() {
                 let events = worker.events_done(tracker);
                 let progress = tracker.progress(&self.parts, events);
-                let finished = tracker.finished(&self.parts);
+                let finished = pending.groups.is_empty() && tracker.finished(&self.parts);
                 if finished || tracker.last_log.elapsed() >= worker.config.progress_interval {
                     tracker.last_log = Instant::now();
                     tracing::info!(
@@ -1013,44 +1107,67 @@ impl<P: Projection> Runner<'_, P> {
                 return Ok(());
             }
             self.take_rebalance_events();
+            pending.retain_ready(&self.parts);
             self.resync().await;
-            let mut groups = self.collect(shutdown).await;
+            self.collect(Some(&mut *shutdown), &mut pending).await;
             // Records of partitions revoked meanwhile are dropped, not applied.
-            self.take_rebalance_events_dropping(&mut groups);
-            for (id, messages) in groups {
-                let Some(part) = self.parts.iter_mut().find(|p| p.id == id && p.ready) else {
-                    continue;
-                };
-                match worker.apply_partition(part, &messages, shutdown).await {
-                    Ok(()) => {}
-                    Err(Failure::Conflict) => {
-                        tracing::warn!(projection = P::NAME, topic = %part.topic, partition = part.partition, expected = ?part.checkpoint, "checkpoint was moved by another worker: this worker lost the partition; batch rolled back, checkpoint will be re-read");
-                        worker.status.send_modify(|s| s.conflicts += 1);
+            self.take_rebalance_events_dropping(&mut pending);
+            let jobs: Vec<(Part, Group)> = std::mem::take(&mut pending)
+                .groups
+                .into_iter()
+                .filter_map(|group| {
+                    let part = self.parts.iter().find(|p| p.id == group.id && p.ready)?;
+                    Some((part.clone(), group))
+                })
+                .collect();
+            if jobs.is_empty() {
+                self.advance_past_markers().await;
+                self.commit_kafka(CommitMode::Async);
+                continue;
+            }
+            // Pipelining: while this batch's transactions run in Postgres, receive
+            // and decode the next batch (into `pending`; nothing of it is applied
+            // before the outcome of this batch is known). The prefetch stops as soon
+            // as the batch is applied; the next round tops it up.
+            let apply = worker.apply_groups(jobs, shutdown);
+            tokio::pin!(apply);
+            let outcomes = tokio::select! {
+                biased;
+                outcomes = &mut apply => Some(outcomes),
+                () = self.collect(None, &mut pending) => None,
+            };
+            let outcomes = match outcomes {
+                Some(outcomes) => outcomes,
+                None => apply.await,
+            };
+            let mut stop = None;
+            for (applied, result) in outcomes {
+                if let Some(part) = self.parts.iter_mut().find(|p| p.id == applied.id) {
+                    part.checkpoint = applied.checkpoint;
+                    if matches!(result, Err(Failure::Conflict | Failure::Infra(_))) {
+                        // Re-read the checkpoint before going on (`resync`).
                         part.ready = false;
                         let _ = self
                             .consumer
                             .pause(&single(&part.topic, part.partition, None));
                     }
-                    Err(Failure::Infra(error)) => {
-                        tracing::error!(projection = P::NAME, topic = %part.topic, partition = part.partition, error = %error, "batch failed and was rolled back; retrying after a pause");
-                        worker
-                            .status
-                            .send_modify(|s| s.last_error = Some(error.to_string()));
-                        part.ready = false;
-                        let _ = self
-                            .consumer
-                            .pause(&single(&part.topic, part.partition, None));
-                        tokio::select! {
-                            () = shutdown.wait() => {}
-                            () = tokio::time::sleep(worker.config.outage_backoff) => {}
-                        }
-                    }
-                    Err(Failure::Halted(report)) => {
-                        self.commit_kafka(CommitMode::Sync);
-                        return Err(ProjectionError::Halted(report));
-                    }
-                    Err(Failure::Shutdown) => return Ok(()),
                 }
+                match result {
+                    Err(Failure::Halted(report)) => stop = Some(Err(report)),
+                    Err(Failure::Shutdown) => stop = Some(Ok(())),
+                    _ => {}
+                }
+            }
+            // Records received after a batch that failed are not applied: the
+            // partition resumes from its checkpoint.
+            pending.retain_ready(&self.parts);
+            match stop {
+                Some(Err(report)) => {
+                    self.commit_kafka(CommitMode::Sync);
+                    return Err(ProjectionError::Halted(report));
+                }
+                Some(Ok(())) => return Ok(()),
+                None => {}
             }
             self.advance_past_markers().await;
             self.commit_kafka(CommitMode::Async);
@@ -1156,50 +1273,69 @@ impl<P: Projection> Runner<'_, P> {
 
     /// Applies pending rebalance events and drops the collected records of
     /// partitions that are gone (or were assigned anew).
-    fn take_rebalance_events_dropping(&mut self, groups: &mut Vec<(u64, Vec<OwnedMessage>)>) {
+    fn take_rebalance_events_dropping(&mut self, pending: &mut Pending) {
         if self.consumer.context().has_pending() {
             self.take_rebalance_events();
-            groups.retain(|(id, _)| self.parts.iter().any(|p| p.id == *id && p.ready));
+            pending.retain_ready(&self.parts);
         }
     }
 
-    /// Receives records, split by partition, until one partition has `batch_size`
-    /// of them: waits up to
-    /// `IDLE_TICK` for the first, then at most `max_wait` for the rest. Stops early
-    /// on shutdown.
+    /// Receives records into `pending`, split by partition and decoded on arrival,
+    /// until one partition has `batch_size` of them: waits up to `IDLE_TICK` for
+    /// the first, then at most `max_wait` after the first. Stops early on shutdown.
+    ///
+    /// Without `shutdown` it is the prefetch that runs while a batch is applied:
+    /// the caller drops it when the batch is done, so it yields now and then to let
+    /// the batch's Postgres round trips go on, and keeps `pending` consistent at
+    /// every await (it is cancel-safe).
     ///
     /// The rebalance callback runs inside `recv`, so a record returned after it
     /// belongs to the new assignment: pending events are applied before the record
     /// is accepted, and records collected under the old assignment are dropped.
-    async fn collect(&mut self, shutdown: &mut Shutdown) -> Vec<(u64, Vec<OwnedMessage>)> {
+    async fn collect(&mut self, mut shutdown: Option<&mut Shutdown>, pending: &mut Pending) {
         let config = &self.worker.config;
-        let mut groups: Vec<(u64, Vec<OwnedMessage>)> = Vec::new();
-        let mut count = 0;
+        let mut count = pending.largest();
         let mut deadline = tokio::time::Instant::now() + IDLE_TICK;
+        if let Some(first) = pending.first_at {
+            deadline = deadline.min(first + config.max_wait);
+        }
+        let mut since_yield = 0;
         while count < config.batch_size {
-            let received = tokio::select! {
-                biased;
-                () = shutdown.wait() => break,
-                received = tokio::time::timeout_at(deadline, self.consumer.recv()) => received,
+            let received = match shutdown.as_deref_mut() {
+                Some(shutdown) => tokio::select! {
+                    biased;
+                    () = shutdown.wait() => break,
+                    received = tokio::time::timeout_at(deadline, self.consumer.recv()) => received,
+                },
+                None => tokio::time::timeout_at(deadline, self.consumer.recv()).await,
             };
             match received {
                 Err(_elapsed) => break,
                 Ok(Ok(message)) => {
                     let message = message.detach();
-                    self.take_rebalance_events_dropping(&mut groups);
-                    if let Some(len) = self.accept(message, &mut groups) {
-                        if count == 0 {
-                            deadline = deadline.min(tokio::time::Instant::now() + config.max_wait);
+                    self.take_rebalance_events_dropping(pending);
+                    if let Some(len) = self.accept(message, pending) {
+                        if pending.first_at.is_none() {
+                            let now = tokio::time::Instant::now();
+                            pending.first_at = Some(now);
+                            deadline = deadline.min(now + config.max_wait);
                         }
                         count = count.max(len);
                     }
+                    since_yield += 1;
+                    if shutdown.is_none() && since_yield >= PREFETCH_YIELD_EVERY {
+                        since_yield = 0;
+                        tokio::task::yield_now().await;
+                    }
                 }
                 Ok(Err(KafkaError::PartitionEOF(partition))) => {
-                    self.take_rebalance_events_dropping(&mut groups);
+                    self.take_rebalance_events_dropping(pending);
                     for part in self.parts.iter_mut().filter(|p| p.partition == partition) {
                         part.at_end = true;
                     }
-                    self.eof.push(partition);
+                    if !self.eof.contains(&partition) {
+                        self.eof.push(partition);
+                    }
                 }
                 Ok(Err(error)) => {
                     tracing::warn!(projection = P::NAME, error = %error, "Kafka consumer error");
@@ -1210,16 +1346,12 @@ impl<P: Projection> Runner<'_, P> {
                 }
             }
         }
-        groups
     }
 
-    /// Adds a record to its partition's group, unless its partition is not ready or
-    /// it was already received. Returns the group's size, `None` if dropped.
-    fn accept(
-        &mut self,
-        message: OwnedMessage,
-        groups: &mut Vec<(u64, Vec<OwnedMessage>)>,
-    ) -> Option<usize> {
+    /// Decodes a record and adds it to its partition's group, unless its partition
+    /// is not ready or it was already received. Returns the group's size, `None` if
+    /// dropped.
+    fn accept(&mut self, message: OwnedMessage, pending: &mut Pending) -> Option<usize> {
         let part = self
             .parts
             .iter_mut()
@@ -1227,18 +1359,25 @@ impl<P: Projection> Runner<'_, P> {
         if !part.ready || message.offset() < part.position {
             return None;
         }
+        let source = self.worker.sources.get(part.source)?;
         part.position = message.offset() + 1;
         part.at_end = false;
-        match groups.iter_mut().find(|(id, _)| *id == part.id) {
-            Some((_, messages)) => {
-                messages.push(message);
-                Some(messages.len())
-            }
+        let decoded = source.decode(&record_ref(&message));
+        let index = match pending.groups.iter().position(|g| g.id == part.id) {
+            Some(index) => index,
             None => {
-                groups.push((part.id, vec![message]));
-                Some(1)
+                pending.groups.push(Group {
+                    id: part.id,
+                    messages: Vec::new(),
+                    decoded: Vec::new(),
+                });
+                pending.groups.len() - 1
             }
-        }
+        };
+        let group = &mut pending.groups[index];
+        group.messages.push(message);
+        group.decoded.push(decoded);
+        Some(group.messages.len())
     }
 
     /// At the end of a partition, moves the checkpoint past trailing transaction
@@ -1249,6 +1388,20 @@ impl<P: Projection> Runner<'_, P> {
             return;
         }
         let eof = std::mem::take(&mut self.eof);
+        // A partition that reached its end while records of it were still being
+        // received ahead (pipelining) is looked at again after they are applied.
+        self.eof = eof
+            .iter()
+            .copied()
+            .filter(|n| {
+                self.parts.iter().any(|p| {
+                    p.partition == *n
+                        && p.ready
+                        && p.at_end
+                        && p.checkpoint.unwrap_or(0) != p.position
+                })
+            })
+            .collect();
         let Ok(positions) = self.consumer.position() else {
             return;
         };
