@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use crate::inventory::{InventoryError, Restock};
 use crate::order::{
-    CancelOrder, Line, MarkPaid, MarkShipped, OrderError, PlaceOrder, validate_lines,
+    CancelOrder, Line, MarkPaid, MarkShipped, Order, OrderError, PlaceOrder, validate_lines,
 };
 
 /// Largest request body accepted (413 beyond).
@@ -278,12 +278,7 @@ async fn cancel_order(
         order_id: order_id.clone(),
         reason,
     };
-    match send(&state, command, None).await? {
-        CommandOutcome::Accepted { version, .. } => Ok(Json(
-            json!({ "order_id": order_id, "status": "cancelled", "version": version }),
-        )),
-        CommandOutcome::Rejected(error) => Err(order_rejection(error)),
-    }
+    change_order(&state, &order_id, command, "cancelled").await
 }
 
 async fn pay_order(
@@ -294,12 +289,7 @@ async fn pay_order(
     let command = MarkPaid {
         order_id: order_id.clone(),
     };
-    match send(&state, command, None).await? {
-        CommandOutcome::Accepted { version, .. } => Ok(Json(
-            json!({ "order_id": order_id, "status": "paid", "version": version }),
-        )),
-        CommandOutcome::Rejected(error) => Err(order_rejection(error)),
-    }
+    change_order(&state, &order_id, command, "paid").await
 }
 
 async fn ship_order(
@@ -310,9 +300,23 @@ async fn ship_order(
     let command = MarkShipped {
         order_id: order_id.clone(),
     };
-    match send(&state, command, None).await? {
+    change_order(&state, &order_id, command, "shipped").await
+}
+
+/// Sends a command that moves an existing order to `status`.
+async fn change_order<C>(
+    state: &ApiState,
+    order_id: &str,
+    command: C,
+    status: &str,
+) -> Result<Json<Value>, ApiError>
+where
+    C: Command<Aggregate = Order>,
+    Order: Handle<C>,
+{
+    match send(state, command, None).await? {
         CommandOutcome::Accepted { version, .. } => Ok(Json(
-            json!({ "order_id": order_id, "status": "shipped", "version": version }),
+            json!({ "order_id": order_id, "status": status, "version": version }),
         )),
         CommandOutcome::Rejected(error) => Err(order_rejection(error)),
     }
