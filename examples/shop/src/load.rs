@@ -140,7 +140,12 @@ pub async fn seed_catalogue(
     for sku in plan.sku_names() {
         let body = json!({ "quantity": plan.stock_per_sku });
         let path = format!("/stock/{sku}/restock");
-        retrying(router, "POST", &path, &body).await?;
+        let (status, value, _) = retrying(router, "POST", &path, &body).await?;
+        if status != StatusCode::OK {
+            return Err(ShopError::Usage(format!(
+                "restocking {sku} failed: {status} {value}"
+            )));
+        }
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -163,25 +168,26 @@ pub async fn seed_catalogue(
 }
 
 /// Sends until the API gives a definite answer: 503/504 (broker or processor
-/// unavailable, outcome unknown) are retried with the same body, which carries
-/// the same id, so a retry never acts twice.
+/// unavailable, outcome unknown) are retried, up to 60 times, with the same body,
+/// which carries the same id, so a retry never acts twice. Returns the answer and
+/// the number of retries.
 async fn retrying(
     router: &Router,
     method: &str,
     path: &str,
     body: &Value,
-) -> Result<(StatusCode, Value), ShopError> {
-    let mut attempt = 0u32;
+) -> Result<(StatusCode, Value, usize), ShopError> {
+    let mut retries = 0;
     loop {
         let (status, value) = call(router, method, path, Some(body)).await?;
         let transient =
             status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::GATEWAY_TIMEOUT;
-        if !transient || attempt >= 60 {
-            return Ok((status, value));
+        if !transient || retries >= 60 {
+            return Ok((status, value, retries));
         }
-        attempt += 1;
-        tracing::info!(%status, path, attempt, "retrying: {value}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        retries += 1;
+        tracing::info!(%status, path, retries, "retrying: {value}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -226,27 +232,13 @@ pub async fn place_orders(
                     return Ok::<_, ShopError>(report);
                 }
                 let body = plan.order(n);
-                let mut attempt = 0;
-                loop {
-                    let (status, value) = call(&router, "POST", "/orders", Some(&body)).await?;
-                    match status {
-                        StatusCode::ACCEPTED => {
-                            report.accepted += 1;
-                            on_placed(accepted.fetch_add(1, Ordering::SeqCst) + 1);
-                            break;
-                        }
-                        StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
-                            if attempt < 60 =>
-                        {
-                            attempt += 1;
-                            report.retries += 1;
-                            tokio::time::sleep(Duration::from_millis(250)).await;
-                        }
-                        other => {
-                            report.refused.push(format!("order {n}: {other} {value}"));
-                            break;
-                        }
-                    }
+                let (status, value, retries) = retrying(&router, "POST", "/orders", &body).await?;
+                report.retries += retries;
+                if status == StatusCode::ACCEPTED {
+                    report.accepted += 1;
+                    on_placed(accepted.fetch_add(1, Ordering::SeqCst) + 1);
+                } else {
+                    report.refused.push(format!("order {n}: {status} {value}"));
                 }
             }
         });
