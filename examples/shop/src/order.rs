@@ -63,6 +63,8 @@ pub enum OrderEvent {
     Paid,
     /// The order left the warehouse.
     Shipped {
+        /// Who (carried so that readers need no lookup).
+        customer: String,
         /// The SKUs whose reservations the process manager ships.
         skus: Vec<String>,
     },
@@ -326,7 +328,10 @@ impl Handle<MarkPaid> for Order {
 impl Handle<MarkShipped> for Order {
     fn handle(&self, _cmd: MarkShipped) -> Result<Vec<OrderEvent>, OrderError> {
         match self.status {
-            Status::Paid => Ok(vec![OrderEvent::Shipped { skus: self.skus() }]),
+            Status::Paid => Ok(vec![OrderEvent::Shipped {
+                customer: self.customer.clone(),
+                skus: self.skus(),
+            }]),
             _ => Err(self.wrong_status("ship it")),
         }
     }
@@ -528,6 +533,7 @@ mod tests {
                 order_id: "o-1".into(),
             })
             .then_expect_events([OrderEvent::Shipped {
+                customer: "ada".into(),
                 skus: vec!["tea".into(), "mug".into()],
             }]);
     }

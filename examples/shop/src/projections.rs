@@ -250,27 +250,11 @@ impl Handles<OrderEvent> for Notifications {
                 "order_cancelled",
                 format!("Your order {order_id} was cancelled: {reason}"),
             ),
-            // The customer of a shipped order is on its summary; this projection
-            // keeps to its own events, so it looks it up from its own rows.
-            OrderEvent::Shipped { .. } => {
-                let customer: Option<String> = sqlx::query_scalar(
-                    "SELECT customer FROM notifications WHERE order_id = $1 LIMIT 1",
-                )
-                .bind(order_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(customer) = customer else {
-                    return Ok(());
-                };
-                return insert(
-                    tx,
-                    e,
-                    &customer,
-                    "order_shipped",
-                    &format!("Your order {order_id} has shipped"),
-                )
-                .await;
-            }
+            OrderEvent::Shipped { customer, .. } => (
+                customer.as_str(),
+                "order_shipped",
+                format!("Your order {order_id} has shipped"),
+            ),
             OrderEvent::Placed { .. } | OrderEvent::LineReserved { .. } | OrderEvent::Paid => {
                 return Ok(());
             }

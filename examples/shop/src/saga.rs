@@ -112,7 +112,7 @@ impl Fulfilment {
                     )
                 })
                 .collect(),
-            OrderEvent::Shipped { skus } => skus
+            OrderEvent::Shipped { skus, .. } => skus
                 .iter()
                 .map(|sku| {
                     let cmd = ShipStock {
