@@ -380,7 +380,7 @@ impl<A: Aggregate> CommandProcessor<A> {
             .create()
             .map_err(kafka("create watermark consumer"))?;
         // Replies are notifications of committed outcomes: sent after the commit by
-        // one idempotent, non-transactional producer (see `Core::process`).
+        // one idempotent, non-transactional producer (see `Core::finish`).
         let reply_producer: BaseProducer<ReplyContext> = self
             .kafka
             .client_config()
@@ -1405,7 +1405,7 @@ fn transact<A: Aggregate>(
         .context()
         .failed
         .store(false, Ordering::SeqCst);
-    let mut new_seen: Vec<(String, Arc<Vec<u8>>)> = Vec::new();
+    let mut new_seen: NewSeen = Vec::new();
     for message in messages {
         if let Some(entry) = handle_one(shared, partition, part, &new_seen, message)? {
             new_seen.push(entry);
