@@ -57,3 +57,71 @@ pub(crate) fn log_client_error(
         tracing::error!(%error, reason, client, "Kafka client error");
     }
 }
+
+/// Whether a Kafka client error may go away by itself: a leader being elected, a
+/// broker restarting, metadata not yet propagated, a coordinator moving. Retrying
+/// such an operation for a bounded time is the right response; any other error is
+/// reported at once.
+pub fn is_retriable(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    if let rdkafka::error::KafkaError::Transaction(e) = error {
+        return e.is_retriable();
+    }
+    error.rdkafka_error_code().is_some_and(|code| {
+        matches!(
+            code,
+            C::NotLeaderForPartition
+                | C::LeaderNotAvailable
+                | C::UnknownTopicOrPartition
+                | C::RequestTimedOut
+                | C::OperationTimedOut
+                | C::NetworkException
+                | C::BrokerNotAvailable
+                | C::ReplicaNotAvailable
+                | C::NotCoordinator
+                | C::CoordinatorNotAvailable
+                | C::CoordinatorLoadInProgress
+                | C::NotEnoughReplicas
+                | C::NotEnoughReplicasAfterAppend
+                | C::KafkaStorageError
+                | C::FencedLeaderEpoch
+                | C::UnknownLeaderEpoch
+                | C::OffsetNotAvailable
+                | C::PreferredLeaderNotAvailable
+                | C::BrokerTransportFailure
+                | C::AllBrokersDown
+                | C::Resolve
+                | C::UnknownPartition
+        )
+    })
+}
+
+/// `fetch_watermarks`, retried while the error is [retriable](is_retriable) and
+/// `within` has not passed (each attempt may wait up to 10 s). Right after a topic
+/// is created, or while a partition's leader moves, a broker answers "not leader"
+/// for a moment.
+pub(crate) fn watermarks_within<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+    within: std::time::Duration,
+) -> rdkafka::error::KafkaResult<(i64, i64)> {
+    use rdkafka::consumer::Consumer;
+    let deadline = std::time::Instant::now() + within;
+    let mut pause = std::time::Duration::from_millis(20);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match consumer.fetch_watermarks(
+            topic,
+            partition,
+            left.clamp(std::time::Duration::from_millis(100), std::time::Duration::from_secs(10)),
+        ) {
+            Err(error) if is_retriable(&error) && std::time::Instant::now() + pause < deadline => {
+                tracing::debug!(%error, topic, partition, "watermarks not available yet; retrying");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(500));
+            }
+            result => return result,
+        }
+    }
+}

@@ -100,6 +100,12 @@ pub struct Totals {
     pub failures: Arc<Mutex<HashMap<String, u32>>>,
     /// The gate.
     pub gate: Arc<Gate>,
+    /// When non-zero, the handler call with this number (as counted by `calls`)
+    /// writes its rows and then never returns, like a process frozen in the middle
+    /// of a batch; `stalled` is notified.
+    pub stall_at: Arc<AtomicU64>,
+    /// Notified when a handler call stalls.
+    pub stalled: Arc<Notify>,
 }
 
 impl Projection for Totals {
@@ -135,7 +141,7 @@ impl Handles<AccountEvent> for Totals {
         event: &EventEnvelope<AccountEvent>,
         tx: &mut PgConnection,
     ) -> Result<(), HandlerError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
+        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         let id = event.aggregate_id.as_str();
         let fail = {
             let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
@@ -168,6 +174,10 @@ impl Handles<AccountEvent> for Totals {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        if self.stall_at.load(Ordering::SeqCst) == call {
+            self.stalled.notify_one();
+            std::future::pending::<()>().await;
+        }
         Ok(())
     }
 }

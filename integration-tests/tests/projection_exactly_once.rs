@@ -1,7 +1,9 @@
 //! G4 under crashes: a projection worker is aborted (its task dropped mid-await, as a
 //! crash would) many times while a 10,000-event load is written in Kafka
-//! transactions (some aborted), a slice per round; at the end the read model equals the one computed
-//! from the log by a plain consumer: no event applied twice, none missed.
+//! transactions (some aborted), a slice per round; half the aborts happen at a random
+//! moment, half while a handler is stalled in the middle of a batch. At the end the
+//! read model equals the one computed from the log by a plain consumer: no event
+//! applied twice, none missed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
@@ -111,7 +113,18 @@ async fn aborted_workers_apply_every_event_exactly_once() {
         )
         .await;
         go.send(()).unwrap();
-        tokio::time::sleep(Duration::from_millis(rng.next() % 40)).await;
+        if round % 2 == 0 {
+            // Half the rounds kill the worker at a random moment...
+            tokio::time::sleep(Duration::from_millis(rng.next() % 40)).await;
+        } else {
+            // ...and half while a handler call, its rows written, is in the middle of
+            // a batch: the batch's writes must all be rolled back.
+            let stall_at = totals.calls.load(Ordering::SeqCst) + 1 + rng.next() % 20;
+            totals.stall_at.store(stall_at, Ordering::SeqCst);
+            tokio::time::timeout(Duration::from_secs(60), totals.stalled.notified())
+                .await
+                .expect("the worker reached the stalling handler call");
+        }
         handle.abort();
         let calls = totals.calls.load(Ordering::SeqCst) - calls_before;
         let applied = worker.status().applied - applied_before;
@@ -119,6 +132,7 @@ async fn aborted_workers_apply_every_event_exactly_once() {
             aborts_mid_batch += 1;
         }
         let _ = handle.join().await;
+        totals.stall_at.store(0, Ordering::SeqCst);
         eprintln!("round {round}: handler calls {calls}, committed {applied}");
     }
     drop(go);

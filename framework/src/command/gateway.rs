@@ -196,9 +196,13 @@ impl CommandGateway {
             .set("isolation.level", "read_uncommitted")
             .create()
             .map_err(setup("create watermark client"))?;
-        let (_, high) = watermarks
-            .fetch_watermarks(&replies, reply_partition, Duration::from_secs(10))
-            .map_err(setup("fetch reply watermarks"))?;
+        let (_, high) = crate::kafka::watermarks_within(
+            &watermarks,
+            &replies,
+            reply_partition,
+            Duration::from_secs(30),
+        )
+        .map_err(setup("fetch reply watermarks"))?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&replies, reply_partition, Offset::Offset(high))
             .map_err(setup("assign reply partition"))?;

@@ -957,10 +957,13 @@ impl<A: Aggregate> Core<A> {
             }
         }
         let topic = shared.layout.events.clone();
-        let (low, high) = self
-            .watermark_consumer
-            .fetch_watermarks(&topic, partition, Duration::from_secs(30))
-            .map_err(kafka("fetch events watermarks"))?;
+        let (low, high) = crate::kafka::watermarks_within(
+            &self.watermark_consumer,
+            &topic,
+            partition,
+            Duration::from_secs(30),
+        )
+        .map_err(kafka("fetch events watermarks"))?;
         let start = start.max(low);
         let (mut read, mut applied) = (0u64, 0u64);
         let mut gap = None;
@@ -1022,10 +1025,13 @@ impl<A: Aggregate> Core<A> {
         let since = SystemTime::now()
             .checked_sub(window)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let (low, high) = self
-            .watermark_consumer
-            .fetch_watermarks(&topic, partition, Duration::from_secs(30))
-            .map_err(kafka("fetch outcomes watermarks"))?;
+        let (low, high) = crate::kafka::watermarks_within(
+            &self.watermark_consumer,
+            &topic,
+            partition,
+            Duration::from_secs(30),
+        )
+        .map_err(kafka("fetch outcomes watermarks"))?;
         let mut seen = HashMap::new();
         let mut order = VecDeque::new();
         self.read_range(&topic, partition, low, high, |message| {

@@ -1,6 +1,6 @@
 //! Creating and validating an aggregate type's topics (DESIGN §2).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
@@ -111,7 +111,9 @@ pub enum TopicError {
         source: KafkaError,
     },
     /// A topic did not appear in the metadata after creation.
-    #[error("topic `{0}` did not appear in the cluster metadata within 30 s after creation")]
+    #[error(
+        "topic `{0}` did not appear in the cluster metadata with a leader for every partition within 30 s after creation; check the brokers' logs"
+    )]
     NotVisible(String),
 }
 
@@ -138,25 +140,68 @@ pub struct TopicLayout {
     pub brokers: usize,
 }
 
-async fn partition_counts(
-    config: &KafkaConfig,
-) -> Result<(HashMap<String, usize>, usize), TopicError> {
+/// What the cluster metadata says: partitions per topic, topics with a partition
+/// that has no leader (yet), and the number of brokers.
+struct ClusterView {
+    counts: HashMap<String, usize>,
+    leaderless: HashSet<String>,
+    brokers: usize,
+}
+
+async fn cluster_view(config: &KafkaConfig) -> Result<ClusterView, TopicError> {
     let client_config = config.client_config();
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = client_config.create().map_err(kafka("create client"))?;
         let metadata = consumer
             .fetch_metadata(None, Duration::from_secs(10))
             .map_err(kafka("fetch metadata"))?;
-        let counts = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.error().is_none())
+        let topics = metadata.topics().iter().filter(|t| t.error().is_none());
+        let counts = topics
+            .clone()
             .map(|t| (t.name().to_owned(), t.partitions().len()))
             .collect();
-        Ok((counts, metadata.brokers().len()))
+        let leaderless = topics
+            .filter(|t| {
+                t.partitions()
+                    .iter()
+                    .any(|p| p.leader() < 0 || p.error().is_some())
+            })
+            .map(|t| t.name().to_owned())
+            .collect();
+        Ok(ClusterView {
+            counts,
+            leaderless,
+            brokers: metadata.brokers().len(),
+        })
     })
     .await
-    .map_err(|_| TopicError::NotVisible("metadata task panicked".into()))?
+    .unwrap_or_else(|join_error| {
+        tracing::error!(%join_error, "the metadata thread panicked");
+        Err(TopicError::Kafka {
+            operation: "fetch metadata",
+            source: KafkaError::Canceled,
+        })
+    })
+}
+
+/// Waits until every topic in `names` is in the metadata and each of its partitions
+/// has a leader: right after CreateTopics, a broker answers "not leader" for a
+/// moment, and a client that starts then fails for no good reason.
+async fn await_topics(config: &KafkaConfig, names: &[&str]) -> Result<ClusterView, TopicError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let view = cluster_view(config).await?;
+        let missing = names
+            .iter()
+            .find(|n| !view.counts.contains_key(**n) || view.leaderless.contains(**n));
+        match missing {
+            None => return Ok(view),
+            Some(name) if tokio::time::Instant::now() >= deadline => {
+                return Err(TopicError::NotVisible((*name).to_owned()));
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
 
 /// Creates the events, commands, outcomes and replies topics of `aggregate` under
@@ -174,7 +219,8 @@ pub async fn ensure_topics(
     let outcomes = wire::outcomes_topic(prefix, aggregate);
     let replies = wire::replies_topic(prefix);
 
-    let (mut counts, brokers) = partition_counts(config).await?;
+    let view = cluster_view(config).await?;
+    let (mut counts, brokers) = (view.counts, view.brokers);
     let replication = settings.replication_factor.unwrap_or_else(|| {
         let rf = i32::try_from(brokers.clamp(1, 3)).unwrap_or(1);
         if rf < 3 {
@@ -243,16 +289,8 @@ pub async fn ensure_topics(
                 Err((topic, code)) => return Err(TopicError::Create { topic, code }),
             }
         }
-        for _ in 0..300 {
-            (counts, _) = partition_counts(config).await?;
-            if wanted.iter().all(|t| counts.contains_key(t.name)) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        if let Some(missing) = wanted.iter().find(|t| !counts.contains_key(t.name)) {
-            return Err(TopicError::NotVisible(missing.name.to_owned()));
-        }
+        let names: Vec<&str> = wanted.iter().map(|t| t.name).collect();
+        counts = await_topics(config, &names).await?.counts;
     }
 
     let count = |topic: &str| counts.get(topic).copied().unwrap_or_default();
@@ -332,7 +370,8 @@ pub(crate) async fn ensure_replies_topic(
     settings: &TopicSettings,
 ) -> Result<i32, TopicError> {
     let replies = wire::replies_topic(prefix);
-    let (counts, brokers) = partition_counts(config).await?;
+    let view = cluster_view(config).await?;
+    let (counts, brokers) = (view.counts, view.brokers);
     if let Some(n) = counts.get(&replies) {
         return Ok(i32::try_from(*n).unwrap_or(i32::MAX));
     }
@@ -362,12 +401,7 @@ pub(crate) async fn ensure_replies_topic(
             Err((topic, code)) => return Err(TopicError::Create { topic, code }),
         }
     }
-    for _ in 0..300 {
-        let (counts, _) = partition_counts(config).await?;
-        if let Some(n) = counts.get(&replies) {
-            return Ok(i32::try_from(*n).unwrap_or(i32::MAX));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err(TopicError::NotVisible(replies))
+    let view = await_topics(config, &[replies.as_str()]).await?;
+    let n = view.counts.get(&replies).copied().unwrap_or_default();
+    Ok(i32::try_from(n).unwrap_or(i32::MAX))
 }

@@ -55,9 +55,9 @@ pub(crate) async fn watermarks(
                 return Err(WatermarkError::MissingTopic(topic));
             }
             for partition in partitions {
-                let (low, high) = consumer
-                    .fetch_watermarks(&topic, partition, timeout)
-                    .map_err(|e| WatermarkError::Kafka("watermark request", e))?;
+                let (low, high) =
+                    crate::kafka::watermarks_within(&consumer, &topic, partition, timeout)
+                        .map_err(|e| WatermarkError::Kafka("watermark request", e))?;
                 out.push((topic.clone(), partition, low, high));
             }
         }
