@@ -474,6 +474,10 @@ unclean.leader.election.enable=false
 group.initial.rebalance.delay.ms=0
 # Abort timed-out transactions within a second (default: checked every 10 s).
 transaction.abort.timed.out.transaction.cleanup.interval.ms=1000
+# Fault tests: a killed broker is fenced and its partitions get new leaders within
+# about 6 s (defaults: 9 s session, 2 s heartbeat).
+broker.session.timeout.ms=6000
+broker.heartbeat.interval.ms=1000
 num.partitions=1
 PROPS
   mv -f "${dir}/server.properties.new" "${dir}/server.properties"

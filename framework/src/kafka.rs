@@ -114,7 +114,10 @@ pub(crate) fn watermarks_within<C: rdkafka::consumer::ConsumerContext>(
         match consumer.fetch_watermarks(
             topic,
             partition,
-            left.clamp(std::time::Duration::from_millis(100), std::time::Duration::from_secs(10)),
+            left.clamp(
+                std::time::Duration::from_millis(100),
+                std::time::Duration::from_secs(10),
+            ),
         ) {
             Err(error) if is_retriable(&error) && std::time::Instant::now() + pause < deadline => {
                 tracing::debug!(%error, topic, partition, "watermarks not available yet; retrying");

@@ -97,8 +97,17 @@ impl Handle<Check> for Counter {
     }
 }
 
-/// A processor for the counter with test-friendly settings (short session timeout:
-/// Tansu holds a new group's JoinGroup for about half of it).
+/// Processor settings for tests: a short session timeout, so that a killed or
+/// frozen processor's partitions move within seconds.
+pub fn test_settings() -> tributary::command::ProcessorSettings {
+    tributary::command::ProcessorSettings {
+        session_timeout: Duration::from_secs(6),
+        max_poll_interval: Duration::from_secs(7),
+        ..Default::default()
+    }
+}
+
+/// A processor for the counter with [`test_settings`].
 pub fn counter_processor(
     bootstrap: &str,
     prefix: &str,
@@ -112,11 +121,7 @@ pub fn counter_processor(
         .expect("valid prefix")
         .handle::<Increment>()
         .handle::<Check>()
-        .settings(tributary::command::ProcessorSettings {
-            session_timeout: Duration::from_secs(6),
-            max_poll_interval: Duration::from_secs(7),
-            ..Default::default()
-        })
+        .settings(test_settings())
         .topics(tributary::command::TopicSettings {
             partitions,
             reply_partitions: 4,
@@ -214,4 +219,79 @@ pub fn assert_gapless<E>(
             (id.clone(), list.len() as u64)
         })
         .collect()
+}
+
+/// A projection of the counter's events that records every event it applies
+/// (`counter_log`), so a test can compare what a reader saw with the log.
+#[derive(Debug, Clone, Default)]
+pub struct CounterLog;
+
+impl tributary::projection::Projection for CounterLog {
+    const NAME: &'static str = "counter_log";
+
+    async fn migrate(
+        &self,
+        tx: &mut sqlx::PgConnection,
+    ) -> Result<(), tributary::projection::HandlerError> {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS counter_log (
+                n bigserial PRIMARY KEY, event_id uuid NOT NULL, aggregate_id text NOT NULL,
+                sequence bigint NOT NULL, causation_id text NOT NULL)",
+        )
+        .execute(tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn reset(
+        &self,
+        tx: &mut sqlx::PgConnection,
+    ) -> Result<(), tributary::projection::HandlerError> {
+        sqlx::query("TRUNCATE counter_log").execute(tx).await?;
+        Ok(())
+    }
+}
+
+impl tributary::projection::Handles<CounterEvent> for CounterLog {
+    async fn handle(
+        &self,
+        event: &EventEnvelope<CounterEvent>,
+        tx: &mut sqlx::PgConnection,
+    ) -> Result<(), tributary::projection::HandlerError> {
+        sqlx::query(
+            "INSERT INTO counter_log (event_id, aggregate_id, sequence, causation_id)
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(event.id)
+        .bind(event.aggregate_id.as_str())
+        .bind(i64::try_from(event.sequence)?)
+        .bind(event.metadata.causation_id.clone().unwrap_or_default())
+        .execute(tx)
+        .await?;
+        Ok(())
+    }
+}
+
+/// The event ids `counter_log` holds, in the order they were applied.
+pub async fn counter_log_ids(store: &tributary::PgStore) -> Vec<String> {
+    let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT event_id FROM counter_log ORDER BY n")
+        .fetch_all(store.pool())
+        .await
+        .expect("read counter_log");
+    ids.into_iter().map(|id| id.to_string()).collect()
+}
+
+/// A worker of [`CounterLog`] on the counter's events under `prefix`.
+pub fn counter_log_worker(
+    bootstrap: &str,
+    prefix: &str,
+    store: tributary::PgStore,
+) -> tributary::projection::ProjectionWorker<CounterLog> {
+    tributary::projection::ProjectionWorker::new(
+        CounterLog,
+        store,
+        tributary::KafkaConfig::new(bootstrap),
+    )
+    .subscribe(EventCodec::<CounterEvent>::new(prefix).expect("valid prefix"))
+    .with_config(crate::projection_support::test_config())
 }

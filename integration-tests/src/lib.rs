@@ -5,7 +5,9 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+pub mod node;
 pub mod projection_support;
+pub mod raw_log;
 
 use std::time::Duration;
 

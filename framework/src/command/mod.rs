@@ -10,6 +10,7 @@ pub mod wire;
 
 pub use gateway::{CommandGateway, CommandOutcome, GatewayError, SendOptions};
 pub use processor::{
-    CommandProcessor, ProcessorError, ProcessorHandle, ProcessorSettings, ProcessorStats,
+    CommandProcessor, FaultPoint, ProcessorError, ProcessorHandle, ProcessorSettings,
+    ProcessorStats,
 };
 pub use topics::{TopicError, TopicLayout, TopicSettings, ensure_topics};

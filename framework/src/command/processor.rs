@@ -194,6 +194,9 @@ pub struct ProcessorStats {
     pub aborted: AtomicU64,
     /// Commits refused because another owner fenced this one.
     pub fenced: AtomicU64,
+    /// Commits refused because this instance had lost its consumer group membership
+    /// (KIP-447 generation fencing).
+    pub deposed: AtomicU64,
     /// Partition restores.
     pub restores: AtomicU64,
     /// Event records read while restoring.
@@ -226,7 +229,22 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 type Decided<A> = Result<Vec<<A as Aggregate>::Event>, <A as Aggregate>::Error>;
 type DecideFn<A> = Box<dyn Fn(&A, &[u8]) -> Result<Decided<A>, serde_json::Error> + Send + Sync>;
-type CommitHook = Arc<dyn Fn(i32) + Send + Sync>;
+type FaultHook = Arc<dyn Fn(FaultPoint, i32) + Send + Sync>;
+
+/// A point in a batch's transaction where a test can inject a fault (freeze, crash,
+/// stall) with [`CommandProcessor::fault_hook`] (crate feature `fault-injection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FaultPoint {
+    /// The batch was polled; its transaction has not begun.
+    BeforeTransaction,
+    /// The batch's events and outcomes are produced inside the open transaction and
+    /// acknowledged by the broker (in the log, not yet committed); the consumed
+    /// offsets are not yet part of the transaction.
+    BeforeOffsets,
+    /// The offsets are part of the transaction; `commit_transaction` comes next.
+    BeforeCommit,
+}
 /// Seen command ids with their reply bytes, and their order for expiry.
 type SeenWindow = (
     HashMap<String, Arc<Vec<u8>>>,
@@ -253,7 +271,7 @@ pub struct CommandProcessor<A: Aggregate> {
     store: Option<PgStore>,
     settings: ProcessorSettings,
     topics: TopicSettings,
-    before_transaction: Option<CommitHook>,
+    fault_hook: Option<FaultHook>,
 }
 
 impl<A: Aggregate> std::fmt::Debug for CommandProcessor<A> {
@@ -278,7 +296,7 @@ impl<A: Aggregate> CommandProcessor<A> {
             store: None,
             settings: ProcessorSettings::default(),
             topics: TopicSettings::default(),
-            before_transaction: None,
+            fault_hook: None,
         })
     }
 
@@ -327,12 +345,14 @@ impl<A: Aggregate> CommandProcessor<A> {
         self
     }
 
-    /// Fault injection for tests: called with the partition after a batch was
-    /// polled and before its transaction begins.
-    #[doc(hidden)]
+    /// Fault injection for tests: `hook` is called on the processing thread with
+    /// the point and the partition at each [`FaultPoint`] of every batch. Whatever
+    /// it does (block, sleep, exit the process) happens there, with the transaction
+    /// in that state.
+    #[cfg(feature = "fault-injection")]
     #[must_use]
-    pub fn before_transaction(mut self, hook: impl Fn(i32) + Send + Sync + 'static) -> Self {
-        self.before_transaction = Some(Arc::new(hook));
+    pub fn fault_hook(mut self, hook: impl Fn(FaultPoint, i32) + Send + Sync + 'static) -> Self {
+        self.fault_hook = Some(Arc::new(hook));
         self
     }
 
@@ -358,7 +378,7 @@ impl<A: Aggregate> CommandProcessor<A> {
             kafka: self.kafka.clone(),
             runtime,
             stats: Arc::clone(&stats),
-            before_transaction: self.before_transaction,
+            fault_hook: self.fault_hook,
         });
         let restore_consumer: BaseConsumer<RestoreContext> = self
             .kafka
@@ -509,7 +529,7 @@ struct Shared<A: Aggregate> {
     kafka: KafkaConfig,
     runtime: tokio::runtime::Handle,
     stats: Arc<ProcessorStats>,
-    before_transaction: Option<CommitHook>,
+    fault_hook: Option<FaultHook>,
 }
 
 /// One aggregate instance in memory.
@@ -1288,31 +1308,47 @@ impl<A: Aggregate> Core<A> {
                 Ok(())
             }
             Err(error) => {
+                use rdkafka::types::RDKafkaErrorCode as Code;
+                let code = error.rdkafka_error_code();
                 let fenced = matches!(&error, KafkaError::Transaction(e) if e.is_fatal())
-                    || error.rdkafka_error_code().is_some_and(|c| {
+                    || code.is_some_and(|c| {
                         matches!(
                             c,
-                            rdkafka::types::RDKafkaErrorCode::Fenced
-                                | rdkafka::types::RDKafkaErrorCode::ProducerFenced
-                                | rdkafka::types::RDKafkaErrorCode::InvalidProducerEpoch
+                            Code::Fenced | Code::ProducerFenced | Code::InvalidProducerEpoch
                         )
                     });
+                // KIP-447: the group coordinator refused the offsets because this
+                // member is no longer in the group (or in an older generation).
+                let deposed = code.is_some_and(|c| {
+                    matches!(
+                        c,
+                        Code::UnknownMemberId | Code::IllegalGeneration | Code::FencedInstanceId
+                    )
+                });
                 if fenced {
                     error!(%error, partition, "commit refused: another processor owns this partition now; dropping it");
                     ProcessorStats::add(&shared.stats.fenced, 1);
-                    self.partitions.remove(&partition);
-                    lock(&shared.stats.owned).retain(|p| *p != partition);
-                    return Err(BatchFailure::Fenced);
+                } else if deposed {
+                    error!(%error, partition,
+                        "commit refused: this instance lost its consumer group membership; aborting and dropping the partition");
+                    ProcessorStats::add(&shared.stats.deposed, 1);
+                    let _ = part.producer.abort_transaction(timeout);
+                    ProcessorStats::add(&shared.stats.aborted, 1);
+                } else {
+                    warn!(%error, partition, "transaction failed; aborting it and restoring the partition");
+                    let _ = part.producer.abort_transaction(timeout);
+                    ProcessorStats::add(&shared.stats.aborted, 1);
                 }
-                warn!(%error, partition, "transaction failed; aborting it and restoring the partition");
-                let _ = part.producer.abort_transaction(timeout);
-                ProcessorStats::add(&shared.stats.aborted, 1);
-                // The in-memory state saw the aborted events: drop it. The partition
-                // is restored when its commands are consumed again, if it is still
-                // assigned to this instance then.
+                // The in-memory state saw the events of the failed transaction: drop
+                // it. The partition is restored when its commands are consumed again,
+                // if it is still (or again) assigned to this instance then.
                 self.partitions.remove(&partition);
                 lock(&shared.stats.owned).retain(|p| *p != partition);
-                Err(BatchFailure::Retry)
+                Err(if fenced || deposed {
+                    BatchFailure::Fenced
+                } else {
+                    BatchFailure::Retry
+                })
             }
         }
     }
@@ -1402,9 +1438,12 @@ fn transact<A: Aggregate>(
     );
     let _enter = span.enter();
     let timeout = shared.settings.transaction_timeout;
-    if let Some(hook) = &shared.before_transaction {
-        hook(partition);
-    }
+    let fault = |point| {
+        if let Some(hook) = &shared.fault_hook {
+            hook(point, partition);
+        }
+    };
+    fault(FaultPoint::BeforeTransaction);
     part.replies.clear();
     part.producer.begin_transaction()?;
     part.producer
@@ -1417,11 +1456,17 @@ fn transact<A: Aggregate>(
             new_seen.push(entry);
         }
     }
+    if shared.fault_hook.is_some() {
+        // Only under test: the records reach the log before the hook runs.
+        drain_deliveries(&part.producer, timeout);
+        fault(FaultPoint::BeforeOffsets);
+    }
     let mut offsets = TopicPartitionList::new();
     offsets.add_partition_offset(&shared.layout.commands, partition, Offset::Offset(last + 1))?;
     part.producer
         .send_offsets_to_transaction(&offsets, metadata, timeout)?;
     drain_deliveries(&part.producer, timeout);
+    fault(FaultPoint::BeforeCommit);
     part.producer.commit_transaction(timeout)?;
     Ok(new_seen)
 }

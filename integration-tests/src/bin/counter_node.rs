@@ -2,9 +2,14 @@
 //! (SIGKILL: no hand-over, no final snapshot, no LeaveGroup) or freeze it (SIGSTOP).
 //!
 //! Environment: `KAFKA_BOOTSTRAP_SERVERS`, `TRIBUTARY_PREFIX`, `TRIBUTARY_PARTITIONS`;
-//! optional `TRIBUTARY_PAUSE_FILE`: before its first transaction the node prints
-//! `paused` and waits until that file exists. Prints `fenced` once a commit of it
-//! was refused.
+//! optional:
+//! - `TRIBUTARY_PAUSE_FILE`: at the first batch's fault point `TRIBUTARY_PAUSE_AT`
+//!   (`before_transaction`, the default; `before_offsets`: events produced and in the
+//!   log, transaction open; `before_commit`), the node prints `paused` and waits until
+//!   that file exists;
+//! - `TRIBUTARY_TRANSACTION_TIMEOUT_MS`: the processor's transaction timeout.
+//!
+//! Prints `fenced` once a commit of it was refused because another owner fenced it.
 
 #![allow(clippy::expect_used, clippy::print_stdout, clippy::print_stderr)]
 
@@ -12,7 +17,8 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tributary_integration_tests::command_support::counter_processor;
+use tributary::command::{FaultPoint, ProcessorSettings};
+use tributary_integration_tests::command_support::{counter_processor, test_settings};
 
 #[tokio::main]
 async fn main() {
@@ -23,11 +29,21 @@ async fn main() {
         .expect("TRIBUTARY_PARTITIONS")
         .parse()
         .expect("a number");
-    let mut processor = counter_processor(&bootstrap, &prefix, partitions);
+    let mut settings: ProcessorSettings = test_settings();
+    if let Ok(ms) = std::env::var("TRIBUTARY_TRANSACTION_TIMEOUT_MS") {
+        settings.transaction_timeout = Duration::from_millis(ms.parse().expect("a number"));
+    }
+    let mut processor = counter_processor(&bootstrap, &prefix, partitions).settings(settings);
     if let Ok(file) = std::env::var("TRIBUTARY_PAUSE_FILE") {
+        let at = match std::env::var("TRIBUTARY_PAUSE_AT").as_deref() {
+            Err(_) | Ok("before_transaction") => FaultPoint::BeforeTransaction,
+            Ok("before_offsets") => FaultPoint::BeforeOffsets,
+            Ok("before_commit") => FaultPoint::BeforeCommit,
+            Ok(other) => panic!("unknown TRIBUTARY_PAUSE_AT {other}"),
+        };
         let paused = AtomicBool::new(false);
-        processor = processor.before_transaction(move |_| {
-            if !paused.swap(true, Ordering::SeqCst) {
+        processor = processor.fault_hook(move |point, _partition| {
+            if point == at && !paused.swap(true, Ordering::SeqCst) {
                 println!("paused");
                 let _ = std::io::stdout().flush();
                 while !std::path::Path::new(&file).exists() {
