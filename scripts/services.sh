@@ -67,7 +67,9 @@
 # for local Kafka (installed with apt-get when missing and we are root); psql and
 # pg_isready for Postgres (installed with it).
 
-set -euo pipefail
+set -Eeuo pipefail
+# Whatever fails unexpectedly says where.
+trap 'printf "services: error: line %s: \`%s\` failed with status %s\n" "$LINENO" "$BASH_COMMAND" "$?" >&2' ERR
 
 readonly KAFKA_HOST=127.0.0.1
 readonly KAFKA_PORT=9092
@@ -425,7 +427,9 @@ node_pid() {
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
   kill -0 "$pid" 2>/dev/null || return 1
   # Guard against pid reuse: the process must be this node's JVM.
-  tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null | grep -qF "${dir}/server.properties" || return 1
+  local cmdline
+  cmdline="$(tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null)" || return 1
+  [[ "$cmdline" == *"${dir}/server.properties"* ]] || return 1
   echo "$pid"
 }
 

@@ -122,6 +122,9 @@ pub(crate) fn watermarks_within<C: rdkafka::consumer::ConsumerContext>(
             Err(error) if is_retriable(&error) && std::time::Instant::now() + pause < deadline => {
                 tracing::debug!(%error, topic, partition, "watermarks not available yet; retrying");
                 std::thread::sleep(pause);
+                // A client that neither subscribes to nor is assigned the topic does
+                // not refresh its metadata by itself: ask, so a new leader is found.
+                let _ = consumer.fetch_metadata(Some(topic), std::time::Duration::from_secs(5));
                 pause = (pause * 2).min(std::time::Duration::from_millis(500));
             }
             result => return result,

@@ -98,11 +98,13 @@ impl Handle<Check> for Counter {
 }
 
 /// Processor settings for tests: a short session timeout, so that a killed or
-/// frozen processor's partitions move within seconds.
+/// frozen processor's partitions move within seconds. The poll interval stays above
+/// the time one Kafka operation may take while a broker fails over (tests of a
+/// stalled processor shorten it).
 pub fn test_settings() -> tributary::command::ProcessorSettings {
     tributary::command::ProcessorSettings {
         session_timeout: Duration::from_secs(6),
-        max_poll_interval: Duration::from_secs(7),
+        max_poll_interval: Duration::from_secs(45),
         ..Default::default()
     }
 }

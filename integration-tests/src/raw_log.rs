@@ -78,7 +78,12 @@ pub fn partitions(bootstrap: &str, topic: &str) -> Vec<i32> {
 
 /// `(low, end)` of one partition: `end` is the high-water mark for
 /// [`Isolation::Uncommitted`] and the last stable offset for [`Isolation::Committed`].
-pub fn end_offsets(bootstrap: &str, topic: &str, partition: i32, isolation: Isolation) -> (i64, i64) {
+pub fn end_offsets(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+    isolation: Isolation,
+) -> (i64, i64) {
     client(bootstrap, isolation)
         .fetch_watermarks(topic, partition, Duration::from_secs(10))
         .expect("watermarks")
@@ -108,6 +113,9 @@ pub fn read(bootstrap: &str, topic: &str, isolation: Isolation) -> Vec<LoggedEve
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 done.insert(p);
             }
+            // A broker of the cluster being down is reported here too; the
+            // client reconnects by itself.
+            Some(Err(error)) if tributary::kafka::is_retriable(&error) => {}
             Some(Err(error)) => panic!("reading {topic}: {error}"),
             None => {}
         }
@@ -156,7 +164,10 @@ pub fn assert_single_writer(events: &[LoggedEvent]) -> BTreeMap<String, Vec<Logg
     for (id, list) in &per_aggregate {
         let sequences: Vec<u64> = list.iter().map(|e| e.sequence).collect();
         let expected: Vec<u64> = (1..=list.len() as u64).collect();
-        assert_eq!(sequences, expected, "aggregate {id}: sequences are not 1..=n in the committed log");
+        assert_eq!(
+            sequences, expected,
+            "aggregate {id}: sequences are not 1..=n in the committed log"
+        );
     }
     // Events of one command are consecutive in one aggregate; a command id that
     // shows up in two separate runs was applied twice.
@@ -170,7 +181,14 @@ pub fn assert_single_writer(events: &[LoggedEvent]) -> BTreeMap<String, Vec<Logg
             previous = Some(e.causation_id.as_str());
         }
     }
-    let twice: Vec<&&str> = runs.iter().filter(|(_, n)| **n > 1).map(|(id, _)| id).collect();
-    assert!(twice.is_empty(), "commands applied more than once: {twice:?}");
+    let twice: Vec<&&str> = runs
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "commands applied more than once: {twice:?}"
+    );
     per_aggregate
 }

@@ -168,7 +168,11 @@ async fn assert_log(
             (aggregate, *version),
             "{command_id}: the reply and the log disagree"
         );
-        assert_eq!(ids, &vec![event.event_id.clone()], "{command_id}: reply's event ids");
+        assert_eq!(
+            ids,
+            &vec![event.event_id.clone()],
+            "{command_id}: reply's event ids"
+        );
     }
     for (aggregate, expected) in expected_values() {
         let sum: u64 = per_aggregate[&aggregate]
@@ -198,7 +202,10 @@ async fn assert_log(
             "the projection applied something other than the committed events"
         );
         for event in &aborted {
-            assert!(!seen.contains(&event.event_id), "the projection saw an aborted event");
+            assert!(
+                !seen.contains(&event.event_id),
+                "the projection saw an aborted event"
+            );
         }
     }
 }
@@ -327,7 +334,10 @@ async fn a_crash_inside_a_transaction_is_aborted_by_the_broker_after_its_timeout
     let topic = events_topic(&prefix);
     let (_, lso) = raw_log::end_offsets(&bootstrap, &topic, 0, Isolation::Committed);
     let (_, high) = raw_log::end_offsets(&bootstrap, &topic, 0, Isolation::Uncommitted);
-    assert!(lso < high, "no open transaction after the crash (LSO {lso}, high {high})");
+    assert!(
+        lso < high,
+        "no open transaction after the crash (LSO {lso}, high {high})"
+    );
     loop {
         let (_, lso) = raw_log::end_offsets(&bootstrap, &topic, 0, Isolation::Committed);
         let (_, high) = raw_log::end_offsets(&bootstrap, &topic, 0, Isolation::Uncommitted);
@@ -371,6 +381,10 @@ async fn a_member_that_lost_the_group_cannot_commit_its_offsets() {
     let prefix = unique_prefix("txn-deposed");
     let stalled = Arc::new(AtomicBool::new(false));
     let processor = counter_processor(&bootstrap, &prefix, 1)
+        .settings(tributary::command::ProcessorSettings {
+            max_poll_interval: Duration::from_secs(7),
+            ..tributary_integration_tests::command_support::test_settings()
+        })
         .fault_hook({
             let stalled = Arc::clone(&stalled);
             move |point, _| {

@@ -105,6 +105,41 @@ pub enum GatewayError {
     /// A command id was reused while the first send with it is still waiting.
     #[error("command {0} is already waiting for its outcome in this gateway")]
     AlreadyPending(String),
+    /// Kafka refuses writes to a partition the command needs (its commands or its
+    /// events partition): fewer replicas are in sync than the topic's
+    /// `min.insync.replicas`, because brokers are down. Found after a send failed
+    /// or timed out.
+    #[error(
+        "command {command_id} cannot be processed now: partition {partition} of `{topic}` has {in_sync} in-sync replica(s) of {replicas}, fewer than its min.insync.replicas={required}, so Kafka refuses writes to it (acks=all). Bring the brokers back; then resend with the same command id, which takes effect at most once"
+    )]
+    NotEnoughReplicas {
+        /// The command id.
+        command_id: String,
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// Replicas in sync now.
+        in_sync: usize,
+        /// Replicas of the partition.
+        replicas: usize,
+        /// The topic's `min.insync.replicas`.
+        required: usize,
+    },
+    /// A partition the command needs has no leader: the brokers holding it are
+    /// down or the cluster has lost its controller quorum. Found after a send failed
+    /// or timed out.
+    #[error(
+        "command {command_id} cannot be processed now: partition {partition} of `{topic}` has no leader (its brokers are down or the cluster has no controller quorum). Bring the brokers back; then resend with the same command id, which takes effect at most once"
+    )]
+    NoLeader {
+        /// The command id.
+        command_id: String,
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+    },
 }
 
 /// Per-send options.
@@ -131,6 +166,7 @@ pub struct CommandGateway {
 }
 
 struct Inner {
+    kafka: KafkaConfig,
     producer: FutureProducer,
     prefix: String,
     reply_partition: i32,
@@ -226,6 +262,7 @@ impl CommandGateway {
         let listener = tokio::spawn(listen(consumer, Arc::clone(&pending)));
         Ok(Self {
             inner: Arc::new(Inner {
+                kafka: kafka.clone(),
                 producer,
                 prefix: prefix.to_owned(),
                 reply_partition,
@@ -329,28 +366,109 @@ impl CommandGateway {
                 .headers(record.owned_headers()),
             timeout,
         );
-        match tokio::time::timeout(timeout, produce).await {
-            Err(_) => {
-                return Err(GatewayError::Timeout {
-                    command_id,
-                    waited: started.elapsed(),
-                });
-            }
-            Ok(Err((source, _))) => return Err(GatewayError::Unavailable { command_id, source }),
-            Ok(Ok(_)) => {}
-        }
-        let remaining = timeout.saturating_sub(started.elapsed());
-        let reply = match tokio::time::timeout(remaining, rx).await {
-            Ok(Ok(reply)) => reply,
-            _ => {
-                return Err(GatewayError::Timeout {
-                    command_id,
-                    waited: started.elapsed(),
-                });
+        let failure = match tokio::time::timeout(timeout, produce).await {
+            Err(_) => GatewayError::Timeout {
+                command_id,
+                waited: started.elapsed(),
+            },
+            Ok(Err((source, _))) => GatewayError::Unavailable { command_id, source },
+            Ok(Ok(_)) => {
+                let remaining = timeout.saturating_sub(started.elapsed());
+                match tokio::time::timeout(remaining, rx).await {
+                    Ok(Ok(reply)) => return outcome::<A<C>>(reply, &aggregate_id),
+                    _ => GatewayError::Timeout {
+                        command_id,
+                        waited: started.elapsed(),
+                    },
+                }
             }
         };
-        outcome::<A<C>>(reply, &aggregate_id)
+        // Say why, when the cluster can tell: a partition without enough replicas
+        // or without a leader explains a timeout better than the timeout does.
+        let topics = [topic, wire::events_topic(&self.inner.prefix, A::<C>::NAME)];
+        Err(diagnose(&self.inner.kafka, &topics, aggregate_id.as_str(), failure).await)
     }
+}
+
+/// Turns a failed send into [`GatewayError::NotEnoughReplicas`] or
+/// [`GatewayError::NoLeader`] when the metadata shows that a partition the command
+/// needs cannot take writes; otherwise returns `failure` unchanged.
+async fn diagnose(
+    kafka: &KafkaConfig,
+    topics: &[String],
+    key: &str,
+    failure: GatewayError,
+) -> GatewayError {
+    let command_id = match &failure {
+        GatewayError::Timeout { command_id, .. } | GatewayError::Unavailable { command_id, .. } => {
+            command_id.clone()
+        }
+        _ => return failure,
+    };
+    let config = kafka.client_config();
+    let (topics, key) = (topics.to_vec(), key.as_bytes().to_vec());
+    let found = tokio::task::spawn_blocking(move || {
+        let client: rdkafka::consumer::BaseConsumer = config.create().ok()?;
+        topics.into_iter().find_map(|topic| {
+            let metadata = client
+                .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                .ok()?;
+            let partitions = metadata.topics().first()?.partitions();
+            let partition = wire::partition_for(&key, partitions.len());
+            let p = partitions.iter().find(|p| p.id() == partition)?;
+            let (replicas, in_sync) = (p.replicas().len(), p.isr().len());
+            Some((topic, partition, p.leader(), replicas, in_sync))
+                .filter(|(_, _, leader, replicas, in_sync)| *leader < 0 || in_sync < replicas)
+        })
+    })
+    .await
+    .ok()
+    .flatten();
+    let Some((topic, partition, leader, replicas, in_sync)) = found else {
+        return failure;
+    };
+    if leader < 0 {
+        return GatewayError::NoLeader {
+            command_id,
+            topic,
+            partition,
+        };
+    }
+    let required = min_insync_replicas(kafka, &topic)
+        .await
+        .unwrap_or_else(|| default_min_isr(replicas));
+    if in_sync >= required {
+        return failure;
+    }
+    GatewayError::NotEnoughReplicas {
+        command_id,
+        topic,
+        partition,
+        in_sync,
+        replicas,
+        required,
+    }
+}
+
+/// What the framework sets when it creates topics (see `ensure_topics`).
+fn default_min_isr(replicas: usize) -> usize {
+    if replicas >= 3 { 2 } else { 1 }
+}
+
+/// The topic's `min.insync.replicas`, if the cluster says.
+async fn min_insync_replicas(kafka: &KafkaConfig, topic: &str) -> Option<usize> {
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        kafka.client_config().create().ok()?;
+    let options = rdkafka::admin::AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
+    let described = admin
+        .describe_configs(&[rdkafka::admin::ResourceSpecifier::Topic(topic)], &options)
+        .await
+        .ok()?;
+    let resource = described.into_iter().next()?.ok()?;
+    resource
+        .get("min.insync.replicas")
+        .and_then(|e| e.value.as_deref())
+        .and_then(|v| v.parse().ok())
 }
 
 /// Removes a pending entry when `send` returns for any reason (or is cancelled).

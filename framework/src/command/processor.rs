@@ -197,6 +197,9 @@ pub struct ProcessorStats {
     /// Commits refused because this instance had lost its consumer group membership
     /// (KIP-447 generation fencing).
     pub deposed: AtomicU64,
+    /// Transactions abandoned because a Kafka client call hung past the
+    /// transaction timeout (their partition was restored with a new producer).
+    pub abandoned: AtomicU64,
     /// Partition restores.
     pub restores: AtomicU64,
     /// Event records read while restoring.
@@ -744,9 +747,10 @@ fn run<A: Aggregate>(
         }
         let Some(metadata) = consumer.group_metadata() else {
             warn!("no consumer group metadata yet; retrying the batch");
-            seek_back(&consumer, &batch);
+            seek_back(&consumer, first_offsets(&batch));
             continue;
         };
+        let metadata = Arc::new(metadata);
         let assigned: HashSet<i32> = consumer
             .assignment()
             .map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect())
@@ -763,7 +767,7 @@ fn run<A: Aggregate>(
         }
         let mut c = lock(&core);
         let mut ready: Vec<(i32, Vec<OwnedMessage>)> = Vec::new();
-        let mut rewind: Vec<OwnedMessage> = Vec::new();
+        let mut rewind: Vec<(String, i32, i64)> = Vec::new();
         let mut restore_failed = false;
         for (partition, messages) in by_partition {
             if !c.partitions.contains_key(&partition) {
@@ -775,25 +779,28 @@ fn run<A: Aggregate>(
                         return Err(error);
                     }
                     warn!(%error, partition, "restore failed; retrying in 1 s");
-                    rewind.extend(messages);
+                    rewind.extend(first_offsets(&messages));
                     restore_failed = true;
                     continue;
                 }
             }
             ready.push((partition, messages));
         }
-        for (messages, outcome) in c.process_all(ready, &metadata) {
+        let commands_topic = c.shared.layout.commands.clone();
+        for (partition, first_offset, outcome) in c.process_all(ready, &metadata) {
             match outcome {
                 Ok(()) => {}
                 // Retry: aborted, the partition is restored when its commands come
                 // back. Fenced: someone else owns the partition now; its revocation
                 // follows. Either way the commands are consumed again.
-                Err(BatchFailure::Retry | BatchFailure::Fenced) => rewind.extend(messages),
+                Err(BatchFailure::Retry | BatchFailure::Fenced) => {
+                    rewind.push((commands_topic.clone(), partition, first_offset));
+                }
             }
         }
         drop(c);
         if !rewind.is_empty() {
-            seek_back(&consumer, &rewind);
+            seek_back(&consumer, rewind);
         }
         if restore_failed {
             std::thread::sleep(Duration::from_secs(1));
@@ -801,15 +808,26 @@ fn run<A: Aggregate>(
     }
 }
 
-/// Rewinds the consumer to the first message of each partition in `messages`, so
-/// they are consumed again.
-fn seek_back<C: ConsumerContext>(consumer: &BaseConsumer<C>, messages: &[OwnedMessage]) {
+/// `(topic, partition, offset)` of the first message of each partition.
+fn first_offsets(messages: &[OwnedMessage]) -> Vec<(String, i32, i64)> {
+    messages
+        .iter()
+        .map(|m| (m.topic().to_owned(), m.partition(), m.offset()))
+        .collect()
+}
+
+/// Rewinds the consumer to the lowest of the given offsets of each partition, so the
+/// messages from there on are consumed again.
+fn seek_back<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    positions: impl IntoIterator<Item = (String, i32, i64)>,
+) {
     let mut firsts: HashMap<(String, i32), i64> = HashMap::new();
-    for m in messages {
+    for (topic, partition, offset) in positions {
         firsts
-            .entry((m.topic().to_owned(), m.partition()))
-            .and_modify(|o| *o = (*o).min(m.offset()))
-            .or_insert(m.offset());
+            .entry((topic, partition))
+            .and_modify(|o| *o = (*o).min(offset))
+            .or_insert(offset);
     }
     for ((topic, partition), offset) in firsts {
         if let Err(error) = consumer.seek(
@@ -871,9 +889,11 @@ impl<A: Aggregate> Core<A> {
             })
             .map_err(kafka("create transactional producer"))?;
         // Fences the previous owner and completes or aborts its open transaction.
+        let step = Instant::now();
         producer
             .init_transactions(settings.transaction_timeout)
             .map_err(kafka("init transactions"))?;
+        slow("init transactions", step);
 
         let (aggregates, read, applied) = self.restore_aggregates(partition, false)?;
         let (seen, seen_order) = self.restore_seen(partition)?;
@@ -1208,61 +1228,101 @@ impl<A: Aggregate> Core<A> {
         lock(&self.shared.stats.owned).retain(|p| !partitions.contains(p));
     }
 
-    /// Processes the batches of several partitions, each in its own transaction.
+    /// Processes the batches of several partitions, each in its own transaction, and
+    /// returns each partition's outcome with the offset of its first command.
+    ///
     /// Partitions are independent (own producer, own transactional id, own
     /// aggregates), so their transactions run on parallel threads: a transaction
     /// costs a few broker round trips however small it is, and running them one
     /// after the other would add those up for every partition of the batch.
+    ///
+    /// A transaction that has not finished when its timeout has passed (plus a
+    /// margin) is abandoned: its thread keeps the producer until the client call
+    /// returns, and the partition is restored with a new producer, whose
+    /// initialisation fences the old one. librdkafka's `send_offsets_to_transaction`
+    /// can block past its timeout while the group coordinator fails over
+    /// (librdkafka issues 5456 and 5511); without this, one partition's hung call
+    /// would stop every partition of this instance.
     fn process_all(
         &mut self,
         work: Vec<(i32, Vec<OwnedMessage>)>,
-        metadata: &ConsumerGroupMetadata,
-    ) -> Vec<(Vec<OwnedMessage>, Result<(), BatchFailure>)> {
-        let shared = Arc::clone(&self.shared);
-        let mut taken: Vec<(i32, Option<PartitionState<A>>, Vec<OwnedMessage>)> = work
-            .into_iter()
-            .map(|(p, messages)| (p, self.partitions.remove(&p), messages))
-            .collect();
-        let results: Vec<Option<KafkaResult<NewSeen>>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = taken
-                .iter_mut()
-                .map(|(p, part, messages)| {
-                    let shared = &shared;
-                    let p = *p;
-                    scope.spawn(move || {
-                        part.as_mut()
-                            .map(|part| transact(shared, p, part, messages, metadata))
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    // A panicking handler: treat it as a failed transaction
-                    // (aborted, partition restored, commands retried).
-                    h.join().unwrap_or_else(|_| {
-                        error!("a transaction thread panicked");
-                        Some(Err(KafkaError::MessageProduction(
+        metadata: &Arc<ConsumerGroupMetadata>,
+    ) -> Vec<(i32, i64, Result<(), BatchFailure>)> {
+        type Done<A> = (
+            i32,
+            PartitionState<A>,
+            std::thread::Result<KafkaResult<NewSeen>>,
+        );
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<Done<A>>();
+        let mut running: HashMap<i32, i64> = HashMap::new();
+        let mut out = Vec::with_capacity(work.len());
+        for (partition, messages) in work {
+            let first = messages.first().map_or(0, Message::offset);
+            let Some(mut part) = self.partitions.remove(&partition) else {
+                out.push((partition, first, Err(BatchFailure::Retry)));
+                continue;
+            };
+            let (shared, metadata, done) = (
+                Arc::clone(&self.shared),
+                Arc::clone(metadata),
+                done_tx.clone(),
+            );
+            let spawned = std::thread::Builder::new()
+                .name(format!("tributary-txn-{partition}"))
+                .spawn(move || {
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        transact(&shared, partition, &mut part, &messages, &metadata)
+                    }));
+                    // Nobody listens any more if this transaction was abandoned.
+                    let _ = done.send((partition, part, result));
+                });
+            match spawned {
+                Ok(_) => {
+                    running.insert(partition, first);
+                }
+                Err(error) => {
+                    error!(%error, partition, "cannot start a transaction thread; retrying the batch");
+                    lock(&self.shared.stats.owned).retain(|p| *p != partition);
+                    out.push((partition, first, Err(BatchFailure::Retry)));
+                }
+            }
+        }
+        drop(done_tx);
+        let deadline =
+            Instant::now() + self.shared.settings.transaction_timeout + Duration::from_secs(5);
+        while !running.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match done_rx.recv_timeout(left) {
+                Ok((partition, part, result)) => {
+                    let first = running.remove(&partition).unwrap_or_default();
+                    let result = result.unwrap_or_else(|_| {
+                        // A panicking handler: a failed transaction (aborted,
+                        // partition restored, commands retried).
+                        error!(
+                            partition,
+                            "a command handler panicked; the batch is retried"
+                        );
+                        Err(KafkaError::MessageProduction(
                             rdkafka::types::RDKafkaErrorCode::Fail,
-                        )))
-                    })
-                })
-                .collect()
-        });
-        taken
-            .into_iter()
-            .zip(results)
-            .map(|((partition, part, messages), result)| {
-                let outcome = match (part, result) {
-                    (Some(part), Some(result)) => {
-                        self.partitions.insert(partition, part);
-                        self.finish(partition, result)
+                        ))
+                    });
+                    self.partitions.insert(partition, part);
+                    out.push((partition, first, self.finish(partition, result)));
+                }
+                Err(_) => {
+                    for (partition, first) in running.drain() {
+                        error!(
+                            partition,
+                            "a Kafka client call of this partition's transaction hung past the transaction timeout; abandoning its producer and restoring the partition"
+                        );
+                        ProcessorStats::add(&self.shared.stats.abandoned, 1);
+                        lock(&self.shared.stats.owned).retain(|p| *p != partition);
+                        out.push((partition, first, Err(BatchFailure::Retry)));
                     }
-                    _ => Err(BatchFailure::Retry),
-                };
-                (messages, outcome)
-            })
-            .collect()
+                }
+            }
+        }
+        out
     }
 
     /// After a partition's transaction: on success, send its replies, remember its
@@ -1270,7 +1330,6 @@ impl<A: Aggregate> Core<A> {
     /// drop it when fenced).
     fn finish(&mut self, partition: i32, result: KafkaResult<NewSeen>) -> Result<(), BatchFailure> {
         let shared = Arc::clone(&self.shared);
-        let timeout = shared.settings.transaction_timeout;
         let Some(part) = self.partitions.get_mut(&partition) else {
             return Err(BatchFailure::Retry);
         };
@@ -1332,11 +1391,15 @@ impl<A: Aggregate> Core<A> {
                     error!(%error, partition,
                         "commit refused: this instance lost its consumer group membership; aborting and dropping the partition");
                     ProcessorStats::add(&shared.stats.deposed, 1);
-                    let _ = part.producer.abort_transaction(timeout);
+                    let step = Instant::now();
+                    let _ = part.producer.abort_transaction(ABORT_TIMEOUT);
+                    slow("abort", step);
                     ProcessorStats::add(&shared.stats.aborted, 1);
                 } else {
                     warn!(%error, partition, "transaction failed; aborting it and restoring the partition");
-                    let _ = part.producer.abort_transaction(timeout);
+                    let step = Instant::now();
+                    let _ = part.producer.abort_transaction(ABORT_TIMEOUT);
+                    slow("abort", step);
                     ProcessorStats::add(&shared.stats.aborted, 1);
                 }
                 // The in-memory state saw the events of the failed transaction: drop
@@ -1445,6 +1508,7 @@ fn transact<A: Aggregate>(
     };
     fault(FaultPoint::BeforeTransaction);
     part.replies.clear();
+    let step = Instant::now();
     part.producer.begin_transaction()?;
     part.producer
         .context()
@@ -1461,14 +1525,39 @@ fn transact<A: Aggregate>(
         drain_deliveries(&part.producer, timeout);
         fault(FaultPoint::BeforeOffsets);
     }
+    slow("produce", step);
     let mut offsets = TopicPartitionList::new();
     offsets.add_partition_offset(&shared.layout.commands, partition, Offset::Offset(last + 1))?;
+    let step = Instant::now();
     part.producer
         .send_offsets_to_transaction(&offsets, metadata, timeout)?;
     drain_deliveries(&part.producer, timeout);
+    slow("send offsets", step);
     fault(FaultPoint::BeforeCommit);
+    let step = Instant::now();
     part.producer.commit_transaction(timeout)?;
+    slow("commit", step);
     Ok(new_seen)
+}
+
+/// How long to wait for an abort before giving up on it. The abort is a courtesy
+/// that frees readers sooner: the partition's state is dropped either way, and
+/// whoever restores the partition next (this instance or another) initialises its
+/// transactional id, which aborts whatever is still open. Waiting longer would only
+/// keep this instance from polling while a broker or coordinator is away.
+const ABORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Logs a step of a transaction that took long: a broker or coordinator moving, or
+/// unreachable.
+fn slow(step: &'static str, started: Instant) {
+    let took = started.elapsed();
+    if took > Duration::from_secs(1) {
+        warn!(
+            step,
+            took_ms = took.as_millis() as u64,
+            "slow transaction step"
+        );
+    }
 }
 
 /// Handles one command inside the open transaction. Returns the new seen entry.

@@ -36,6 +36,55 @@ pub fn replies_topic(prefix: &str) -> String {
     format!("{prefix}.replies")
 }
 
+/// The partition of an aggregate's commands, events and outcomes: Kafka's default
+/// partitioner for keyed records (Java client `BuiltInPartitioner`, librdkafka
+/// `murmur2_random`): `(murmur2(key) & 0x7fffffff) % partitions`, with the key = the
+/// aggregate id's UTF-8 bytes. Every producer of commands, in any language, must
+/// map keys this way (docs/wire-format.md).
+///
+/// # Panics
+///
+/// Never: `partitions` of 0 is treated as 1.
+pub fn partition_for(key: &[u8], partitions: usize) -> i32 {
+    let positive = (murmur2(key) & 0x7fff_ffff) as u32;
+    let partitions = u32::try_from(partitions.max(1)).unwrap_or(u32::MAX);
+    // Both sides fit: the remainder is below `partitions`, which is below 2^31.
+    i32::try_from(positive % partitions).unwrap_or(0)
+}
+
+/// MurmurHash2 as Kafka's Java client computes it (`Utils.murmur2`, seed
+/// 0x9747b28c), on which the default partitioner rests.
+pub fn murmur2(data: &[u8]) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    const SEED: u32 = 0x9747_b28c;
+    let length = data.len() as u32;
+    let mut h: u32 = SEED ^ length;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() == 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= u32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
 /// The outcome of one command, as replied to the caller and kept in the outcomes topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct ReplyWire {
@@ -208,6 +257,39 @@ mod tests {
             decode_command(&no_id),
             Err(BadCommand::MissingHeader("ce_id"))
         );
+    }
+
+    /// Computed with Kafka's own `org.apache.kafka.common.utils.Utils.murmur2` and
+    /// `toPositive(..) % 12` (kafka-clients 4.1.1).
+    #[test]
+    fn partitioner_matches_the_java_client() {
+        let cases: [(&str, i32, i32); 12] = [
+            ("", 275646681, 9),
+            ("a", -1563381124, 4),
+            ("ab", 316155434, 2),
+            ("abc", 479470107, 3),
+            ("21", -973932308, 0),
+            ("foobar", -790332482, 6),
+            ("order-42", 501153024, 0),
+            ("sku-tea", -848081573, 3),
+            ("a-little-bit-long-string", -985981536, 8),
+            ("a-little-bit-longer-string", -1486304829, 11),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58897971,
+                5,
+            ),
+            ("é€", 1912689889, 1),
+        ];
+        for (key, hash, partition) in cases {
+            assert_eq!(murmur2(key.as_bytes()), hash, "murmur2({key:?})");
+            assert_eq!(
+                partition_for(key.as_bytes(), 12),
+                partition,
+                "partition of {key:?}"
+            );
+        }
+        assert_eq!(partition_for(b"x", 0), 0);
     }
 
     #[test]
