@@ -1,18 +1,67 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit, property, macro UI (trybuild), doc and integration
-# tests. Starts the Kafka-protocol broker and Postgres first if they are not running
-# (scripts/services.sh), so it works on a fresh machine.
+# tests, then the broker-loss tests on a three-node cluster. Starts what is missing
+# first (scripts/services.sh: Apache Kafka and Postgres; cargo-nextest), so it works
+# on a fresh machine.
+#
+#   bash scripts/test.sh [nextest filters...]
+#
+# 1. Apache Kafka, one node: every test binary except the cluster ones.
+# 2. Doc tests (nextest does not run them).
+# 3. Apache Kafka, three nodes (`services.sh up --brokers 3`): the binaries named
+#    cluster_*, one test at a time (they kill and stop brokers). Afterwards the
+#    single node is started again. With your own cluster in KAFKA_BOOTSTRAP_SERVERS
+#    this step is skipped (it needs to kill brokers), and says so; in CI that fails.
+#
+# Environment: NEXTEST_PROFILE (default `default`; CI uses `ci`), plus what
+# scripts/services.sh reads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+readonly NEXTEST_VERSION=0.9.151
+readonly CLUSTER_TESTS='binary(/^cluster_/)'
+profile="${NEXTEST_PROFILE:-default}"
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "test: installing cargo-nextest ${NEXTEST_VERSION} (once; a few minutes)" >&2
+  cargo install cargo-nextest --version "$NEXTEST_VERSION" --locked >&2
+fi
+
+failed=()
+run() {
+  local name=$1
+  shift
+  echo "test: == ${name}" >&2
+  if ! "$@"; then
+    failed+=("$name")
+  fi
+}
+
+own_cluster=0
+if [[ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" && "$KAFKA_BOOTSTRAP_SERVERS" != 127.0.0.1:9092 && "$KAFKA_BOOTSTRAP_SERVERS" != localhost:9092 ]]; then
+  own_cluster=1
+fi
+
 eval "$(scripts/services.sh up)"
 echo "test: KAFKA_BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP_SERVERS DATABASE_URL=$DATABASE_URL" >&2
+run "tests on one Kafka node" \
+  cargo nextest run --workspace --profile "$profile" -E "not ${CLUSTER_TESTS}" "$@"
+run "doc tests" cargo test --workspace --doc
 
-if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --profile "${NEXTEST_PROFILE:-default}" "$@"
+if ((own_cluster)); then
+  echo "test: the cluster tests (${CLUSTER_TESTS}) kill brokers and need the local three-node cluster; not run against KAFKA_BOOTSTRAP_SERVERS=${KAFKA_BOOTSTRAP_SERVERS}" >&2
+  [[ "${CI:-}" != true ]] || failed+=("cluster tests (not run)")
 else
-    echo "test: cargo-nextest not found, using cargo test (install it: cargo install cargo-nextest --locked)" >&2
-    cargo test --workspace --lib --bins --tests "$@"
+  eval "$(scripts/services.sh up --brokers 3)"
+  echo "test: KAFKA_BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP_SERVERS" >&2
+  run "tests on three Kafka nodes" \
+    cargo nextest run --workspace --profile "$profile" --test-threads 1 -E "$CLUSTER_TESTS" "$@"
+  # Leave the default topology running for the sample and the next run.
+  scripts/services.sh up >/dev/null
 fi
-# nextest does not run doctests.
-cargo test --workspace --doc
+
+if ((${#failed[@]})); then
+  echo "test: FAILED: ${failed[*]}" >&2
+  exit 1
+fi
+echo "test: all passed" >&2

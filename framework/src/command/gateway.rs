@@ -359,21 +359,25 @@ impl CommandGateway {
         };
         let topic = wire::commands_topic(&self.inner.prefix, A::<C>::NAME);
         let started = tokio::time::Instant::now();
+        // A tenth of the timeout (at most 1 s) is kept for finding out why, if the
+        // send fails, so that `send` still returns within `timeout`.
+        let diagnosis = (timeout / 10).min(Duration::from_secs(1));
+        let wait = timeout.saturating_sub(diagnosis);
         let produce = self.inner.producer.send(
             FutureRecord::to(&topic)
                 .key(record.key.as_slice())
                 .payload(record.value.as_slice())
                 .headers(record.owned_headers()),
-            timeout,
+            wait,
         );
-        let failure = match tokio::time::timeout(timeout, produce).await {
+        let failure = match tokio::time::timeout(wait, produce).await {
             Err(_) => GatewayError::Timeout {
                 command_id,
                 waited: started.elapsed(),
             },
             Ok(Err((source, _))) => GatewayError::Unavailable { command_id, source },
             Ok(Ok(_)) => {
-                let remaining = timeout.saturating_sub(started.elapsed());
+                let remaining = wait.saturating_sub(started.elapsed());
                 match tokio::time::timeout(remaining, rx).await {
                     Ok(Ok(reply)) => return outcome::<A<C>>(reply, &aggregate_id),
                     _ => GatewayError::Timeout {
@@ -386,18 +390,21 @@ impl CommandGateway {
         // Say why, when the cluster can tell: a partition without enough replicas
         // or without a leader explains a timeout better than the timeout does.
         let topics = [topic, wire::events_topic(&self.inner.prefix, A::<C>::NAME)];
-        Err(diagnose(&self.inner.kafka, &topics, aggregate_id.as_str(), failure).await)
+        let key = aggregate_id.as_str();
+        Err(diagnose(&self.inner.kafka, &topics, key, failure, diagnosis).await)
     }
 }
 
 /// Turns a failed send into [`GatewayError::NotEnoughReplicas`] or
 /// [`GatewayError::NoLeader`] when the metadata shows that a partition the command
-/// needs cannot take writes; otherwise returns `failure` unchanged.
+/// needs cannot take writes; otherwise (or if the cluster does not answer within
+/// `budget`) returns `failure` unchanged.
 async fn diagnose(
     kafka: &KafkaConfig,
     topics: &[String],
     key: &str,
     failure: GatewayError,
+    budget: Duration,
 ) -> GatewayError {
     let command_id = match &failure {
         GatewayError::Timeout { command_id, .. } | GatewayError::Unavailable { command_id, .. } => {
@@ -405,14 +412,59 @@ async fn diagnose(
         }
         _ => return failure,
     };
+    match tokio::time::timeout(budget, shortage(kafka, topics, key, budget)).await {
+        Ok(Some(Shortage::NoLeader { topic, partition })) => GatewayError::NoLeader {
+            command_id,
+            topic,
+            partition,
+        },
+        Ok(Some(Shortage::Replicas {
+            topic,
+            partition,
+            in_sync,
+            replicas,
+            required,
+        })) => GatewayError::NotEnoughReplicas {
+            command_id,
+            topic,
+            partition,
+            in_sync,
+            replicas,
+            required,
+        },
+        Ok(None) | Err(_) => failure,
+    }
+}
+
+/// Why a partition cannot take writes.
+enum Shortage {
+    NoLeader {
+        topic: String,
+        partition: i32,
+    },
+    Replicas {
+        topic: String,
+        partition: i32,
+        in_sync: usize,
+        replicas: usize,
+        required: usize,
+    },
+}
+
+/// The first of `topics` whose partition for `key` cannot take writes, per the
+/// cluster's metadata.
+async fn shortage(
+    kafka: &KafkaConfig,
+    topics: &[String],
+    key: &str,
+    budget: Duration,
+) -> Option<Shortage> {
     let config = kafka.client_config();
     let (topics, key) = (topics.to_vec(), key.as_bytes().to_vec());
     let found = tokio::task::spawn_blocking(move || {
         let client: rdkafka::consumer::BaseConsumer = config.create().ok()?;
         topics.into_iter().find_map(|topic| {
-            let metadata = client
-                .fetch_metadata(Some(&topic), Duration::from_secs(5))
-                .ok()?;
+            let metadata = client.fetch_metadata(Some(&topic), budget).ok()?;
             let partitions = metadata.topics().first()?.partitions();
             let partition = wire::partition_for(&key, partitions.len());
             let p = partitions.iter().find(|p| p.id() == partition)?;
@@ -424,30 +476,20 @@ async fn diagnose(
     .await
     .ok()
     .flatten();
-    let Some((topic, partition, leader, replicas, in_sync)) = found else {
-        return failure;
-    };
+    let (topic, partition, leader, replicas, in_sync) = found?;
     if leader < 0 {
-        return GatewayError::NoLeader {
-            command_id,
-            topic,
-            partition,
-        };
+        return Some(Shortage::NoLeader { topic, partition });
     }
-    let required = min_insync_replicas(kafka, &topic)
+    let required = min_insync_replicas(kafka, &topic, budget)
         .await
         .unwrap_or_else(|| default_min_isr(replicas));
-    if in_sync >= required {
-        return failure;
-    }
-    GatewayError::NotEnoughReplicas {
-        command_id,
+    (in_sync < required).then_some(Shortage::Replicas {
         topic,
         partition,
         in_sync,
         replicas,
         required,
-    }
+    })
 }
 
 /// What the framework sets when it creates topics (see `ensure_topics`).
@@ -456,10 +498,10 @@ fn default_min_isr(replicas: usize) -> usize {
 }
 
 /// The topic's `min.insync.replicas`, if the cluster says.
-async fn min_insync_replicas(kafka: &KafkaConfig, topic: &str) -> Option<usize> {
+async fn min_insync_replicas(kafka: &KafkaConfig, topic: &str, budget: Duration) -> Option<usize> {
     let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
         kafka.client_config().create().ok()?;
-    let options = rdkafka::admin::AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
+    let options = rdkafka::admin::AdminOptions::new().request_timeout(Some(budget));
     let described = admin
         .describe_configs(&[rdkafka::admin::ResourceSpecifier::Topic(topic)], &options)
         .await
