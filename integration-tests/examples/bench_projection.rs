@@ -201,7 +201,8 @@ async fn main() {
         std::env::consts::OS
     );
     println!(
-        "broker:    {bootstrap} (KAFKA_BOOTSTRAP_SERVERS; locally Tansu 0.6.0, memory storage)"
+        "broker:    {}",
+        tributary_integration_tests::describe_broker(&bootstrap)
     );
     println!(
         "postgres:  {} (server {pg_version}), schema {}",

@@ -108,7 +108,8 @@ async fn main() {
         .unwrap_or(0);
     println!("# bench_restore");
     println!(
-        "machine: {cores} cores; broker: {bootstrap}; Postgres: {}",
+        "machine: {cores} cores; broker: {}; Postgres: {}",
+        tributary_integration_tests::describe_broker(&bootstrap),
         tributary_integration_tests::database_url()
     );
     println!(

@@ -39,6 +39,25 @@ pub fn kafka_bootstrap() -> String {
     servers
 }
 
+/// A line for benchmark output: the bootstrap servers, how many brokers answer and
+/// which broker software `scripts/services.sh` ran (`TRIBUTARY_BROKER`, default
+/// Apache Kafka).
+pub fn describe_broker(bootstrap: &str) -> String {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("cannot create a Kafka client");
+    let brokers = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map(|m| m.brokers().len())
+        .unwrap_or(0);
+    let kind = match std::env::var("TRIBUTARY_BROKER").as_deref() {
+        Ok("tansu") => "Tansu 0.6.0 (memory storage)",
+        _ => "Apache Kafka 4.1.1 from scripts/services.sh, unless KAFKA_BOOTSTRAP_SERVERS points elsewhere",
+    };
+    format!("{bootstrap}, {brokers} broker(s); {kind}")
+}
+
 /// Logs to the test output, filtered by `RUST_LOG` (default: warnings).
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()

@@ -38,8 +38,8 @@ pub fn kafka_config(bootstrap: &str) -> KafkaConfig {
     KafkaConfig::new(bootstrap)
 }
 
-/// Worker settings for tests: short session timeout (Tansu holds a new group's
-/// JoinGroup for half of it), small batches, fast retries.
+/// Worker settings for tests: short session timeout (a killed worker's partitions
+/// move within seconds), small batches, fast retries.
 pub fn test_config() -> ProjectionConfig {
     ProjectionConfig::default()
         .with_session_timeout(Duration::from_secs(6))
@@ -452,8 +452,8 @@ where
 }
 
 /// Waits until the projection's checkpoints are past the last record of every
-/// partition of `topic` (read from the log: Tansu under-reports high-water marks
-/// when the last batch holds several records, so lag is not used for this).
+/// partition of `topic`, as a plain consumer reads the log (independent of the
+/// worker's own lag computation).
 pub async fn wait_caught_up(store: &PgStore, bootstrap: &str, topic: &str, timeout: Duration) {
     let mut ends: HashMap<i32, i64> = HashMap::new();
     for record in read_log(bootstrap, topic).await {

@@ -11,7 +11,7 @@
 //! It runs as a projection worker ([`tributary::projection`]) whose "read model" is
 //! the set of commands it has sent: a batch's checkpoint commits only after every
 //! command of the batch has an outcome. Each command id is derived from the id of
-//! the event that triggered it (DESIGN.md §7), so after a crash the redelivered
+//! the event that triggered it (docs/process-managers.md), so after a crash the redelivered
 //! events send the same ids and the processors answer with the original outcomes
 //! instead of acting twice. No saga state is kept: what the flow has to remember
 //! lives in the aggregates (the order knows which lines are reserved; the inventory

@@ -1,5 +1,5 @@
 //! Command processors: partition-owned single writers with one Kafka transaction per
-//! batch (DESIGN §4).
+//! batch.
 //!
 //! One consumer group per aggregate type reads the commands topic. Owning commands
 //! partition `p` means owning every aggregate whose events go to events partition
@@ -603,8 +603,10 @@ struct Core<A: Aggregate> {
     partitions: HashMap<i32, PartitionState<A>>,
     snapshot_tx: Option<UnboundedSender<SnapshotJob>>,
     restore_consumer: BaseConsumer<RestoreContext>,
-    /// read_uncommitted, for high watermarks: a read_committed handle reports the
-    /// last stable offset, which some brokers report as 0 while any transaction is open.
+    /// read_uncommitted, for the end of a partition to restore up to. After
+    /// `init_transactions` no transaction of this partition's writer is open, so on
+    /// Kafka this equals the last stable offset; the high watermark also serves
+    /// brokers that report the LSO as 0 while a transaction is open (Tansu).
     watermark_consumer: BaseConsumer,
     /// Sends the replies of committed transactions.
     reply_producer: BaseProducer<ReplyContext>,
@@ -1116,7 +1118,8 @@ impl<A: Aggregate> Core<A> {
         let started = Instant::now();
         let mut position = start;
         // Read until both the high watermark taken before and the end-of-partition
-        // signal are reached: some brokers under-report the high watermark.
+        // signal are reached. On Kafka the mark alone would do; the signal costs one
+        // fetch round trip and also covers brokers that under-report the mark (Tansu).
         let mut eof = false;
         let result = loop {
             if eof && position >= end {

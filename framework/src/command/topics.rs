@@ -1,4 +1,4 @@
-//! Creating and validating an aggregate type's topics (DESIGN §2).
+//! Creating and validating an aggregate type's topics (docs/commands.md, "Topics").
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;

@@ -56,8 +56,7 @@ pub struct ProjectionConfig {
     /// the bound on the extra latency batching adds under light load.
     pub max_wait: Duration,
     /// Kafka `session.timeout.ms` of the worker's group membership. Default 10 s.
-    /// Shorter detects dead workers sooner; some brokers (Tansu) also hold a new
-    /// group's JoinGroup for about half of it.
+    /// Shorter detects dead workers sooner (the tests use 6 s).
     pub session_timeout: Duration,
     /// Retries of failing handlers.
     pub retry: RetryPolicy,

@@ -986,8 +986,9 @@ impl RebuildTracker {
     }
 
     /// Every partition reached the high-water mark read at the start, and the
-    /// consumer saw its end (some brokers under-report high-water marks, so the
-    /// mark alone is not trusted).
+    /// consumer saw its end. On Kafka the mark alone would do; waiting for the end
+    /// as well costs one fetch round trip and covers brokers that under-report the
+    /// mark (Tansu).
     fn finished(&self, parts: &[Part]) -> bool {
         self.marks.iter().all(|(topic, partition, low, high)| {
             parts
