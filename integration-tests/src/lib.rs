@@ -53,7 +53,9 @@ pub fn describe_broker(bootstrap: &str) -> String {
         .unwrap_or(0);
     let kind = match std::env::var("TRIBUTARY_BROKER").as_deref() {
         Ok("tansu") => "Tansu 0.6.0 (memory storage)",
-        _ => "Apache Kafka 4.1.1 from scripts/services.sh, unless KAFKA_BOOTSTRAP_SERVERS points elsewhere",
+        _ => {
+            "Apache Kafka 4.1.1 from scripts/services.sh, unless KAFKA_BOOTSTRAP_SERVERS points elsewhere"
+        }
     };
     format!("{bootstrap}, {brokers} broker(s); {kind}")
 }

@@ -31,7 +31,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{Span, debug, error, info, info_span, warn};
 
-use super::snapshot::{self, SnapshotJob, SnapshotRow};
+use super::snapshot::{self, SnapshotJob, SnapshotRow, Written};
 use super::topics::{TopicLayout, TopicSettings, ensure_topics};
 use super::wire::{self, EventWire, OutcomeWire, ReplyWire};
 use crate::aggregate::{Aggregate, AggregateId, Command, Handle};
@@ -365,10 +365,11 @@ impl<A: Aggregate> CommandProcessor<A> {
         let layout = ensure_topics(&self.kafka, self.codec.prefix(), A::NAME, &self.topics).await?;
         let runtime = tokio::runtime::Handle::current();
         let stats = Arc::new(ProcessorStats::default());
+        let (written_tx, written) = std::sync::mpsc::channel();
         let snapshot_tx = self
             .store
             .clone()
-            .map(|store| snapshot::spawn_writer(&runtime, store, A::NAME));
+            .map(|store| snapshot::spawn_writer(&runtime, store, A::NAME, written_tx));
         let s = &self.settings;
         let group = format!("{}.{}.processor", self.codec.prefix(), A::NAME);
         let shared = Arc::new(Shared {
@@ -416,6 +417,7 @@ impl<A: Aggregate> CommandProcessor<A> {
             shared: Arc::clone(&shared),
             partitions: HashMap::new(),
             snapshot_tx,
+            written,
             restore_consumer,
             watermark_consumer,
             reply_producer,
@@ -539,8 +541,13 @@ struct Shared<A: Aggregate> {
 struct Slot<A> {
     state: A,
     version: u64,
-    /// Version covered by the last snapshot handed to the writer.
+    /// Version covered by the last snapshot handed to the writer (for the cadence
+    /// of per-aggregate snapshots).
     snapshot_version: u64,
+    /// Version of the snapshot row the writer confirmed is in Postgres. Until it
+    /// equals `version`, the aggregate stays in its partition's `dirty` set, so every
+    /// partition flush includes it and no watermark passes it.
+    confirmed_version: u64,
     /// Upper bound of the offsets of its events.
     offset_bound: i64,
 }
@@ -551,6 +558,7 @@ impl<A: Default> Default for Slot<A> {
             state: A::default(),
             version: 0,
             snapshot_version: 0,
+            confirmed_version: 0,
             offset_bound: -1,
         }
     }
@@ -602,6 +610,8 @@ struct Core<A: Aggregate> {
     shared: Arc<Shared<A>>,
     partitions: HashMap<i32, PartitionState<A>>,
     snapshot_tx: Option<UnboundedSender<SnapshotJob>>,
+    /// The snapshot writer's confirmations.
+    written: std::sync::mpsc::Receiver<Written>,
     restore_consumer: BaseConsumer<RestoreContext>,
     /// read_uncommitted, for the end of a partition to restore up to. After
     /// `init_transactions` no transaction of this partition's writer is open, so on
@@ -706,6 +716,7 @@ fn run<A: Aggregate>(
         if let Some(error) = lock(&core).fatal.take() {
             return Err(error);
         }
+        lock(&core).confirm_snapshots();
         if kill.load(Ordering::SeqCst) {
             warn!("command processor killed");
             lock(&core).partitions.clear();
@@ -926,7 +937,7 @@ impl<A: Aggregate> Core<A> {
             PartitionState {
                 dirty: aggregates
                     .iter()
-                    .filter(|(_, s)| s.version > s.snapshot_version)
+                    .filter(|(_, s)| s.version > s.confirmed_version)
                     .map(|(id, _)| id.clone())
                     .collect(),
                 producer,
@@ -973,6 +984,7 @@ impl<A: Aggregate> Core<A> {
                                 state,
                                 version,
                                 snapshot_version: version,
+                                confirmed_version: version,
                                 offset_bound: row.events_offset,
                             },
                         );
@@ -1166,12 +1178,33 @@ impl<A: Aggregate> Core<A> {
         result
     }
 
-    /// Hands every aggregate changed since its last snapshot to the writer and
-    /// advances the partition's watermark; waits for the write if `wait`.
+    /// Applies the snapshot writer's confirmations: an aggregate whose row is
+    /// confirmed at its current version is no longer dirty.
+    fn confirm_snapshots(&mut self) {
+        while let Ok(written) = self.written.try_recv() {
+            let Some(part) = self.partitions.get_mut(&written.partition) else {
+                continue;
+            };
+            for (id, version) in written.confirmed {
+                let Some(slot) = part.aggregates.get_mut(&id) else {
+                    continue;
+                };
+                slot.confirmed_version = slot.confirmed_version.max(version);
+                if slot.confirmed_version >= slot.version {
+                    part.dirty.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Hands every aggregate not yet confirmed at its current version to the writer,
+    /// with the partition's new watermark, in one Postgres transaction; waits for
+    /// the write if `wait`.
     fn flush(&mut self, partition: i32, wait: bool) {
         let Some(tx) = self.snapshot_tx.clone() else {
             return;
         };
+        self.confirm_snapshots();
         let Some(part) = self.partitions.get_mut(&partition) else {
             return;
         };
@@ -1186,8 +1219,11 @@ impl<A: Aggregate> Core<A> {
                 None => return, // cannot cover every aggregate: keep the old watermark
             }
         }
-        for id in part.dirty.drain() {
-            if let Some(slot) = part.aggregates.get_mut(&id) {
+        // They stay dirty until the writer confirms the rows: a failed write leaves
+        // them in the next flush, and its watermark is not written either (one
+        // Postgres transaction).
+        for id in &part.dirty {
+            if let Some(slot) = part.aggregates.get_mut(id) {
                 slot.snapshot_version = slot.version;
             }
         }
@@ -1450,8 +1486,8 @@ impl<A: Aggregate> Core<A> {
                 && let Some(row) = snapshot_row(&id, slot)
             {
                 rows.push(row);
+                // Still dirty: it leaves the set when the writer confirms the row.
                 slot.snapshot_version = slot.version;
-                part.dirty.remove(&id);
             }
         }
         if !rows.is_empty() {

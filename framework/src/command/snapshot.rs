@@ -146,11 +146,21 @@ pub(crate) struct SnapshotJob {
     pub(crate) done: Option<oneshot::Sender<Result<(), StoreError>>>,
 }
 
-/// Writes snapshots off the command path, in the order they were handed over.
+/// What the writer reports back after each job: the rows it confirmed in Postgres
+/// (aggregate id, version), or none when the job failed for good.
+#[derive(Debug)]
+pub(crate) struct Written {
+    pub(crate) partition: i32,
+    pub(crate) confirmed: Vec<(String, u64)>,
+}
+
+/// Writes snapshots off the command path, in the order they were handed over, and
+/// reports each job's confirmed rows on `written`.
 pub(crate) fn spawn_writer(
     runtime: &tokio::runtime::Handle,
     store: PgStore,
     aggregate_type: &'static str,
+    written: std::sync::mpsc::Sender<Written>,
 ) -> mpsc::UnboundedSender<SnapshotJob> {
     let (tx, mut rx) = mpsc::unbounded_channel::<SnapshotJob>();
     runtime.spawn(async move {
@@ -170,6 +180,22 @@ pub(crate) fn spawn_writer(
                     }
                 }
             }
+            let confirmed = match &result {
+                Ok(()) => job
+                    .rows
+                    .iter()
+                    .map(|r| (r.aggregate_id.clone(), u64::try_from(r.version).unwrap_or(0)))
+                    .collect(),
+                Err(error) => {
+                    tracing::error!(%error, partition = job.partition, rows = job.rows.len(),
+                        "snapshot write failed for good; its aggregates stay unconfirmed and the partition's watermark does not move past them");
+                    Vec::new()
+                }
+            };
+            let _ = written.send(Written {
+                partition: job.partition,
+                confirmed,
+            });
             if let Some(done) = job.done {
                 let _ = done.send(result);
             }

@@ -1,0 +1,137 @@
+//! Snapshots under faults: a snapshot write that fails must not let the partition's
+//! restore watermark pass the aggregate it was for (G1, G6).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use tributary::KafkaConfig;
+use tributary::command::{CommandGateway, CommandOutcome, ProcessorSettings};
+use tributary_integration_tests::command_support::{
+    Check, Increment, counter_processor, test_settings,
+};
+use tributary_integration_tests::raw_log::{self, Isolation};
+use tributary_integration_tests::{kafka_bootstrap, pg_store, unique_prefix};
+
+async fn send(gateway: &CommandGateway, id: &str) -> u64 {
+    match gateway
+        .send(Increment {
+            id: id.into(),
+            by: 1,
+        })
+        .await
+        .expect("send")
+    {
+        CommandOutcome::Accepted { version, .. } => version,
+        CommandOutcome::Rejected(e) => panic!("{e}"),
+    }
+}
+
+/// Snapshot writes for aggregate `a` fail for a while (a trigger), so its snapshot at
+/// version 10 is lost; commands to `b` then make the processor flush the partition
+/// and advance its watermark. After a crash, `a` must come back at version 10, not
+/// at the version its (missing) row and the watermark would give it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_snapshot_write_never_lets_the_watermark_pass_its_aggregate() {
+    let bootstrap = kafka_bootstrap();
+    let prefix = unique_prefix("fault-snap");
+    let store = pg_store(&prefix).await;
+    let settings = ProcessorSettings {
+        flush_every: 20,
+        ..test_settings()
+    };
+    let start = || {
+        counter_processor(&bootstrap, &prefix, 1)
+            .settings(settings.clone())
+            .snapshots(store.clone())
+            .start()
+    };
+    let first = start().await.expect("processor");
+    let gateway = CommandGateway::connect_with_timeout(
+        &KafkaConfig::new(&bootstrap),
+        &prefix,
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("gateway");
+    send(&gateway, "b").await; // the partition is assigned and restored
+
+    // Every snapshot write that includes `a` fails for the next 1.5 s.
+    for statement in [
+        "CREATE TABLE fail_snapshots_until (t timestamptz NOT NULL)",
+        "INSERT INTO fail_snapshots_until VALUES (clock_timestamp() + interval '1500 milliseconds')",
+        "CREATE FUNCTION fail_snapshot_of_a() RETURNS trigger AS $$
+         BEGIN
+           IF NEW.aggregate_id = 'a' AND clock_timestamp() < (SELECT t FROM fail_snapshots_until) THEN
+             RAISE EXCEPTION 'injected failure: snapshot of a';
+           END IF;
+           RETURN NEW;
+         END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER fail_snapshot_of_a BEFORE INSERT OR UPDATE ON tributary_snapshots
+         FOR EACH ROW EXECUTE FUNCTION fail_snapshot_of_a()",
+    ] {
+        sqlx::query(statement).execute(store.pool()).await.unwrap();
+    }
+    for expected in 1..=10 {
+        assert_eq!(send(&gateway, "a").await, expected);
+    }
+    // The writer's retries of `a`'s snapshot (version 10) run out inside the window.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // Enough events on `b` for a partition flush, which writes a watermark.
+    for _ in 0..25 {
+        send(&gateway, "b").await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let watermark: Option<i64> =
+        sqlx::query_scalar("SELECT events_offset FROM tributary_snapshots WHERE aggregate_id = ''")
+            .fetch_optional(store.pool())
+            .await
+            .unwrap();
+    let a_row: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM tributary_snapshots WHERE aggregate_id = 'a'")
+            .fetch_optional(store.pool())
+            .await
+            .unwrap();
+    let a_last_offset = raw_log::read(
+        &bootstrap,
+        &format!("{prefix}.counter.events"),
+        Isolation::Committed,
+    )
+    .iter()
+    .filter(|e| e.aggregate_id == "a")
+    .map(|e| e.offset)
+    .max()
+    .unwrap();
+    if let Some(w) = watermark
+        && w >= a_last_offset
+    {
+        assert_eq!(
+            a_row,
+            Some(10),
+            "the watermark ({w}) passed `a`'s last event ({a_last_offset}) without a confirmed row for it"
+        );
+    }
+
+    // Crash, restart: `a` is still at version 10, and its next command is 11.
+    first.kill().await;
+    let second = start().await.expect("processor");
+    match gateway
+        .send(Check {
+            id: "a".into(),
+            expected: 10,
+        })
+        .await
+        .expect("check")
+    {
+        CommandOutcome::Accepted { .. } => {}
+        CommandOutcome::Rejected(e) => panic!("after the restart, aggregate a: {e}"),
+    }
+    assert_eq!(send(&gateway, "a").await, 11);
+    let committed = raw_log::read(
+        &bootstrap,
+        &format!("{prefix}.counter.events"),
+        Isolation::Committed,
+    );
+    raw_log::assert_single_writer(&committed);
+    second.shutdown().await.expect("shutdown");
+}
