@@ -11,7 +11,7 @@
 //! | `POST /stock/{sku}/restock` | add stock `{quantity}` |
 //! | `GET /stock`, `GET /stock/{sku}` | stock levels |
 //! | `GET /customers/{customer}/notifications` | the customer's notifications |
-//! | `GET /health` | Postgres reachable |
+//! | `GET /health` | 200 when Postgres is reachable and no processor of this process has a quarantined partition (one whose events it cannot read), 503 with the details otherwise |
 //!
 //! Every error is `{"error": "..."}` with a 4xx/5xx status; a request that fails
 //! validation changes nothing.
@@ -26,7 +26,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tributary::command::{CommandGateway, CommandOutcome, GatewayError, SendOptions};
+use std::sync::Arc;
+
+use tributary::command::{
+    CommandGateway, CommandOutcome, GatewayError, ProcessorStats, SendOptions,
+};
 use tributary::{Command, Handle};
 use uuid::Uuid;
 
@@ -45,12 +49,24 @@ pub const MAX_PRICE_CENTS: u64 = 100_000_000;
 pub struct ApiState {
     gateway: CommandGateway,
     pool: PgPool,
+    processors: Vec<(&'static str, Arc<ProcessorStats>)>,
 }
 
 impl ApiState {
     /// Handlers send through `gateway` and read the read models from `pool`.
     pub fn new(gateway: CommandGateway, pool: PgPool) -> Self {
-        Self { gateway, pool }
+        Self {
+            gateway,
+            pool,
+            processors: Vec::new(),
+        }
+    }
+
+    /// Reports the command processors running in this process in `/health`.
+    #[must_use]
+    pub fn with_processors(mut self, running: &crate::app::Running) -> Self {
+        self.processors = running.processor_stats();
+        self
     }
 }
 
@@ -493,7 +509,28 @@ async fn notifications(
     Ok(Json(rows))
 }
 
-async fn health(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+async fn health(State(state): State<ApiState>) -> Result<Response, ApiError> {
     sqlx::query("SELECT 1").execute(&state.pool).await?;
-    Ok(Json(json!({ "status": "ok" })))
+    // A processor that cannot read one of its partitions serves the others, but the
+    // commands of that partition fail: the process is not healthy.
+    let quarantined: Vec<Value> = state
+        .processors
+        .iter()
+        .flat_map(|(name, stats)| {
+            stats
+                .quarantined_partitions()
+                .into_iter()
+                .map(move |(partition, reason)| {
+                    json!({ "processor": name, "partition": partition, "reason": reason })
+                })
+        })
+        .collect();
+    if quarantined.is_empty() {
+        return Ok(Json(json!({ "status": "ok" })).into_response());
+    }
+    Ok((
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({ "status": "degraded", "quarantined": quarantined })),
+    )
+        .into_response())
 }

@@ -265,6 +265,28 @@ pub struct Running {
     pub workers: Vec<ProjectionHandle>,
 }
 
+impl Running {
+    /// The stats of the command processors in this process, by name.
+    pub fn processor_stats(
+        &self,
+    ) -> Vec<(
+        &'static str,
+        std::sync::Arc<tributary::command::ProcessorStats>,
+    )> {
+        [
+            ("order", &self.order_processor),
+            ("inventory", &self.inventory_processor),
+        ]
+        .into_iter()
+        .filter_map(|(name, handle)| {
+            handle
+                .as_ref()
+                .map(|h| (name, std::sync::Arc::clone(h.stats())))
+        })
+        .collect()
+    }
+}
+
 impl ShopConfig {
     /// Starts the given roles except [`Role::Api`] (the caller serves the API with
     /// [`crate::api::router`]). Processors start first: they create the topics the

@@ -105,7 +105,9 @@ async fn run(args: Vec<String>) -> Result<(), ShopError> {
     );
     if args.roles.contains(&Role::Api) {
         config.migrate_read_models(&store).await?;
-        let app = router(ApiState::new(config.gateway().await?, store.pool().clone()));
+        let app = router(
+            ApiState::new(config.gateway().await?, store.pool().clone()).with_processors(&running),
+        );
         let listener = tokio::net::TcpListener::bind(&args.listen).await?;
         println!(
             "example-shop: HTTP API on http://{}",

@@ -126,6 +126,22 @@ pub enum GatewayError {
         /// The topic's `min.insync.replicas`.
         required: usize,
     },
+    /// The processor that owns the command's partition cannot read that partition's
+    /// events (an event it cannot decode, e.g. of a newer type or version written by
+    /// a newer deployment), so it processes none of its commands. The command was
+    /// not processed; it will be once an instance that can read the partition owns
+    /// it. Resend it then with the same command id.
+    #[error(
+        "command {command_id} was not processed: the processor owning partition {partition} cannot read its events ({reason}). Deploy a version that can read them; then resend with the same command id"
+    )]
+    PartitionUnavailable {
+        /// The command id.
+        command_id: String,
+        /// The partition.
+        partition: i32,
+        /// Why the partition cannot be read.
+        reason: String,
+    },
     /// A partition the command needs has no leader: the brokers holding it are
     /// down or the cluster has lost its controller quorum. Found after a send failed
     /// or timed out.
@@ -564,6 +580,11 @@ fn outcome<A: Aggregate>(
             .map(CommandOutcome::Rejected)
             .map_err(|e| bad(format!("the domain error does not deserialize: {e}"))),
         OutcomeWire::Failed { reason } => Err(GatewayError::Failed { command_id, reason }),
+        OutcomeWire::Unavailable { partition, reason } => Err(GatewayError::PartitionUnavailable {
+            command_id,
+            partition,
+            reason,
+        }),
     }
 }
 

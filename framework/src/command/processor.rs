@@ -159,13 +159,19 @@ pub enum ProcessorError {
 }
 
 impl ProcessorError {
-    /// Whether retrying later may succeed (broker or database unavailable). Other
-    /// errors stop the processor.
+    /// Whether retrying later may succeed (broker or database unavailable).
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
             Self::Kafka { .. } | Self::Store(_) | Self::RestoreTimeout { .. }
         )
+    }
+
+    /// Whether the error concerns one partition's events only (an unreadable event,
+    /// a broken sequence): the processor then quarantines that partition and goes on
+    /// serving its others.
+    pub fn is_partition_fault(&self) -> bool {
+        matches!(self, Self::Unreadable { .. } | Self::Inconsistent { .. })
     }
 }
 
@@ -212,13 +218,24 @@ pub struct ProcessorStats {
     pub snapshots: AtomicU64,
     /// Snapshots that could not be read and were discarded.
     pub snapshots_discarded: AtomicU64,
+    /// Commands answered "unavailable" because their partition is quarantined.
+    pub unavailable: AtomicU64,
     owned: Mutex<Vec<i32>>,
+    quarantined: Mutex<Vec<(i32, String)>>,
 }
 
 impl ProcessorStats {
     /// Partitions this instance owns now.
     pub fn owned_partitions(&self) -> Vec<i32> {
         lock(&self.owned).clone()
+    }
+
+    /// Partitions assigned to this instance whose events it cannot read, with the
+    /// reason. It processes none of their commands (their callers get
+    /// `GatewayError::PartitionUnavailable`) until the partition is reassigned.
+    /// Report it in health checks.
+    pub fn quarantined_partitions(&self) -> Vec<(i32, String)> {
+        lock(&self.quarantined).clone()
     }
 
     fn add(counter: &AtomicU64, n: u64) {
@@ -420,6 +437,7 @@ impl<A: Aggregate> CommandProcessor<A> {
             partitions: HashMap::new(),
             snapshot_tx,
             written,
+            quarantined: HashMap::new(),
             restore_consumer,
             watermark_consumer,
             reply_producer,
@@ -614,6 +632,8 @@ struct Core<A: Aggregate> {
     snapshot_tx: Option<UnboundedSender<SnapshotJob>>,
     /// The snapshot writer's confirmations.
     written: std::sync::mpsc::Receiver<Written>,
+    /// Assigned partitions whose events cannot be read, with the reason.
+    quarantined: HashMap<i32, String>,
     restore_consumer: BaseConsumer<RestoreContext>,
     /// read_uncommitted, for the end of a partition to restore up to. After
     /// `init_transactions` no transaction of this partition's writer is open, so on
@@ -687,6 +707,8 @@ impl<A: Aggregate> ConsumerContext for RebalanceContext<A> {
                         if error.is_transient() {
                             // Retried when the partition's next command arrives.
                             warn!(%error, partition = p, "restore failed; will retry");
+                        } else if error.is_partition_fault() {
+                            core.quarantine(p, &error);
                         } else {
                             error!(%error, partition = p, "restore failed; the processor stops");
                             core.fatal.get_or_insert(error);
@@ -789,7 +811,16 @@ fn run<A: Aggregate>(
                 if !assigned.contains(&partition) {
                     continue; // revoked meanwhile; the new owner processes these
                 }
+                if c.quarantined.contains_key(&partition) {
+                    c.answer_unavailable(partition, &messages);
+                    continue;
+                }
                 if let Err(error) = c.restore(partition) {
+                    if error.is_partition_fault() {
+                        c.quarantine(partition, &error);
+                        c.answer_unavailable(partition, &messages);
+                        continue;
+                    }
                     if !error.is_transient() {
                         return Err(error);
                     }
@@ -1263,9 +1294,70 @@ impl<A: Aggregate> Core<A> {
         }
     }
 
+    /// Stops processing `partition`, whose events cannot be read: it stays assigned
+    /// (the group would hand it straight back), its commands are answered
+    /// "unavailable" and not consumed for good, and the rest of the instance goes on.
+    /// A rebalance clears the quarantine, so a newer instance that can read the
+    /// partition takes it over in a rolling deploy.
+    fn quarantine(&mut self, partition: i32, error: &ProcessorError) {
+        error!(%error, partition,
+            "cannot read this partition's events: its commands are answered `unavailable` until it is reassigned; the other partitions go on");
+        self.partitions.remove(&partition);
+        let reason = error.to_string();
+        lock(&self.shared.stats.owned).retain(|p| *p != partition);
+        let mut quarantined = lock(&self.shared.stats.quarantined);
+        quarantined.retain(|(p, _)| *p != partition);
+        quarantined.push((partition, reason.clone()));
+        drop(quarantined);
+        self.quarantined.insert(partition, reason);
+    }
+
+    /// Answers the commands of a quarantined partition with an `unavailable` reply.
+    /// Nothing is recorded and no offset is committed: whoever owns the partition
+    /// next processes them.
+    fn answer_unavailable(&mut self, partition: i32, messages: &[OwnedMessage]) {
+        let Some(reason) = self.quarantined.get(&partition).cloned() else {
+            return;
+        };
+        for message in messages {
+            let record = record_ref(message);
+            let Ok(command) = wire::decode_command(&record) else {
+                continue;
+            };
+            ProcessorStats::add(&self.shared.stats.unavailable, 1);
+            let Some(reply_partition) = command.reply_partition else {
+                continue;
+            };
+            let reply = ReplyWire {
+                command_id: command.command_id.to_owned(),
+                outcome: OutcomeWire::Unavailable {
+                    partition,
+                    reason: reason.clone(),
+                },
+            };
+            let Ok(bytes) = serde_json::to_vec(&reply) else {
+                continue;
+            };
+            if let Err(error) = send(
+                &self.reply_producer,
+                &self.shared.layout.replies,
+                reply_partition,
+                command.command_id.as_bytes(),
+                &bytes,
+                command.correlation_id,
+            ) {
+                warn!(%error, command_id = command.command_id, "cannot send an `unavailable` reply");
+            }
+        }
+        self.reply_producer.poll(Duration::ZERO);
+    }
+
     /// Gives up partitions: snapshots them (if `snapshot`) and drops their state.
     fn revoke(&mut self, partitions: &[i32], snapshot: bool) {
         for &p in partitions {
+            if self.quarantined.remove(&p).is_some() {
+                info!(partition = p, "quarantined partition revoked");
+            }
             if snapshot {
                 self.flush(p, true);
             }
@@ -1274,6 +1366,7 @@ impl<A: Aggregate> Core<A> {
             }
         }
         lock(&self.shared.stats.owned).retain(|p| !partitions.contains(p));
+        lock(&self.shared.stats.quarantined).retain(|(p, _)| !partitions.contains(p));
     }
 
     /// Processes the batches of several partitions, each in its own transaction, and
@@ -1667,6 +1760,7 @@ fn handle_one<A: Aggregate>(
             OutcomeWire::Accepted { .. } => "accepted",
             OutcomeWire::Rejected { .. } => "rejected",
             OutcomeWire::Failed { .. } => "failed",
+            OutcomeWire::Unavailable { .. } => "unavailable",
         },
     );
     let reply = ReplyWire {

@@ -105,6 +105,11 @@ pub(crate) enum OutcomeWire {
     Rejected { error: serde_json::Value },
     /// The processor could not handle it (unknown command type, bad JSON, …).
     Failed { reason: String },
+    /// Not processed: the instance that owns the command's partition cannot read
+    /// that partition's events, so it processes none of its commands. Sent as a reply
+    /// only, never kept as an outcome: the command is processed once an instance
+    /// that can read the partition owns it.
+    Unavailable { partition: i32, reason: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
