@@ -24,7 +24,9 @@ profile="${NEXTEST_PROFILE:-default}"
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "test: installing cargo-nextest ${NEXTEST_VERSION} (once; a few minutes)" >&2
-  cargo install cargo-nextest --version "$NEXTEST_VERSION" --locked >&2
+  # Without its self-update feature, which would compile a TLS stack (aws-lc) too.
+  cargo install cargo-nextest --version "$NEXTEST_VERSION" --locked \
+    --no-default-features --features default-no-update >&2
 fi
 
 failed=()
