@@ -38,7 +38,6 @@ async fn the_survivor_continues_from_the_checkpoints_and_a_stale_commit_is_rejec
     let topic = codec.events_topic();
     create_topic(&bootstrap, &topic, 4).await;
     let store = test_store(&prefix).await;
-    produce(&bootstrap, &topic, deposits(&codec, 0, 2000)).await;
 
     let totals_a = Totals::default();
     let totals_b = Totals::default();
@@ -51,7 +50,19 @@ async fn the_survivor_continues_from_the_checkpoints_and_a_stale_commit_is_rejec
     let a = worker_a.clone().spawn();
     let b = worker_b.clone().spawn();
 
-    // Both own partitions and apply events.
+    // Both own partitions (the load comes only then: on a broker without a join
+    // delay, the first worker would otherwise apply everything before the second
+    // one joins), then both apply events.
+    wait_until(
+        Duration::from_secs(60),
+        "both workers to own partitions",
+        || {
+            let (sa, sb) = (worker_a.status(), worker_b.status());
+            async move { !sa.partitions.is_empty() && !sb.partitions.is_empty() }
+        },
+    )
+    .await;
+    produce(&bootstrap, &topic, deposits(&codec, 0, 2000)).await;
     wait_until(
         Duration::from_secs(60),
         "both workers to own partitions and apply events",
