@@ -106,6 +106,11 @@ pub struct Totals {
     pub stall_at: Arc<AtomicU64>,
     /// Notified when a handler call stalls.
     pub stalled: Arc<Notify>,
+    /// Per account id, SQLSTATEs to raise from Postgres (one per handler call, in
+    /// order) before the event applies: real transient database errors.
+    pub transient: Arc<Mutex<HashMap<String, Vec<&'static str>>>>,
+    /// Remaining handler panics per account id.
+    pub panics: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 impl Projection for Totals {
@@ -156,6 +161,31 @@ impl Handles<AccountEvent> for Totals {
         if fail {
             return Err(format!("injected failure for account {id}").into());
         }
+        let code = {
+            let mut transient = self.transient.lock().unwrap_or_else(|e| e.into_inner());
+            transient
+                .get_mut(id)
+                .filter(|codes| !codes.is_empty())
+                .map(|codes| codes.remove(0))
+        };
+        if let Some(code) = code {
+            sqlx::query(&format!(
+                "DO $$ BEGIN RAISE EXCEPTION 'injected SQLSTATE {code}' USING ERRCODE = '{code}'; END $$"
+            ))
+            .execute(&mut *tx)
+            .await?;
+        }
+        let panic = {
+            let mut panics = self.panics.lock().unwrap_or_else(|e| e.into_inner());
+            match panics.get_mut(id) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    true
+                }
+                _ => false,
+            }
+        };
+        assert!(!panic, "injected panic for account {id}");
         if id == "gate" && self.gate.armed.load(Ordering::SeqCst) {
             self.gate.entered.notify_one();
             self.gate.release.notified().await;

@@ -135,17 +135,56 @@ struct Part {
     at_end: bool,
 }
 
+/// Whether a handler's error says the database is unavailable or the transaction
+/// lost a race, rather than that the event cannot be applied: such a batch is rolled
+/// back and retried after `outage_backoff`, as long as it takes, and never parked.
 fn is_outage(error: &HandlerError) -> bool {
-    matches!(
-        error.downcast_ref::<sqlx::Error>(),
+    match error.downcast_ref::<sqlx::Error>() {
         Some(
             sqlx::Error::Io(_)
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed,
+        ) => true,
+        Some(sqlx::Error::Database(db)) => {
+            db.code().is_some_and(|code| is_transient_sqlstate(&code))
+        }
+        _ => false,
+    }
+}
+
+/// SQLSTATEs that go away when the transaction is tried again later: connection
+/// exceptions (class 08), serialization failure 40001, deadlock 40P01, lock not
+/// available 55P03, statement timeout (query canceled) 57014, the server shutting
+/// down or restarting (57P01, 57P02, 57P03), too many connections 53300.
+fn is_transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || matches!(
+            code,
+            "40001" | "40P01" | "55P03" | "57014" | "57P01" | "57P02" | "57P03" | "53300"
         )
-    )
+}
+
+/// Runs a handler's future; a panic becomes the handler's error, so it is retried
+/// and then parked (or halts the projection) like any failing event, instead of
+/// ending the worker.
+async fn catching_panics<F>(handler: F) -> Result<(), HandlerError>
+where
+    F: Future<Output = Result<(), HandlerError>>,
+{
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(handler).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-string panic payload".to_owned());
+            Err(format!("the handler panicked: {message}").into())
+        }
+    }
 }
 
 fn poison_reason(error: &DecodeError) -> PoisonReason {
@@ -799,7 +838,7 @@ impl<P: Projection> ProjectionWorker<P> {
             if is_outage(&error) {
                 TryError::Infra(ProjectionError::Database {
                     projection: P::NAME,
-                    operation: "handler query",
+                    operation: "handler query (transient; retried)",
                     source: sqlx::Error::Protocol(error.to_string()),
                 })
             } else {
@@ -811,16 +850,14 @@ impl<P: Projection> ProjectionWorker<P> {
             match mode {
                 Mode::Batched => {
                     let events = items.iter().map(|(_, d)| *d).collect();
-                    source
-                        .apply_many(&self.projection, events, &mut tx)
+                    catching_panics(source.apply_many(&self.projection, events, &mut tx))
                         .await
                         .map_err(|e| handler(None, e))?;
                 }
                 Mode::PerEvent => {
                     for (index, (message, event)) in items.iter().enumerate() {
                         let span = tracing::debug_span!("projection_event", projection = P::NAME, topic = %part.topic, partition = part.partition, offset = message.offset());
-                        source
-                            .apply_one(&self.projection, event, &mut tx)
+                        catching_panics(source.apply_one(&self.projection, event, &mut tx))
                             .instrument(span)
                             .await
                             .map_err(|e| handler(Some(index), e))?;
