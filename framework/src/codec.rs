@@ -71,6 +71,22 @@ impl EncodedRecord {
                 .collect(),
         }
     }
+
+    /// An upper estimate of the bytes this record takes in a Kafka record batch of its
+    /// own (batch header, record framing, key, value, headers), to compare with a
+    /// record size limit (`message.max.bytes`, `max.message.bytes`) before producing.
+    pub fn size_estimate(&self) -> usize {
+        const BATCH_AND_RECORD_OVERHEAD: usize = 61 + 21;
+        const PER_HEADER_OVERHEAD: usize = 10;
+        BATCH_AND_RECORD_OVERHEAD
+            + self.key.len()
+            + self.value.len()
+            + self
+                .headers
+                .iter()
+                .map(|(name, value)| name.len() + value.len() + PER_HEADER_OVERHEAD)
+                .sum::<usize>()
+    }
 }
 
 /// A borrowed view of a consumed record, independent of the Kafka client.

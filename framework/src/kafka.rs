@@ -131,3 +131,32 @@ pub(crate) fn watermarks_within<C: rdkafka::consumer::ConsumerContext>(
         }
     }
 }
+
+/// Produces `record`, waiting while the client's queue is full (serving delivery
+/// reports meanwhile) instead of failing: every produce of the framework goes
+/// through here.
+pub(crate) fn send_retrying<C, K, P>(
+    producer: &rdkafka::producer::BaseProducer<C>,
+    mut record: rdkafka::producer::BaseRecord<'_, K, P>,
+) -> rdkafka::error::KafkaResult<()>
+where
+    C: rdkafka::producer::ProducerContext<DeliveryOpaque = ()>,
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                back,
+            )) => {
+                producer.poll(std::time::Duration::from_millis(10));
+                record = back;
+            }
+            Err((error, _)) => return Err(error),
+        }
+    }
+}

@@ -18,6 +18,11 @@ pub enum CounterEvent {
         /// By how much.
         by: u32,
     },
+    /// A note was attached (changes nothing; lets tests write large events).
+    Noted {
+        /// The note.
+        text: String,
+    },
 }
 
 /// Domain errors of the counter.
@@ -48,6 +53,7 @@ impl Apply<CounterEvent> for Counter {
     fn apply(&mut self, event: &CounterEvent) {
         match event {
             CounterEvent::Incremented { by } => self.value += u64::from(*by),
+            CounterEvent::Noted { .. } => {}
         }
     }
 }
@@ -73,6 +79,31 @@ pub struct Check {
     pub id: String,
     /// The value it should have.
     pub expected: u64,
+}
+
+/// Attaches `copies` notes, each `text` repeated `repeat` times: lets a test make a
+/// command, an event or an outcome of any size.
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(aggregate = Counter)]
+pub struct Note {
+    /// The counter.
+    #[aggregate_id]
+    pub id: String,
+    /// The note.
+    pub text: String,
+    /// Events to emit.
+    pub copies: u32,
+    /// How often `text` is repeated in each event.
+    pub repeat: u32,
+}
+
+impl Handle<Note> for Counter {
+    fn handle(&self, c: Note) -> Result<Vec<CounterEvent>, CounterError> {
+        let text = c.text.repeat(c.repeat as usize);
+        Ok((0..c.copies)
+            .map(|_| CounterEvent::Noted { text: text.clone() })
+            .collect())
+    }
 }
 
 impl Handle<Increment> for Counter {
@@ -123,6 +154,7 @@ pub fn counter_processor(
         .expect("valid prefix")
         .handle::<Increment>()
         .handle::<Check>()
+        .handle::<Note>()
         .settings(test_settings())
         .topics(tributary::command::TopicSettings {
             partitions,

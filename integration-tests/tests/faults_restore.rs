@@ -129,3 +129,97 @@ async fn an_unreadable_event_quarantines_its_partition_and_the_others_go_on() {
     assert_eq!(increment(&gateway, &good).await.unwrap(), 3);
     second.shutdown().await.expect("shutdown");
 }
+
+/// A restore that takes longer than `max.poll.interval.ms` (a large partition, no
+/// snapshots, a 6 s poll interval) used to run inside the rebalance callback: the
+/// instance stopped polling, left the group, got the partitions back and restored
+/// again, for ever. Restores now run on their own threads while the instance polls:
+/// each partition is restored once, the small partition is served meanwhile, and
+/// the large one's aggregate comes back at its version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restore_longer_than_the_poll_interval_keeps_the_instance_in_its_group() {
+    use std::sync::atomic::Ordering;
+    use tributary::command::ProcessorSettings;
+    use tributary::{EventCodec, EventEnvelope};
+    use tributary_integration_tests::command_support::{Check, CounterEvent, test_settings};
+    use tributary_integration_tests::projection_support::{RawRecord, produce};
+
+    const EVENTS: u64 = 400_000;
+    let bootstrap = kafka_bootstrap();
+    let prefix = unique_prefix("fault-longrestore");
+    let (large, small) = (id_on(0, 2), id_on(1, 2));
+    let settings = ProcessorSettings {
+        session_timeout: Duration::from_secs(6),
+        max_poll_interval: Duration::from_secs(6),
+        ..test_settings()
+    };
+    // Create the topics, then write a long history for `large` straight into its
+    // events partition.
+    let first = counter_processor(&bootstrap, &prefix, 2)
+        .settings(settings.clone())
+        .start()
+        .await
+        .expect("processor");
+    first.shutdown().await.expect("shutdown");
+    let codec = EventCodec::<CounterEvent>::new(&prefix).unwrap();
+    let records: Vec<RawRecord> = (1..=EVENTS)
+        .map(|sequence| {
+            let envelope = EventEnvelope::new(
+                large.as_str(),
+                sequence,
+                CounterEvent::Incremented { by: 1 },
+            );
+            let mut record: RawRecord = codec.encode(&envelope).unwrap().into();
+            record.partition = Some(0);
+            record
+        })
+        .collect();
+    produce(&bootstrap, &codec.events_topic(), records).await;
+
+    let processor = counter_processor(&bootstrap, &prefix, 2)
+        .settings(settings)
+        .start()
+        .await
+        .expect("processor");
+    let gateway = CommandGateway::connect_with_timeout(
+        &KafkaConfig::new(&bootstrap),
+        &prefix,
+        Duration::from_secs(120),
+    )
+    .await
+    .expect("gateway");
+    // The small partition is served while the large one is restored.
+    assert_eq!(increment(&gateway, &small).await.unwrap(), 1);
+    assert!(
+        processor
+            .stats()
+            .restore_events_applied
+            .load(Ordering::Relaxed)
+            < EVENTS,
+        "the small partition waited for the large one's restore"
+    );
+    match gateway
+        .send(Check {
+            id: large.clone(),
+            expected: EVENTS,
+        })
+        .await
+        .expect("check")
+    {
+        CommandOutcome::Accepted { .. } => {}
+        CommandOutcome::Rejected(e) => panic!("{e}"),
+    }
+    let stats = processor.stats();
+    let restore_ms = stats.restore_millis.load(Ordering::Relaxed);
+    assert!(
+        restore_ms > 6_000,
+        "the restores took {restore_ms} ms in all, not longer than the poll interval: raise EVENTS so the test shows something"
+    );
+    assert_eq!(
+        stats.restores.load(Ordering::Relaxed),
+        2,
+        "partitions were restored more than once: the instance left its group"
+    );
+    assert_eq!(increment(&gateway, &large).await.unwrap(), EVENTS + 1);
+    processor.shutdown().await.expect("shutdown");
+}

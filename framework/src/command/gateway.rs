@@ -8,6 +8,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 use tracing::{Instrument, debug, info_span, warn};
@@ -82,8 +83,12 @@ pub enum GatewayError {
         /// The processor's reason.
         reason: String,
     },
-    /// The reply could not be read.
-    #[error("the reply to command {command_id} is unreadable: {reason}")]
+    /// The reply could not be read (a record on the replies topic with this command
+    /// id as its key is not a Tributary reply, or its outcome does not match the
+    /// command's aggregate type).
+    #[error(
+        "the reply to command {command_id} is unreadable: {reason}; the command may have been processed: resend it with the same command id to learn its outcome"
+    )]
     BadReply {
         /// The command id.
         command_id: String,
@@ -125,6 +130,19 @@ pub enum GatewayError {
         replicas: usize,
         /// The topic's `min.insync.replicas`.
         required: usize,
+    },
+    /// The command record is over Kafka's record size limit. It was not sent and
+    /// will never be processed, however often it is sent again.
+    #[error(
+        "command {command_id} was not sent: its record is about {bytes} bytes, over the record size limit of {limit} bytes (the client's message.max.bytes, or the commands topic's max.message.bytes). Make the command smaller, or raise both limits"
+    )]
+    TooLarge {
+        /// The command id.
+        command_id: String,
+        /// The record's size, estimated.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
     },
     /// The processor that owns the command's partition cannot read that partition's
     /// events (an event it cannot decode, e.g. of a newer type or version written by
@@ -172,7 +190,8 @@ pub struct SendOptions {
     pub timeout: Option<Duration>,
 }
 
-type Pending = Mutex<HashMap<String, oneshot::Sender<ReplyWire>>>;
+/// Waiting senders by command id: the reply, or why it could not be read.
+type Pending = Mutex<HashMap<String, oneshot::Sender<Result<ReplyWire, String>>>>;
 
 /// Sends commands to their aggregate's commands topic and awaits the outcome on a
 /// partition of the replies topic. Cheap to clone; use one per process.
@@ -183,6 +202,7 @@ pub struct CommandGateway {
 
 struct Inner {
     kafka: KafkaConfig,
+    max_record_bytes: usize,
     producer: FutureProducer,
     prefix: String,
     reply_partition: i32,
@@ -279,6 +299,7 @@ impl CommandGateway {
         Ok(Self {
             inner: Arc::new(Inner {
                 kafka: kafka.clone(),
+                max_record_bytes: super::topics::client_max_record_bytes(kafka),
                 producer,
                 prefix: prefix.to_owned(),
                 reply_partition,
@@ -357,6 +378,14 @@ impl CommandGateway {
             },
             value,
         );
+        let bytes = record.size_estimate();
+        if bytes > self.inner.max_record_bytes {
+            return Err(GatewayError::TooLarge {
+                command_id,
+                bytes,
+                limit: self.inner.max_record_bytes,
+            });
+        }
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = self
@@ -391,11 +420,26 @@ impl CommandGateway {
                 command_id,
                 waited: started.elapsed(),
             },
+            Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _))) => {
+                // The broker's limit (the commands topic's max.message.bytes) is lower
+                // than the client's.
+                let limit = topic_config(&self.inner.kafka, &topic, "max.message.bytes", diagnosis)
+                    .await
+                    .unwrap_or(self.inner.max_record_bytes);
+                return Err(GatewayError::TooLarge {
+                    command_id,
+                    bytes,
+                    limit,
+                });
+            }
             Ok(Err((source, _))) => GatewayError::Unavailable { command_id, source },
             Ok(Ok(_)) => {
                 let remaining = wait.saturating_sub(started.elapsed());
                 match tokio::time::timeout(remaining, rx).await {
-                    Ok(Ok(reply)) => return outcome::<A<C>>(reply, &aggregate_id),
+                    Ok(Ok(Ok(reply))) => return outcome::<A<C>>(reply, &aggregate_id),
+                    Ok(Ok(Err(reason))) => {
+                        return Err(GatewayError::BadReply { command_id, reason });
+                    }
                     _ => GatewayError::Timeout {
                         command_id,
                         waited: started.elapsed(),
@@ -496,7 +540,7 @@ async fn shortage(
     if leader < 0 {
         return Some(Shortage::NoLeader { topic, partition });
     }
-    let required = min_insync_replicas(kafka, &topic, budget)
+    let required = topic_config(kafka, &topic, "min.insync.replicas", budget)
         .await
         .unwrap_or_else(|| default_min_isr(replicas));
     (in_sync < required).then_some(Shortage::Replicas {
@@ -513,8 +557,13 @@ fn default_min_isr(replicas: usize) -> usize {
     if replicas >= 3 { 2 } else { 1 }
 }
 
-/// The topic's `min.insync.replicas`, if the cluster says.
-async fn min_insync_replicas(kafka: &KafkaConfig, topic: &str, budget: Duration) -> Option<usize> {
+/// A numeric configuration of the topic, if the cluster says within `budget`.
+async fn topic_config(
+    kafka: &KafkaConfig,
+    topic: &str,
+    key: &str,
+    budget: Duration,
+) -> Option<usize> {
     let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
         kafka.client_config().create().ok()?;
     let options = rdkafka::admin::AdminOptions::new().request_timeout(Some(budget));
@@ -524,9 +573,9 @@ async fn min_insync_replicas(kafka: &KafkaConfig, topic: &str, budget: Duration)
         .ok()?;
     let resource = described.into_iter().next()?.ok()?;
     resource
-        .get("min.insync.replicas")
+        .get(key)
         .and_then(|e| e.value.as_deref())
-        .and_then(|v| v.parse().ok())
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Removes a pending entry when `send` returns for any reason (or is cancelled).
@@ -589,23 +638,39 @@ fn outcome<A: Aggregate>(
 }
 
 async fn listen(consumer: StreamConsumer, pending: Arc<Pending>) {
+    let take = |id: &str| {
+        pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id)
+    };
     loop {
         match consumer.recv().await {
             Ok(message) => {
-                let Some(payload) = message.payload() else {
-                    continue;
-                };
+                let payload = message.payload().unwrap_or_default();
                 match serde_json::from_slice::<ReplyWire>(payload) {
                     Ok(reply) => {
-                        let waiter = pending
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .remove(&reply.command_id);
-                        if let Some(waiter) = waiter {
-                            let _ = waiter.send(reply);
+                        if let Some(waiter) = take(&reply.command_id) {
+                            let _ = waiter.send(Ok(reply));
                         }
                     }
-                    Err(error) => debug!(%error, "ignoring an unreadable reply"),
+                    // The key is the command id: tell its sender now rather than let
+                    // it time out.
+                    Err(error) => match message
+                        .key()
+                        .and_then(|k| std::str::from_utf8(k).ok())
+                        .and_then(&take)
+                    {
+                        Some(waiter) => {
+                            warn!(%error, offset = message.offset(), "unreadable reply");
+                            let _ = waiter.send(Err(format!(
+                                "reply at offset {} of partition {} is not a Tributary reply: {error}",
+                                message.offset(),
+                                message.partition()
+                            )));
+                        }
+                        None => debug!(%error, "ignoring an unreadable reply nobody waits for"),
+                    },
                 }
             }
             Err(error) => {

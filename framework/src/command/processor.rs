@@ -153,6 +153,12 @@ pub enum ProcessorError {
         /// Where it had to get to.
         end: i64,
     },
+    /// The partition was revoked while it was being restored.
+    #[error("the restore of partition {partition} was cancelled: the partition was revoked")]
+    RestoreCancelled {
+        /// Events partition.
+        partition: i32,
+    },
     /// The processor thread panicked or could not be joined.
     #[error("the processor thread ended abnormally: {0}")]
     Thread(String),
@@ -220,6 +226,9 @@ pub struct ProcessorStats {
     pub snapshots_discarded: AtomicU64,
     /// Commands answered "unavailable" because their partition is quarantined.
     pub unavailable: AtomicU64,
+    /// Commands that arrived on a partition other than their aggregate id's and
+    /// were forwarded to it.
+    pub forwarded: AtomicU64,
     owned: Mutex<Vec<i32>>,
     quarantined: Mutex<Vec<(i32, String)>>,
 }
@@ -401,27 +410,6 @@ impl<A: Aggregate> CommandProcessor<A> {
             stats: Arc::clone(&stats),
             fault_hook: self.fault_hook,
         });
-        let restore_consumer: BaseConsumer<RestoreContext> = self
-            .kafka
-            .client_config()
-            .set("group.id", format!("{group}.restore"))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("isolation.level", "read_committed")
-            .set("fetch.wait.max.ms", "10")
-            .set("fetch.queue.backoff.ms", "10")
-            .set("fetch.error.backoff.ms", "10")
-            .set("enable.partition.eof", "true")
-            .create_with_context(RestoreContext)
-            .map_err(kafka("create restore consumer"))?;
-        let watermark_consumer: BaseConsumer = self
-            .kafka
-            .client_config()
-            .set("group.id", format!("{group}.restore"))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_uncommitted")
-            .create()
-            .map_err(kafka("create watermark consumer"))?;
         // Replies are notifications of committed outcomes: sent after the commit by
         // one idempotent, non-transactional producer (see `Core::finish`).
         let reply_producer: BaseProducer<ReplyContext> = self
@@ -438,8 +426,9 @@ impl<A: Aggregate> CommandProcessor<A> {
             snapshot_tx,
             written,
             quarantined: HashMap::new(),
-            restore_consumer,
-            watermark_consumer,
+            restoring: HashMap::new(),
+            restore_retries: HashMap::new(),
+            restored: std::sync::mpsc::channel(),
             reply_producer,
             fatal: None,
         }));
@@ -634,16 +623,29 @@ struct Core<A: Aggregate> {
     written: std::sync::mpsc::Receiver<Written>,
     /// Assigned partitions whose events cannot be read, with the reason.
     quarantined: HashMap<i32, String>,
-    restore_consumer: BaseConsumer<RestoreContext>,
-    /// read_uncommitted, for the end of a partition to restore up to. After
-    /// `init_transactions` no transaction of this partition's writer is open, so on
-    /// Kafka this equals the last stable offset; the high watermark also serves
-    /// brokers that report the LSO as 0 while a transaction is open (Tansu).
-    watermark_consumer: BaseConsumer,
+    /// Partitions being restored on their own thread (paused meanwhile), with the
+    /// flag that cancels the restore when the partition is revoked.
+    restoring: HashMap<i32, Arc<AtomicBool>>,
+    /// Paused partitions whose restore failed for a transient reason, with when to
+    /// try again.
+    restore_retries: HashMap<i32, Instant>,
+    /// Finished restores: partition, its cancel flag (which identifies the restore),
+    /// and the restored state.
+    restored: (
+        std::sync::mpsc::Sender<Restored<A>>,
+        std::sync::mpsc::Receiver<Restored<A>>,
+    ),
     /// Sends the replies of committed transactions.
     reply_producer: BaseProducer<ReplyContext>,
     fatal: Option<ProcessorError>,
 }
+
+/// A finished restore: the partition, the flag of the restore that ran, and its result.
+type Restored<A> = (
+    i32,
+    Arc<AtomicBool>,
+    Result<PartitionState<A>, ProcessorError>,
+);
 
 /// Logs replies that could not be delivered: their callers time out and resend with
 /// the same command id, which the processor answers from its seen ids.
@@ -697,24 +699,18 @@ impl<A: Aggregate> ConsumerContext for RebalanceContext<A> {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                // Restores run on their own threads; the partitions stay paused until
+                // theirs is done. The callback returns at once, so however long a
+                // restore takes, this instance keeps polling and stays in the group.
+                if let Err(error) = consumer.pause(tpl) {
+                    warn!(%error, "cannot pause the assigned partitions");
+                }
                 let mut core = lock(&self.core);
-                for p in partitions {
-                    if let Err(error) = core.restore(p) {
-                        if error.is_transient() {
-                            // Retried when the partition's next command arrives.
-                            warn!(%error, partition = p, "restore failed; will retry");
-                        } else if error.is_partition_fault() {
-                            core.quarantine(p, &error);
-                        } else {
-                            error!(%error, partition = p, "restore failed; the processor stops");
-                            core.fatal.get_or_insert(error);
-                            return;
-                        }
-                    }
+                for element in tpl.elements() {
+                    core.begin_restore(element.partition());
                 }
             }
             Rebalance::Revoke(_) => {}
@@ -740,15 +736,36 @@ fn run<A: Aggregate>(
         if let Some(error) = lock(&core).fatal.take() {
             return Err(error);
         }
-        lock(&core).confirm_snapshots();
+        let resume = {
+            let mut c = lock(&core);
+            c.confirm_snapshots();
+            c.finish_restores()
+        };
+        if !resume.is_empty() {
+            let topic = lock(&core).shared.layout.commands.clone();
+            if let Err(error) = consumer.resume(&partition_list(&topic, &resume)) {
+                warn!(%error, "cannot resume restored partitions");
+            }
+        }
         if kill.load(Ordering::SeqCst) {
             warn!("command processor killed");
-            lock(&core).partitions.clear();
+            let mut c = lock(&core);
+            c.partitions.clear();
+            for cancel in c.restoring.values() {
+                cancel.store(true, Ordering::SeqCst);
+            }
             return Ok(());
         }
         if stop.load(Ordering::SeqCst) {
             info!("command processor shutting down");
-            let owned: Vec<i32> = lock(&core).partitions.keys().copied().collect();
+            let owned: Vec<i32> = {
+                let c = lock(&core);
+                c.partitions
+                    .keys()
+                    .chain(c.restoring.keys())
+                    .copied()
+                    .collect()
+            };
             lock(&core).revoke(&owned, true);
             if let Err(error) = lock(&core).reply_producer.flush(Duration::from_secs(5)) {
                 warn!(%error, "replies still queued at shutdown; their callers will resend");
@@ -805,7 +822,7 @@ fn run<A: Aggregate>(
         let mut c = lock(&core);
         let mut ready: Vec<(i32, Vec<OwnedMessage>)> = Vec::new();
         let mut rewind: Vec<(String, i32, i64)> = Vec::new();
-        let mut restore_failed = false;
+        let mut pause: Vec<i32> = Vec::new();
         for (partition, messages) in by_partition {
             if !c.partitions.contains_key(&partition) {
                 if !assigned.contains(&partition) {
@@ -815,20 +832,12 @@ fn run<A: Aggregate>(
                     c.answer_unavailable(partition, &messages);
                     continue;
                 }
-                if let Err(error) = c.restore(partition) {
-                    if error.is_partition_fault() {
-                        c.quarantine(partition, &error);
-                        c.answer_unavailable(partition, &messages);
-                        continue;
-                    }
-                    if !error.is_transient() {
-                        return Err(error);
-                    }
-                    warn!(%error, partition, "restore failed; retrying in 1 s");
-                    rewind.extend(first_offsets(&messages));
-                    restore_failed = true;
-                    continue;
-                }
+                // No state (a failed transaction dropped it): restore it while the
+                // partition waits, paused, with its commands rewound.
+                c.begin_restore(partition);
+                pause.push(partition);
+                rewind.extend(first_offsets(&messages));
+                continue;
             }
             ready.push((partition, messages));
         }
@@ -845,13 +854,24 @@ fn run<A: Aggregate>(
             }
         }
         drop(c);
+        if !pause.is_empty()
+            && let Err(error) = consumer.pause(&partition_list(&commands_topic, &pause))
+        {
+            warn!(%error, "cannot pause partitions being restored");
+        }
         if !rewind.is_empty() {
             seek_back(&consumer, rewind);
         }
-        if restore_failed {
-            std::thread::sleep(Duration::from_secs(1));
-        }
     }
+}
+
+/// A partition list of `partitions` of `topic`.
+fn partition_list(topic: &str, partitions: &[i32]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for &p in partitions {
+        tpl.add_partition(topic, p);
+    }
+    tpl
 }
 
 /// `(topic, partition, offset)` of the first message of each partition.
@@ -887,36 +907,77 @@ fn seek_back<C: ConsumerContext>(
     }
 }
 
-enum BatchFailure {
-    /// The transaction aborted; state was rebuilt; consume the batch again.
-    Retry,
-    /// Another owner fenced this one.
-    Fenced,
+/// Restores one partition on a thread of its own, so that the processor keeps
+/// polling (and stays in the group) however long a restore takes: its own consumers
+/// for the events and outcomes partitions, and a flag that says the partition was
+/// revoked meanwhile.
+struct Restorer<A: Aggregate> {
+    shared: Arc<Shared<A>>,
+    restore_consumer: BaseConsumer<RestoreContext>,
+    /// read_uncommitted, for the end of a partition to restore up to. After
+    /// `init_transactions` no transaction of this partition's writer is open, so on
+    /// Kafka this equals the last stable offset; the high watermark also serves
+    /// brokers that report the LSO as 0 while a transaction is open (Tansu).
+    watermark_consumer: BaseConsumer,
+    cancel: Arc<AtomicBool>,
 }
 
-impl<A: Aggregate> Core<A> {
-    fn transactional_id(&self, partition: i32) -> String {
-        format!("{}.{partition}", self.shared.group)
+impl<A: Aggregate> Restorer<A> {
+    fn new(shared: Arc<Shared<A>>, cancel: Arc<AtomicBool>) -> Result<Self, ProcessorError> {
+        let group = &shared.group;
+        let restore_consumer: BaseConsumer<RestoreContext> = shared
+            .kafka
+            .client_config()
+            .set("group.id", format!("{group}.restore"))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            .set("fetch.wait.max.ms", "10")
+            .set("fetch.queue.backoff.ms", "10")
+            .set("fetch.error.backoff.ms", "10")
+            .set("enable.partition.eof", "true")
+            .create_with_context(RestoreContext)
+            .map_err(kafka("create restore consumer"))?;
+        let watermark_consumer: BaseConsumer = shared
+            .kafka
+            .client_config()
+            .set("group.id", format!("{group}.restore"))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_uncommitted")
+            .create()
+            .map_err(kafka("create watermark consumer"))?;
+        Ok(Self {
+            shared,
+            restore_consumer,
+            watermark_consumer,
+            cancel,
+        })
     }
 
     fn block_on<F: Future>(&self, future: F) -> F::Output {
         self.shared.runtime.block_on(future)
     }
 
+    fn check_cancelled(&self, partition: i32) -> Result<(), ProcessorError> {
+        if self.cancel.load(Ordering::SeqCst) {
+            return Err(ProcessorError::RestoreCancelled { partition });
+        }
+        Ok(())
+    }
+
     /// Takes ownership of `partition`: fences its previous writer, then rebuilds its
     /// aggregates from snapshots and the events after them, and its seen command ids
     /// from the outcomes topic.
-    fn restore(&mut self, partition: i32) -> Result<(), ProcessorError> {
+    fn restore(&self, partition: i32) -> Result<PartitionState<A>, ProcessorError> {
         let span = info_span!("restore", aggregate = A::NAME, partition);
         let _enter = span.enter();
         let started = Instant::now();
         let shared = Arc::clone(&self.shared);
-        self.partitions.remove(&partition);
         let settings = &shared.settings;
         let producer: BaseProducer<DeliveryContext> = shared
             .kafka
             .client_config()
-            .set("transactional.id", self.transactional_id(partition))
+            .set("transactional.id", format!("{}.{partition}", shared.group))
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "1")
@@ -934,7 +995,9 @@ impl<A: Aggregate> Core<A> {
                 failed: AtomicBool::new(false),
             })
             .map_err(kafka("create transactional producer"))?;
-        // Fences the previous owner and completes or aborts its open transaction.
+        // Fences the previous owner and completes or aborts its open transaction;
+        // not if the partition was revoked meanwhile (it would fence the new owner).
+        self.check_cancelled(partition)?;
         let step = Instant::now();
         producer
             .init_transactions(settings.transaction_timeout)
@@ -973,30 +1036,25 @@ impl<A: Aggregate> Core<A> {
             &shared.stats.restore_millis,
             started.elapsed().as_millis() as u64,
         );
-        self.partitions.insert(
-            partition,
-            PartitionState {
-                dirty: aggregates
-                    .iter()
-                    .filter(|(_, s)| s.version > s.confirmed_version)
-                    .map(|(id, _)| id.clone())
-                    .collect(),
-                producer,
-                aggregates,
-                seen,
-                seen_order,
-                events_since_flush: 0,
-                touched: HashSet::new(),
-                replies: Vec::new(),
-            },
-        );
-        lock(&shared.stats.owned).push(partition);
-        Ok(())
+        Ok(PartitionState {
+            dirty: aggregates
+                .iter()
+                .filter(|(_, s)| s.version > s.confirmed_version)
+                .map(|(id, _)| id.clone())
+                .collect(),
+            producer,
+            aggregates,
+            seen,
+            seen_order,
+            events_since_flush: 0,
+            touched: HashSet::new(),
+            replies: Vec::new(),
+        })
     }
 
     #[allow(clippy::type_complexity)]
     fn restore_aggregates(
-        &mut self,
+        &self,
         partition: i32,
         full: bool,
     ) -> Result<(HashMap<String, Slot<A>>, u64, u64), ProcessorError> {
@@ -1114,7 +1172,7 @@ impl<A: Aggregate> Core<A> {
         Ok((aggregates, read, applied))
     }
 
-    fn restore_seen(&mut self, partition: i32) -> Result<SeenWindow, ProcessorError> {
+    fn restore_seen(&self, partition: i32) -> Result<SeenWindow, ProcessorError> {
         let topic = self.shared.layout.outcomes.clone();
         let window = self.shared.settings.dedup_window;
         let since = SystemTime::now()
@@ -1179,6 +1237,9 @@ impl<A: Aggregate> Core<A> {
             if position >= end {
                 break Ok(());
             }
+            if let Err(cancelled) = self.check_cancelled(partition) {
+                break Err(cancelled);
+            }
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(message)) => {
                     position = message.offset() + 1;
@@ -1216,6 +1277,92 @@ impl<A: Aggregate> Core<A> {
         };
         let _ = consumer.unassign();
         result
+    }
+}
+
+enum BatchFailure {
+    /// The transaction aborted; state was rebuilt; consume the batch again.
+    Retry,
+    /// Another owner fenced this one.
+    Fenced,
+}
+
+impl<A: Aggregate> Core<A> {
+    fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.shared.runtime.block_on(future)
+    }
+
+    /// Starts restoring `partition` on a thread of its own (unless it is already
+    /// being restored). The partition must be paused until [`Core::finish_restores`]
+    /// hands it back.
+    fn begin_restore(&mut self, partition: i32) {
+        if self.restoring.contains_key(&partition) {
+            return;
+        }
+        self.partitions.remove(&partition);
+        self.restore_retries.remove(&partition);
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.restoring.insert(partition, Arc::clone(&cancel));
+        let (shared, done) = (Arc::clone(&self.shared), self.restored.0.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("tributary-restore-{partition}"))
+            .spawn(move || {
+                let result = Restorer::new(shared, Arc::clone(&cancel))
+                    .and_then(|restorer| restorer.restore(partition));
+                let _ = done.send((partition, cancel, result));
+            });
+        if let Err(error) = spawned {
+            error!(%error, partition, "cannot start a restore thread; retrying in 1 s");
+            self.restoring.remove(&partition);
+            self.restore_retries
+                .insert(partition, Instant::now() + Duration::from_secs(1));
+        }
+    }
+
+    /// Takes in the finished restores and starts the retries that are due. Returns
+    /// the partitions to resume: restored, or quarantined (their commands are
+    /// answered `unavailable`).
+    fn finish_restores(&mut self) -> Vec<i32> {
+        let mut resume = Vec::new();
+        while let Ok((partition, cancel, result)) = self.restored.1.try_recv() {
+            match self.restoring.get(&partition) {
+                Some(current) if Arc::ptr_eq(current, &cancel) => {
+                    self.restoring.remove(&partition);
+                }
+                _ => continue, // revoked meanwhile, or superseded
+            }
+            match result {
+                Ok(state) => {
+                    self.partitions.insert(partition, state);
+                    lock(&self.shared.stats.owned).push(partition);
+                    resume.push(partition);
+                }
+                Err(error) if error.is_partition_fault() => {
+                    self.quarantine(partition, &error);
+                    resume.push(partition);
+                }
+                Err(error) if error.is_transient() => {
+                    warn!(%error, partition, "restore failed; retrying in 1 s");
+                    self.restore_retries
+                        .insert(partition, Instant::now() + Duration::from_secs(1));
+                }
+                Err(error) => {
+                    error!(%error, partition, "restore failed; the processor stops");
+                    self.fatal.get_or_insert(error);
+                }
+            }
+        }
+        let now = Instant::now();
+        let due: Vec<i32> = self
+            .restore_retries
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for partition in due {
+            self.begin_restore(partition);
+        }
+        resume
     }
 
     /// Applies the snapshot writer's confirmations: an aggregate whose row is
@@ -1355,6 +1502,10 @@ impl<A: Aggregate> Core<A> {
     /// Gives up partitions: snapshots them (if `snapshot`) and drops their state.
     fn revoke(&mut self, partitions: &[i32], snapshot: bool) {
         for &p in partitions {
+            if let Some(cancel) = self.restoring.remove(&p) {
+                cancel.store(true, Ordering::SeqCst);
+            }
+            self.restore_retries.remove(&p);
             if self.quarantined.remove(&p).is_some() {
                 info!(partition = p, "quarantined partition revoked");
             }
@@ -1730,6 +1881,23 @@ fn handle_one<A: Aggregate>(
         outcome = tracing::field::Empty
     );
     let _enter = span.enter();
+
+    // One writer per aggregate rests on every command of an aggregate reaching the
+    // partition its id maps to. A producer with another partitioner (or none: a null
+    // key) can put it elsewhere; applying it here would make this instance a second
+    // writer of that aggregate. Forward it, inside this transaction, to the partition
+    // whose owner writes the aggregate.
+    let home = wire::partition_for(command.aggregate_id.as_bytes(), shared.layout.partitions);
+    if home != partition {
+        warn!(
+            home,
+            "command on the wrong commands partition (the producer does not use Kafka's default partitioner); forwarding it"
+        );
+        Span::current().record("outcome", "forwarded");
+        ProcessorStats::add(&shared.stats.forwarded, 1);
+        forward(shared, part, message, command.aggregate_id, home)?;
+        return Ok(None);
+    }
     ProcessorStats::add(&shared.stats.commands, 1);
 
     let earlier = part.seen.get(command.command_id).cloned().or_else(|| {
@@ -1889,26 +2057,21 @@ fn decide<A: Aggregate>(
         encoded.push(record);
         envelopes.push(envelope);
     }
+    // A record over the size limit would fail the whole transaction, and the batch
+    // would be retried for ever: refuse the command instead, before anything of it
+    // is written. The outcome record carries every event's data, so it can be over
+    // the limit even when each event is not.
+    if let Some(reason) = oversized(&encoded, command.command_id, shared.layout.max_record_bytes) {
+        ProcessorStats::add(&shared.stats.failed, 1);
+        return Ok(OutcomeWire::Failed { reason });
+    }
     for record in &encoded {
-        let headers = record.owned_headers();
-        let mut base = BaseRecord::to(&shared.layout.events)
+        let base = BaseRecord::to(&shared.layout.events)
             .partition(partition)
             .key(record.key.as_slice())
             .payload(record.value.as_slice())
-            .headers(headers);
-        loop {
-            match part.producer.send(base) {
-                Ok(()) => break,
-                Err((
-                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                    back,
-                )) => {
-                    part.producer.poll(Duration::from_millis(10));
-                    base = back;
-                }
-                Err((error, _)) => return Err(error),
-            }
-        }
+            .headers(record.owned_headers());
+        crate::kafka::send_retrying(&part.producer, base)?;
     }
     for envelope in &envelopes {
         slot.state.apply(&envelope.event);
@@ -1926,6 +2089,74 @@ fn decide<A: Aggregate>(
     Ok(OutcomeWire::Accepted {
         version,
         events: wires,
+    })
+}
+
+/// Writes a command record, unchanged but keyed by its aggregate id, to the commands
+/// partition `home`, inside the open transaction.
+fn forward<A: Aggregate>(
+    shared: &Shared<A>,
+    part: &PartitionState<A>,
+    message: &OwnedMessage,
+    aggregate_id: &str,
+    home: i32,
+) -> KafkaResult<()> {
+    use rdkafka::message::Headers;
+    let headers = message
+        .headers()
+        .map_or_else(rdkafka::message::OwnedHeaders::new, |h| {
+            h.iter().fold(
+                rdkafka::message::OwnedHeaders::new_with_capacity(h.count()),
+                |acc, header| acc.insert(header),
+            )
+        });
+    let record = BaseRecord::to(&shared.layout.commands)
+        .partition(home)
+        .key(aggregate_id.as_bytes())
+        .payload(message.payload().unwrap_or_default())
+        .headers(headers);
+    crate::kafka::send_retrying(&part.producer, record)
+}
+
+/// Why a command's records would not fit Kafka's record size limit, if they would
+/// not: an event record over `limit`, or the outcome (which carries every event's
+/// data) over it.
+fn oversized(
+    events: &[crate::codec::EncodedRecord],
+    command_id: &str,
+    limit: usize,
+) -> Option<String> {
+    if let Some((i, size)) = events
+        .iter()
+        .map(crate::codec::EncodedRecord::size_estimate)
+        .enumerate()
+        .find(|(_, size)| *size > limit)
+    {
+        return Some(format!(
+            "event {} of {} would be a {size}-byte record, over Kafka's record size limit of {limit} bytes \
+             (the smallest of the client's message.max.bytes and the topics' max.message.bytes); nothing was written",
+            i + 1,
+            events.len()
+        ));
+    }
+    // The outcome: `{"command_id":…,"outcome":"accepted","version":…,"events":[{"id":…,
+    // "sequence":…,"type":…,"time":…,"data":…}, …]}`, with the outcomes topic's
+    // record framing.
+    const OUTCOME_OVERHEAD: usize = 200;
+    const PER_EVENT_OVERHEAD: usize = 200;
+    let outcome = OUTCOME_OVERHEAD
+        + command_id.len()
+        + events
+            .iter()
+            .map(|e| e.value.len() + e.key.len() + PER_EVENT_OVERHEAD)
+            .sum::<usize>();
+    (outcome > limit).then(|| {
+        format!(
+            "the outcome of its {} events (about {outcome} bytes: it carries every event's data) would be over \
+             Kafka's record size limit of {limit} bytes (the smallest of the client's message.max.bytes and the \
+             topics' max.message.bytes); nothing was written",
+            events.len()
+        )
     })
 }
 
@@ -1954,22 +2185,10 @@ fn send<C: ProducerContext<DeliveryOpaque = ()>>(
             value: Some(id),
         });
     }
-    let mut record = BaseRecord::to(topic)
+    let record = BaseRecord::to(topic)
         .partition(partition)
         .key(key)
         .payload(value)
         .headers(headers);
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((
-                KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                back,
-            )) => {
-                producer.poll(Duration::from_millis(10));
-                record = back;
-            }
-            Err((error, _)) => return Err(error),
-        }
-    }
+    crate::kafka::send_retrying(producer, record)
 }

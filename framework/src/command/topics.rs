@@ -138,6 +138,10 @@ pub struct TopicLayout {
     pub reply_partitions: usize,
     /// Brokers in the cluster.
     pub brokers: usize,
+    /// The largest record the processor can write to the events and outcomes topics:
+    /// the smallest of their `max.message.bytes` and the client's
+    /// `message.max.bytes` (librdkafka's default 1,000,000 when not set).
+    pub max_record_bytes: usize,
 }
 
 /// What the cluster metadata says: partitions per topic, topics with a partition
@@ -306,6 +310,7 @@ pub async fn ensure_topics(
         }
     }
     validate_events_config(config, &events).await?;
+    let max_record_bytes = max_record_bytes(config, &[&events, &outcomes]).await;
     Ok(TopicLayout {
         partitions: expected,
         reply_partitions: count(&replies),
@@ -314,7 +319,47 @@ pub async fn ensure_topics(
         outcomes,
         replies,
         brokers,
+        max_record_bytes,
     })
+}
+
+/// librdkafka's default `message.max.bytes`.
+const CLIENT_MAX_MESSAGE_BYTES: usize = 1_000_000;
+
+/// The client's `message.max.bytes`.
+pub(crate) fn client_max_record_bytes(config: &KafkaConfig) -> usize {
+    config
+        .get("message.max.bytes")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(CLIENT_MAX_MESSAGE_BYTES)
+}
+
+/// The smallest of the client's `message.max.bytes` and the topics'
+/// `max.message.bytes` (the client's alone when the cluster does not say).
+async fn max_record_bytes(config: &KafkaConfig, topics: &[&str]) -> usize {
+    let client = client_max_record_bytes(config);
+    let Ok(admin) = config
+        .client_config()
+        .create::<AdminClient<DefaultClientContext>>()
+    else {
+        return client;
+    };
+    let resources: Vec<ResourceSpecifier<'_>> =
+        topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let Ok(described) = admin.describe_configs(&resources, &options).await else {
+        return client;
+    };
+    described
+        .into_iter()
+        .flatten()
+        .filter_map(|resource| {
+            resource
+                .get("max.message.bytes")
+                .and_then(|e| e.value.as_deref())
+                .and_then(|v| v.trim().parse::<usize>().ok())
+        })
+        .fold(client, usize::min)
 }
 
 async fn validate_events_config(config: &KafkaConfig, events: &str) -> Result<(), TopicError> {
