@@ -1,6 +1,6 @@
 //! The command gateway: send a command, learn its outcome (G3).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -107,6 +107,18 @@ pub enum GatewayError {
     /// The replies topic is missing and cannot be created.
     #[error(transparent)]
     Topics(#[from] TopicError),
+    /// The aggregate's commands topic does not exist yet. The gateway does not
+    /// produce to it, because a produce would make the broker create it with its
+    /// default settings (one partition on Kafka), which the processors then refuse.
+    #[error(
+        "command {command_id} was not sent: topic `{topic}` does not exist yet. The command processors of this aggregate create it when they start: start them (or create the topics with `ensure_topics`), then resend with the same command id"
+    )]
+    NoTopic {
+        /// The command id.
+        command_id: String,
+        /// The missing topic.
+        topic: String,
+    },
     /// A command id was reused while the first send with it is still waiting.
     #[error("command {0} is already waiting for its outcome in this gateway")]
     AlreadyPending(String),
@@ -209,6 +221,8 @@ struct Inner {
     pending: Arc<Pending>,
     timeout: Duration,
     listener: tokio::task::JoinHandle<()>,
+    /// Commands topics seen to exist (see [`GatewayError::NoTopic`]).
+    known_topics: Mutex<HashSet<String>>,
 }
 
 impl Drop for Inner {
@@ -306,6 +320,7 @@ impl CommandGateway {
                 pending,
                 timeout,
                 listener,
+                known_topics: Mutex::default(),
             }),
         })
     }
@@ -404,6 +419,9 @@ impl CommandGateway {
         };
         let topic = wire::commands_topic(&self.inner.prefix, A::<C>::NAME);
         let started = tokio::time::Instant::now();
+        if !self.topic_exists(&topic, timeout).await {
+            return Err(GatewayError::NoTopic { command_id, topic });
+        }
         // A tenth of the timeout (at most 1 s) is kept for finding out why, if the
         // send fails, so that `send` still returns within `timeout`.
         let diagnosis = (timeout / 10).min(Duration::from_secs(1));
@@ -452,6 +470,44 @@ impl CommandGateway {
         let topics = [topic, wire::events_topic(&self.inner.prefix, A::<C>::NAME)];
         let key = aggregate_id.as_str();
         Err(diagnose(&self.inner.kafka, &topics, key, failure, diagnosis).await)
+    }
+}
+
+impl CommandGateway {
+    /// Whether `topic` exists, asked once per topic with a consumer-type client
+    /// (whose metadata requests never create topics). An unanswered request counts
+    /// as existing: the produce then fails or times out with its own error.
+    async fn topic_exists(&self, topic: &str, timeout: Duration) -> bool {
+        let known = |inner: &Inner| {
+            inner
+                .known_topics
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(topic)
+        };
+        if known(&self.inner) {
+            return true;
+        }
+        let config = self.inner.kafka.client_config();
+        let name = topic.to_owned();
+        let budget = (timeout / 2).min(Duration::from_secs(5));
+        let exists = tokio::task::spawn_blocking(move || {
+            let client: rdkafka::consumer::BaseConsumer = config.create().ok()?;
+            let metadata = client.fetch_metadata(Some(&name), budget).ok()?;
+            let topic = metadata.topics().iter().find(|t| t.name() == name)?;
+            Some(topic.error().is_none() && !topic.partitions().is_empty())
+        })
+        .await
+        .ok()
+        .flatten();
+        if exists == Some(true) {
+            self.inner
+                .known_topics
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(topic.to_owned());
+        }
+        exists.unwrap_or(true)
     }
 }
 

@@ -62,6 +62,7 @@ mod error;
 mod lag;
 mod source;
 mod status;
+mod topics;
 mod worker;
 
 use std::future::Future;

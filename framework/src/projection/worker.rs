@@ -33,12 +33,17 @@ use crate::projection::source::{CodecSource, Decoded, Source};
 use crate::projection::status::{
     ProjectionHandle, ProjectionStatus, RebuildProgress, RebuildReport, Shutdown, WorkerState,
 };
+use crate::projection::topics;
 use crate::projection::{HandlerError, Handles, Projection};
 use crate::store::PgStore;
 
 /// How long an idle worker waits for records before it looks at rebalances and
 /// partitions to resynchronize again.
 const IDLE_TICK: Duration = Duration::from_millis(250);
+/// How often a worker whose topics do not all exist looks again.
+const TOPIC_WAIT_POLL: Duration = Duration::from_millis(500);
+/// How often it repeats its warning meanwhile.
+const TOPIC_WAIT_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
 /// `fetch.queue.backoff.ms` of the worker's consumer unless the Kafka settings set
 /// it: see [`ProjectionWorker::consumer_config`].
@@ -395,8 +400,11 @@ impl<P: Projection> ProjectionWorker<P> {
             });
         }
         self.migrate().await?;
-        let consumer = self.create_consumer()?;
         let topics = self.topics();
+        if !self.await_topics(&topics, shutdown).await {
+            return Ok(());
+        }
+        let consumer = self.create_consumer()?;
         let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topic_refs)
@@ -420,6 +428,35 @@ impl<P: Projection> ProjectionWorker<P> {
             "projection worker stopped"
         );
         result
+    }
+
+    /// Waits until every topic of the worker exists (see `projection::topics`),
+    /// reporting what it waits for in the status. False on shutdown.
+    async fn await_topics(&self, topics: &[String], shutdown: &mut Shutdown) -> bool {
+        let mut logged: Option<Instant> = None;
+        loop {
+            let message =
+                match topics::missing_topics(self.kafka.client_config(), topics.to_vec()).await {
+                    Ok(missing) if missing.is_empty() => {
+                        if logged.is_some() {
+                            tracing::info!(projection = P::NAME, "every topic exists now");
+                            self.status.send_modify(|s| s.last_error = None);
+                        }
+                        return true;
+                    }
+                    Ok(missing) => topics::waiting_message(&missing),
+                    Err(error) => format!("cannot read the topics' metadata ({error}); retrying"),
+                };
+            if logged.is_none_or(|at| at.elapsed() >= TOPIC_WAIT_LOG_INTERVAL) {
+                tracing::warn!(projection = P::NAME, "{message}");
+                logged = Some(Instant::now());
+            }
+            self.status.send_modify(|s| s.last_error = Some(message));
+            tokio::select! {
+                () = shutdown.wait() => return false,
+                () = tokio::time::sleep(TOPIC_WAIT_POLL) => {}
+            }
+        }
     }
 
     /// Rebuilds the read model: runs `reset` and deletes the projection's checkpoints
