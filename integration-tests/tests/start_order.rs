@@ -59,7 +59,7 @@ async fn a_worker_started_before_its_topic_consumes_once_the_topic_exists() {
     // The processors create the topic a moment later and write events.
     create_topic(&bootstrap, &topic, 3).await;
     let created = Instant::now();
-    let records: Vec<RawRecord> = (1..=30)
+    let records: Vec<RawRecord> = (1..=30u64)
         .map(|i| {
             let envelope = EventEnvelope::new(
                 format!("acc-{}", i % 3),
