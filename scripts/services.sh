@@ -455,16 +455,28 @@ write_node_config() {
   done
   local min_isr=1
   ((n >= 3)) && min_isr=2
+  # The single node also listens on PROXIED (port +100) and advertises port +200
+  # there, so a test's TCP proxy on that port sits between its clients and the
+  # broker and can cut the network (integration-tests/src/proxy.rs).
+  local listeners advertised protocols
+  listeners="PLAINTEXT://${KAFKA_HOST}:$(node_port "$i"),CONTROLLER://${KAFKA_HOST}:$(controller_port "$i")"
+  advertised="PLAINTEXT://${KAFKA_HOST}:$(node_port "$i")"
+  protocols="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+  if ((n == 1)); then
+    listeners+=",PROXIED://${KAFKA_HOST}:$(($(node_port "$i") + 100))"
+    advertised+=",PROXIED://${KAFKA_HOST}:$(($(node_port "$i") + 200))"
+    protocols+=",PROXIED:PLAINTEXT"
+  fi
   cat >"${dir}/server.properties.new" <<PROPS
 # Written by scripts/services.sh: Apache Kafka ${KAFKA_VERSION}, KRaft, node ${i} of ${n}.
 process.roles=broker,controller
 node.id=${i}
 controller.quorum.voters=${voters}
-listeners=PLAINTEXT://${KAFKA_HOST}:$(node_port "$i"),CONTROLLER://${KAFKA_HOST}:$(controller_port "$i")
-advertised.listeners=PLAINTEXT://${KAFKA_HOST}:$(node_port "$i")
+listeners=${listeners}
+advertised.listeners=${advertised}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=${protocols}
 log.dirs=${dir}/data
 # Internal topics as durable as the cluster allows.
 offsets.topic.replication.factor=${n}
@@ -549,7 +561,13 @@ start_node() {
   if pid="$(node_pid "$n" "$i")"; then
     # A paused node would never answer.
     kill -CONT "$pid" 2>/dev/null || true
-    return 0
+    if cmp -s "${dir}/server.properties" "${dir}/server.properties.started"; then
+      return 0
+    fi
+    # Started by an older version of this script: restart with the new settings
+    # (the data stays).
+    log "Kafka: the settings of node ${i}/${n} changed; restarting it"
+    stop_node "$n" "$i"
   fi
   if port_open "$KAFKA_HOST" "$port" || port_open "$KAFKA_HOST" "$(controller_port "$i")"; then
     die "${KAFKA_HOST}:${port} or its controller port $(controller_port "$i") is in use by a process this script did not start; free it or set KAFKA_BOOTSTRAP_SERVERS"
@@ -573,6 +591,7 @@ start_node() {
       kafka.Kafka "${dir}/server.properties" </dev/null >>"${dir}/stdout.log" 2>&1
   ) &
   echo "$!" >"${dir}/pid"
+  cp -f "${dir}/server.properties" "${dir}/server.properties.started"
 }
 
 # Waits until every node of an n-node cluster answers and the metadata lists n brokers.

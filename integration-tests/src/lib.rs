@@ -7,6 +7,7 @@
 
 pub mod node;
 pub mod projection_support;
+pub mod proxy;
 pub mod raw_log;
 
 use std::time::Duration;

@@ -273,6 +273,8 @@ pub enum FaultPoint {
     BeforeOffsets,
     /// The offsets are part of the transaction; `commit_transaction` comes next.
     BeforeCommit,
+    /// The transaction committed; its replies are not sent yet.
+    AfterCommit,
 }
 /// Seen command ids with their reply bytes, and their order for expiry.
 type SeenWindow = (
@@ -1628,6 +1630,9 @@ impl<A: Aggregate> Core<A> {
         match result {
             Ok(new_seen) => {
                 ProcessorStats::add(&shared.stats.transactions, 1);
+                if let Some(hook) = &shared.fault_hook {
+                    hook(FaultPoint::AfterCommit, partition);
+                }
                 // Only now, with the outcomes committed, do the callers hear of them.
                 for r in part.replies.drain(..) {
                     if let Err(error) = send(

@@ -5,7 +5,8 @@
 //! optional:
 //! - `TRIBUTARY_PAUSE_FILE`: at the first batch's fault point `TRIBUTARY_PAUSE_AT`
 //!   (`before_transaction`, the default; `before_offsets`: events produced and in the
-//!   log, transaction open; `before_commit`), the node prints `paused` and waits until
+//!   log, transaction open; `before_commit`; `after_commit`: committed, replies
+//!   not sent), the node prints `paused` and waits until
 //!   that file exists;
 //! - `TRIBUTARY_TRANSACTION_TIMEOUT_MS`: the processor's transaction timeout.
 //!
@@ -39,6 +40,7 @@ async fn main() {
             Err(_) | Ok("before_transaction") => FaultPoint::BeforeTransaction,
             Ok("before_offsets") => FaultPoint::BeforeOffsets,
             Ok("before_commit") => FaultPoint::BeforeCommit,
+            Ok("after_commit") => FaultPoint::AfterCommit,
             Ok(other) => panic!("unknown TRIBUTARY_PAUSE_AT {other}"),
         };
         let paused = AtomicBool::new(false);
