@@ -1,16 +1,19 @@
 //! Projection workers under faults: transient Postgres errors are retried like an
 //! outage and never parked; a panicking handler is a failing event, not the death of
-//! the worker (G4, G5).
+//! the worker (G4, G5); a rebuild pauses the live workers of its projection instead
+//! of racing a second full replay against them, and can be cancelled.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
-use tributary::projection::ProjectionWorker;
+use std::sync::atomic::Ordering;
+
+use tributary::projection::{ProjectionError, ProjectionWorker};
 use tributary::{EventCodec, EventEnvelope};
 use tributary_integration_tests::projection_support::{
-    AccountEvent, RawRecord, Totals, kafka_config, produce, read_totals, test_config, test_store,
-    wait_caught_up,
+    AccountEvent, RawRecord, Totals, expected_totals, kafka_config, produce, read_log, read_totals,
+    test_config, test_store, wait_caught_up, wait_until,
 };
 use tributary_integration_tests::{create_topic, kafka_bootstrap, unique_prefix};
 
@@ -101,4 +104,107 @@ async fn a_panicking_handler_fails_its_event_not_the_worker() {
     assert_eq!(read.get("ok2"), Some(&(3, 30)));
     assert_eq!(read.get("always"), None);
     handle.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuild_pauses_the_live_workers_and_can_be_cancelled() {
+    let bootstrap = kafka_bootstrap();
+    let prefix = unique_prefix("fault-rebuild");
+    let codec = EventCodec::<AccountEvent>::new(&prefix).unwrap();
+    let topic = codec.events_topic();
+    create_topic(&bootstrap, &topic, 1).await;
+    let store = test_store(&prefix).await;
+    // 300 deposits, with one event of account `gate` in the middle: the rebuild's
+    // handler stops there while the gate is armed.
+    let mut records = deposits(&codec, &["a", "b", "c"], 50);
+    records.extend(deposits(&codec, &["gate"], 1));
+    records.extend(deposits(&codec, &["d", "e", "f"], 50));
+    produce(&bootstrap, &topic, records).await;
+
+    let live = Totals::default();
+    let worker = ProjectionWorker::new(live.clone(), store.clone(), kafka_config(&bootstrap))
+        .subscribe(codec.clone())
+        .with_config(test_config());
+    let handle = worker.clone().spawn();
+    wait_caught_up(&store, &bootstrap, &topic, Duration::from_secs(60)).await;
+
+    // A rebuild (its own worker value, as an admin tool would run it) stops at the
+    // gate, then is cancelled.
+    let rebuilder_totals = Totals::default();
+    rebuilder_totals.gate.armed.store(true, Ordering::SeqCst);
+    let rebuilder = ProjectionWorker::new(
+        rebuilder_totals.clone(),
+        store.clone(),
+        kafka_config(&bootstrap),
+    )
+    .subscribe(codec.clone())
+    .with_config(test_config());
+    let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
+    let rebuild = tokio::spawn({
+        let rebuilder = rebuilder.clone();
+        async move {
+            rebuilder
+                .rebuild_until(async move {
+                    let _ = cancelled.await;
+                })
+                .await
+        }
+    });
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        rebuilder_totals.gate.entered.notified(),
+    )
+    .await
+    .expect("the rebuild reached the gate");
+
+    // New events arrive during the rebuild. The live worker must neither apply them
+    // nor replay from the reset checkpoints: it waits.
+    let calls_before = live.calls.load(Ordering::SeqCst);
+    produce(&bootstrap, &topic, deposits(&codec, &["late"], 20)).await;
+    wait_until(
+        Duration::from_secs(10),
+        "the live worker to report the rebuild",
+        || {
+            let status = worker.status();
+            async move {
+                status
+                    .last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("rebuild"))
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        live.calls.load(Ordering::SeqCst),
+        calls_before,
+        "the live worker applied events during the rebuild"
+    );
+
+    // Cancel: the batch at the gate finishes, the rebuild stops part-way.
+    cancel.send(()).unwrap();
+    rebuilder_totals.gate.release.notify_one();
+    match rebuild.await.unwrap() {
+        Err(ProjectionError::RebuildCancelled { events, .. }) => assert!(events < 321),
+        other => panic!("expected RebuildCancelled, got {other:?}"),
+    }
+    // The live worker goes on from the rebuild's checkpoints to the end: the read
+    // model equals the log, each event applied once.
+    wait_caught_up(&store, &bootstrap, &topic, Duration::from_secs(60)).await;
+    let log = read_log(&bootstrap, &topic).await;
+    assert_eq!(read_totals(&store).await, expected_totals(&log));
+    let applied_live = live.calls.load(Ordering::SeqCst) - calls_before;
+    assert!(
+        applied_live < 300,
+        "the live worker replayed from the start ({applied_live} handler calls)"
+    );
+
+    // An uncancelled rebuild ends at the high-water marks with the same result.
+    rebuilder_totals.gate.armed.store(false, Ordering::SeqCst);
+    let report = rebuilder.rebuild().await.expect("rebuild");
+    assert_eq!(report.events, 321);
+    wait_caught_up(&store, &bootstrap, &topic, Duration::from_secs(60)).await;
+    assert_eq!(read_totals(&store).await, expected_totals(&log));
+    handle.abort();
 }

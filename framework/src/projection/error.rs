@@ -120,6 +120,18 @@ pub enum ProjectionError {
     /// poison record.
     #[error("projection `{}` halted at poison record {}; fix the cause (or the handler) and restart the worker, replay it, or run with PoisonPolicy::Park", .0.projection, .0)]
     Halted(Box<PoisonReport>),
+    /// The rebuild was cancelled before it reached the high-water marks. The read
+    /// model is consistent up to the rebuild's checkpoints: live workers (or the
+    /// next rebuild) go on from there.
+    #[error(
+        "the rebuild of projection `{projection}` was cancelled after {events} events; the read model is consistent up to its checkpoints, and the live workers go on from there (or rebuild again)"
+    )]
+    RebuildCancelled {
+        /// The projection.
+        projection: &'static str,
+        /// Events applied before the cancel.
+        events: u64,
+    },
     /// No subscription reads the topics the projection needs.
     #[error(
         "projection `{projection}` has no subscriptions; call `ProjectionWorker::subscribe` with the codec of each events topic it reads"

@@ -44,6 +44,8 @@ const IDLE_TICK: Duration = Duration::from_millis(250);
 const TOPIC_WAIT_POLL: Duration = Duration::from_millis(500);
 /// How often it repeats its warning meanwhile.
 const TOPIC_WAIT_LOG_INTERVAL: Duration = Duration::from_secs(30);
+/// How often a live worker looks again whether a rebuild of its projection ended.
+const REBUILD_POLL: Duration = Duration::from_secs(1);
 
 /// `fetch.queue.backoff.ms` of the worker's consumer unless the Kafka settings set
 /// it: see [`ProjectionWorker::consumer_config`].
@@ -104,6 +106,8 @@ enum Mode {
 enum Failure {
     /// Another worker moved the checkpoint: this one lost the partition.
     Conflict,
+    /// A rebuild of the projection is running: live workers wait for it.
+    Rebuilding,
     /// Postgres (or a handler's connection) is unavailable.
     Infra(ProjectionError),
     /// Poison record under `PoisonPolicy::Halt`.
@@ -118,6 +122,7 @@ enum TryError {
         error: HandlerError,
     },
     Conflict,
+    Rebuilding,
     Infra(ProjectionError),
 }
 
@@ -138,6 +143,9 @@ struct Part {
     ready: bool,
     /// The consumer reported the end of the partition and no record came since.
     at_end: bool,
+    /// Applied by a live (group) worker, which yields to a running rebuild; `false`
+    /// for the rebuild's own partitions.
+    live: bool,
 }
 
 /// Whether a handler's error says the database is unavailable or the transaction
@@ -472,6 +480,48 @@ impl<P: Projection> ProjectionWorker<P> {
     /// on the checkpoint it started from, so the effect stays exactly-once), but
     /// stopping them during a rebuild saves work.
     pub async fn rebuild(&self) -> Result<RebuildReport, ProjectionError> {
+        self.rebuild_until(std::future::pending()).await
+    }
+
+    /// [`ProjectionWorker::rebuild`], cancelled when `cancel` completes: the batch
+    /// being applied finishes, then the rebuild returns
+    /// [`ProjectionError::RebuildCancelled`]. The read model is then consistent up
+    /// to the rebuild's checkpoints, and the live workers go on from there.
+    ///
+    /// While a rebuild runs it holds a Postgres advisory lock (session-level, so a
+    /// crashed rebuild releases it with its connection). Live workers of the
+    /// projection check it in every batch transaction and wait while it is held
+    /// (status `last_error` says so), instead of replaying from the reset
+    /// checkpoints alongside the rebuild. A second rebuild of the same projection
+    /// waits for the first.
+    pub async fn rebuild_until(
+        &self,
+        cancel: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<RebuildReport, ProjectionError> {
+        if self.sources.is_empty() {
+            return Err(ProjectionError::NoSubscriptions {
+                projection: P::NAME,
+            });
+        }
+        let options = self.store.pool().connect_options();
+        let mut lock = PgConnection::connect_with(&options)
+            .await
+            .map_err(Self::db("connect for the rebuild lock"))?;
+        sqlx::query("SELECT pg_advisory_lock(hashtext('tributary_rebuild.' || $1))")
+            .bind(P::NAME)
+            .execute(&mut lock)
+            .await
+            .map_err(Self::db("take the rebuild lock"))?;
+        let result = self.rebuild_locked(Shutdown::new(cancel)).await;
+        let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext('tributary_rebuild.' || $1))")
+            .bind(P::NAME)
+            .execute(&mut lock)
+            .await;
+        let _ = lock.close().await;
+        result
+    }
+
+    async fn rebuild_locked(&self, mut cancel: Shutdown) -> Result<RebuildReport, ProjectionError> {
         if self.sources.is_empty() {
             return Err(ProjectionError::NoSubscriptions {
                 projection: P::NAME,
@@ -540,6 +590,7 @@ impl<P: Projection> ProjectionWorker<P> {
                 position: 0,
                 ready: true,
                 at_end: false,
+                live: false,
             });
         }
         consumer
@@ -567,14 +618,24 @@ impl<P: Projection> ProjectionWorker<P> {
             eof: Vec::new(),
             group: false,
         };
-        let mut never = Shutdown::new(std::future::pending());
-        let result = runner.run(&mut never, Some(&mut tracker)).await;
+        let result = runner.run(&mut cancel, Some(&mut tracker)).await;
         let progress = tracker.progress(&runner.parts, self.events_done(&tracker));
         self.status.send_modify(|s| {
             s.state = WorkerState::Stopped;
             s.rebuild = Some(progress.clone());
         });
         result?;
+        if cancel.fired() && progress.done < total {
+            tracing::warn!(
+                projection = P::NAME,
+                events = progress.events,
+                "rebuild cancelled"
+            );
+            return Err(ProjectionError::RebuildCancelled {
+                projection: P::NAME,
+                events: progress.events,
+            });
+        }
         let elapsed = started.elapsed();
         let report = RebuildReport {
             events: progress.events,
@@ -760,6 +821,20 @@ impl<P: Projection> ProjectionWorker<P> {
                     }
                     false
                 }
+                Err(Failure::Rebuilding) => {
+                    tracing::debug!(projection = P::NAME, topic = %part.topic, partition = part.partition, "a rebuild of this projection is running: waiting for it");
+                    self.status.send_modify(|s| {
+                        s.last_error = Some(format!(
+                            "paused: a rebuild of projection `{}` is running; this worker goes on from the rebuilt checkpoints when it ends",
+                            P::NAME
+                        ));
+                    });
+                    tokio::select! {
+                        () = shutdown.wait() => {}
+                        () = tokio::time::sleep(REBUILD_POLL) => {}
+                    }
+                    false
+                }
                 Err(Failure::Halted(_) | Failure::Shutdown) => true,
             };
             outcomes.push((part, result));
@@ -842,6 +917,7 @@ impl<P: Projection> ProjectionWorker<P> {
                 // Commit the events before the failing one, then deal with it.
                 Err(TryError::Handler { index: Some(i), .. }) => end = start + i,
                 Err(TryError::Conflict) => return Err(Failure::Conflict),
+                Err(TryError::Rebuilding) => return Err(Failure::Rebuilding),
                 Err(TryError::Infra(error)) => return Err(Failure::Infra(error)),
             }
         }
@@ -884,6 +960,14 @@ impl<P: Projection> ProjectionWorker<P> {
         };
         async {
             let mut tx = self.store.pool().begin().await.map_err(infra("begin batch"))?;
+            if part.live
+                && rebuild_running(&mut *tx, P::NAME)
+                    .await
+                    .map_err(infra("check for a rebuild"))?
+            {
+                let _ = tx.rollback().await;
+                return Err(TryError::Rebuilding);
+            }
             match mode {
                 Mode::Batched => {
                     let events = items.iter().map(|(_, d)| *d).collect();
@@ -957,6 +1041,7 @@ impl<P: Projection> ProjectionWorker<P> {
                 Ok(()) => return Ok(()),
                 Err(TryError::Handler { error, .. }) => last_error = error.to_string(),
                 Err(TryError::Conflict) => return Err(Failure::Conflict),
+                Err(TryError::Rebuilding) => return Err(Failure::Rebuilding),
                 Err(TryError::Infra(error)) => return Err(Failure::Infra(error)),
             }
         }
@@ -1009,6 +1094,14 @@ impl<P: Projection> ProjectionWorker<P> {
             .begin()
             .await
             .map_err(infra("begin park"))?;
+        if part.live
+            && rebuild_running(&mut *tx, P::NAME)
+                .await
+                .map_err(infra("check for a rebuild"))?
+        {
+            let _ = tx.rollback().await;
+            return Err(Failure::Rebuilding);
+        }
         dead_letter::park(&mut tx, &report, message)
             .await
             .map_err(infra("insert dead letter"))?;
@@ -1032,6 +1125,20 @@ impl<P: Projection> ProjectionWorker<P> {
         self.status.send_modify(|s| s.parked += 1);
         Ok(())
     }
+}
+
+/// Whether a rebuild of `projection` holds its lock, asked inside a live worker's
+/// batch transaction. A rebuild that crashed released it with its connection.
+async fn rebuild_running<'e>(
+    conn: impl sqlx::PgExecutor<'e>,
+    projection: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT NOT pg_try_advisory_xact_lock_shared(hashtext('tributary_rebuild.' || $1))",
+    )
+    .bind(projection)
+    .fetch_one(conn)
+    .await
 }
 
 async fn lock_projection(conn: &mut PgConnection, projection: &str) -> Result<(), sqlx::Error> {
@@ -1219,7 +1326,10 @@ impl<P: Projection> Runner<'_, P> {
             for (applied, result) in outcomes {
                 if let Some(part) = self.parts.iter_mut().find(|p| p.id == applied.id) {
                     part.checkpoint = applied.checkpoint;
-                    if matches!(result, Err(Failure::Conflict | Failure::Infra(_))) {
+                    if matches!(
+                        result,
+                        Err(Failure::Conflict | Failure::Rebuilding | Failure::Infra(_))
+                    ) {
                         // Re-read the checkpoint before going on (`resync`).
                         part.ready = false;
                         let _ = self
@@ -1283,6 +1393,7 @@ impl<P: Projection> Runner<'_, P> {
                             position: checkpoint.unwrap_or(0),
                             ready,
                             at_end: false,
+                            live: true,
                         });
                     }
                 }
@@ -1310,6 +1421,18 @@ impl<P: Projection> Runner<'_, P> {
     /// seeks there and resumes them.
     async fn resync(&mut self) {
         for part in self.parts.iter_mut().filter(|p| !p.ready) {
+            // While a rebuild runs, its checkpoints are not final: resuming from
+            // them would replay alongside it. Stay paused until it ends.
+            if part.live {
+                match rebuild_running(self.worker.store.pool(), P::NAME).await {
+                    Ok(false) => {}
+                    Ok(true) => continue,
+                    Err(error) => {
+                        tracing::warn!(projection = P::NAME, error = %error, "cannot check for a rebuild; will retry");
+                        continue;
+                    }
+                }
+            }
             let checkpoint = match checkpoint::load(
                 self.worker.store.pool(),
                 P::NAME,
