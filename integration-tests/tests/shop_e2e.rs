@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use example_shop::api::{ApiState, router};
-use example_shop::app::{Role, Running, ShopConfig};
+use example_shop::app::{Component, Role, Running, ShopConfig};
 use example_shop::inventory::InventoryEvent;
 use example_shop::load::{self, LoadPlan, Settled};
 use example_shop::order::OrderEvent;
@@ -45,7 +45,7 @@ async fn a_thousand_orders_keep_every_invariant() {
     let running = config.start(&Role::ALL, &store).await.unwrap();
     let (plan, settled) = run_load(&config, &store, &prefix, None).await;
     if !settled.settled {
-        diagnose(&running);
+        diagnose(&running).await;
     }
     check(&plan, &settled, &prefix);
     running.shutdown().await.unwrap();
@@ -56,7 +56,7 @@ async fn killing_processors_and_workers_midway_changes_nothing() {
     let prefix = unique_prefix("shopkill");
     let store = pg_store(&prefix).await;
     let config = config(&prefix, &store);
-    let mut running = config.start(&Role::ALL, &store).await.unwrap();
+    let running = config.start(&Role::ALL, &store).await.unwrap();
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let killer = async {
@@ -64,20 +64,17 @@ async fn killing_processors_and_workers_midway_changes_nothing() {
         // die without any hand-over and are restarted; after two thirds, the
         // inventory processor and the order-summaries worker.
         while let Some(round) = rx.recv().await {
-            if round == 1 {
-                running.order_processor.take().unwrap().kill().await;
-                running.workers[3].abort();
-                println!("killed the order processor and the fulfilment worker");
-                running.order_processor = Some(config.start_order_processor(&store).await.unwrap());
-                let gateway = config.gateway().await.unwrap();
-                running.workers[3] = config.fulfilment(&store, gateway).unwrap().spawn();
+            let killed = if round == 1 {
+                [Component::OrderProcessor, Component::Fulfilment]
             } else {
-                running.inventory_processor.take().unwrap().kill().await;
-                running.workers[0].abort();
-                println!("killed the inventory processor and the order-summaries worker");
-                running.inventory_processor =
-                    Some(config.start_inventory_processor(&store).await.unwrap());
-                running.workers[0] = config.order_summaries(&store).unwrap().spawn();
+                [Component::InventoryProcessor, Component::OrderSummaries]
+            };
+            for component in killed {
+                assert!(running.kill(component).await, "{component} was not running");
+            }
+            println!("killed {killed:?}");
+            for component in killed {
+                running.restart(component).await.unwrap();
             }
         }
     };
@@ -91,29 +88,16 @@ async fn killing_processors_and_workers_midway_changes_nothing() {
     let ((plan, settled), ()) =
         tokio::join!(run_load(&config, &store, &prefix, Some(on_placed)), killer);
     if !settled.settled {
-        diagnose(&running);
+        diagnose(&running).await;
     }
     check(&plan, &settled, &prefix);
     running.shutdown().await.unwrap();
 }
 
 /// What each part was doing, for a run that did not settle.
-fn diagnose(running: &Running) {
-    for (name, p) in [
-        ("order processor", &running.order_processor),
-        ("inventory processor", &running.inventory_processor),
-    ] {
-        if let Some(p) = p {
-            println!(
-                "{name}: finished {} partitions {:?} stats {:?}",
-                p.is_finished(),
-                p.stats().owned_partitions(),
-                p.stats()
-            );
-        }
-    }
-    for w in &running.workers {
-        println!("worker: finished {} {:?}", w.is_finished(), w.status());
+async fn diagnose(running: &Running) {
+    for component in running.health().await {
+        println!("{component:?}");
     }
 }
 

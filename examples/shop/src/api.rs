@@ -1,24 +1,44 @@
 //! The HTTP API (axum, JSON). Commands go through the [`CommandGateway`]; queries
 //! read the Postgres read models.
 //!
-//! | method and path | what |
-//! |---|---|
-//! | `POST /orders` | place an order `{order_id?, customer, lines: [{sku, quantity, price_cents}]}` → 202 |
-//! | `POST /orders/{id}/cancel` | cancel `{reason?}` |
-//! | `POST /orders/{id}/pay`, `POST /orders/{id}/ship` | mark a confirmed order paid, a paid one shipped |
-//! | `GET /orders/{id}` | the order's summary |
-//! | `GET /orders?customer=&status=&limit=` | list summaries, newest first |
-//! | `POST /stock/{sku}/restock` | add stock `{quantity}` |
-//! | `GET /stock`, `GET /stock/{sku}` | stock levels |
-//! | `GET /customers/{customer}/notifications` | the customer's notifications |
-//! | `GET /health` | 200 when Postgres is reachable and no processor of this process has a quarantined partition (one whose events it cannot read), 503 with the details otherwise |
+//! | method and path | what | `Idempotency-Key` |
+//! |---|---|---|
+//! | `POST /orders` | place an order `{order_id?, customer, lines: [{sku, quantity, price_cents}]}` → 202 | optional; without `order_id` the key decides the order id |
+//! | `POST /orders/{id}/cancel` | cancel `{reason?}` | optional |
+//! | `POST /orders/{id}/pay`, `POST /orders/{id}/ship` | mark a confirmed order paid, a paid one shipped | optional |
+//! | `GET /orders/{id}` | the order's summary | |
+//! | `GET /orders?customer=&status=&limit=` | list summaries, newest first | |
+//! | `POST /stock/{sku}/restock` | add stock `{quantity}` | optional |
+//! | `GET /stock`, `GET /stock/{sku}` | stock levels | |
+//! | `GET /customers/{customer}/notifications` | the customer's notifications | |
+//! | `GET /health` | 200 when Postgres answers and every component of this process (each command processor, each projection worker) runs and can read all its partitions; 503 naming what is wrong otherwise. Lists the components, each projection's lag | |
+//!
+//! **Retries.** Every mutating request takes an `Idempotency-Key` header (1–255
+//! printable ASCII characters, chosen by the client, e.g. a UUID; the quoted form
+//! `"…"` of the IETF draft is accepted too). The key becomes the command id, a
+//! UUIDv5 of the endpoint, its target (the SKU or order id) and the key
+//! ([`keyed_command_id`]), so resending a request with the same key — after a
+//! timeout, a 503, a dropped connection — returns the first request's answer and
+//! has its effect once, whichever API process receives it. A key is bound to the
+//! first outcome, a rejection included (send a new key to try again after a 409),
+//! for as long as the processors remember command ids (24 h by default); reusing a
+//! key with a different body is refused with 422 when the first outcome shows it
+//! (a different restock quantity, cancel reason or order), and a retry that arrives
+//! while the first request with the key is still waiting gets 409.
+//!
+//! Without a key the API keeps working, but a request is a new command each time:
+//! a retried restock adds its quantity again, and a retried cancel, pay or ship
+//! that had succeeded answers 409. `POST /orders` is idempotent per `order_id`
+//! with or without a key (its command id is derived from the order id); without
+//! either, every request places a new order under a new id.
 //!
 //! Every error is `{"error": "..."}` with a 4xx/5xx status; a request that fails
 //! validation changes nothing.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -26,17 +46,17 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use std::sync::Arc;
+use std::time::Duration;
 
-use tributary::command::{
-    CommandGateway, CommandOutcome, GatewayError, ProcessorStats, SendOptions,
-};
-use tributary::{Command, Handle};
+use tributary::command::{CommandGateway, CommandOutcome, GatewayError, SendOptions};
+use tributary::{Command, EventEnvelope, Handle};
 use uuid::Uuid;
 
-use crate::inventory::{InventoryError, Restock};
+use crate::app::{ComponentHealth, Role, Running};
+use crate::inventory::{InventoryError, InventoryEvent, Restock, VerifySku};
 use crate::order::{
-    CancelOrder, Line, MarkPaid, MarkShipped, Order, OrderError, PlaceOrder, validate_lines,
+    CancelOrder, Line, MarkPaid, MarkShipped, Order, OrderError, OrderEvent, PlaceOrder,
+    validate_lines,
 };
 
 /// Largest request body accepted (413 beyond).
@@ -44,12 +64,23 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Largest unit price accepted, in cents.
 pub const MAX_PRICE_CENTS: u64 = 100_000_000;
 
+/// The header that makes a mutating request safe to retry (see the module
+/// documentation).
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Longest `Idempotency-Key` accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+/// Namespace of the command ids and order ids derived from idempotency keys
+/// (UUIDv5). Changing it would make retries across a deployment act twice.
+pub const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0xb259_49c0_987c_40bd_bd51_620d_1ed2_f40b);
+/// How long `/health` waits for Postgres.
+const HEALTH_DB_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct ApiState {
     gateway: CommandGateway,
     pool: PgPool,
-    processors: Vec<(&'static str, Arc<ProcessorStats>)>,
+    running: Option<Running>,
 }
 
 impl ApiState {
@@ -58,14 +89,16 @@ impl ApiState {
         Self {
             gateway,
             pool,
-            processors: Vec::new(),
+            running: None,
         }
     }
 
-    /// Reports the command processors running in this process in `/health`.
+    /// Reports the components running in this process (its command processors
+    /// and projection workers) in `/health`, which answers 503 when one of them
+    /// is dead.
     #[must_use]
-    pub fn with_processors(mut self, running: &crate::app::Running) -> Self {
-        self.processors = running.processor_stats();
+    pub fn with_roles(mut self, running: &Running) -> Self {
+        self.running = Some(running.clone());
         self
     }
 }
@@ -92,6 +125,20 @@ pub fn router(state: ApiState) -> Router {
 pub struct ApiError(StatusCode, String);
 
 impl ApiError {
+    /// The status.
+    pub fn status(&self) -> StatusCode {
+        self.0
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.1
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self(StatusCode::BAD_REQUEST, message.into())
+    }
+
     fn unprocessable(message: impl Into<String>) -> Self {
         Self(StatusCode::UNPROCESSABLE_ENTITY, message.into())
     }
@@ -117,22 +164,115 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// What a client retries with so that the retry cannot act twice.
+const RETRY_HINT: &str = "retry with the same Idempotency-Key (or, for POST /orders, the same order_id): the retry answers with the outcome and acts at most once";
+
 impl From<GatewayError> for ApiError {
     fn from(error: GatewayError) -> Self {
         match error {
             GatewayError::Timeout { .. } => Self(
                 StatusCode::GATEWAY_TIMEOUT,
-                format!("{error}; the command may still be applied: retry with the same id"),
+                format!("{error}; the command may still be applied: {RETRY_HINT}"),
+            ),
+            GatewayError::AlreadyPending(_) => Self(
+                StatusCode::CONFLICT,
+                "a request with the same Idempotency-Key (or order_id) is still waiting for its outcome; retry once it has answered".into(),
             ),
             other => {
                 tracing::error!(error = %other, "command not sent");
                 Self(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    format!("{other}; retry with the same id"),
+                    format!("{other}; {RETRY_HINT}"),
                 )
             }
         }
     }
+}
+
+/// The request's `Idempotency-Key`, if it has one: see the module documentation.
+/// A malformed or repeated header is a 400.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdempotencyKey(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let mut values = parts.headers.get_all(IDEMPOTENCY_KEY).iter();
+        let Some(value) = values.next() else {
+            return Ok(Self(None));
+        };
+        if values.next().is_some() {
+            return Err(ApiError::bad_request(
+                "send one Idempotency-Key header, not several",
+            ));
+        }
+        let value = value
+            .to_str()
+            .map_err(|_| ApiError::bad_request(KEY_FORMAT))?;
+        parse_idempotency_key(value)
+            .map(|key| Self(Some(key)))
+            .map_err(ApiError::bad_request)
+    }
+}
+
+const KEY_FORMAT: &str =
+    "Idempotency-Key must be 1-255 printable ASCII characters (unique per request, e.g. a UUID)";
+
+/// Checks an `Idempotency-Key` value: 1–[`MAX_IDEMPOTENCY_KEY_BYTES`] printable
+/// ASCII characters (space included), optionally in double quotes, which are
+/// removed.
+pub fn parse_idempotency_key(value: &str) -> Result<String, String> {
+    let key = value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(value);
+    let printable = key.bytes().all(|b| (0x20..=0x7e).contains(&b));
+    if key.trim().is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES || !printable {
+        return Err(KEY_FORMAT.to_owned());
+    }
+    Ok(key.to_owned())
+}
+
+/// The command id of the request `endpoint` (its route, e.g.
+/// `POST /stock/{sku}/restock`) on `target` (the SKU or order id) with the
+/// idempotency `key`: the same three always give the same id, and changing any of
+/// them gives another. (`\n` separates them: no part can contain one.)
+pub fn keyed_command_id(endpoint: &str, target: &str, key: &str) -> String {
+    Uuid::new_v5(
+        &IDEMPOTENCY_NAMESPACE,
+        format!("{endpoint}\n{target}\n{key}").as_bytes(),
+    )
+    .to_string()
+}
+
+/// The order id `POST /orders` gives an order sent with the idempotency `key` and
+/// no `order_id`, so that a retry places the same order.
+pub fn keyed_order_id(key: &str) -> String {
+    Uuid::new_v5(
+        &IDEMPOTENCY_NAMESPACE,
+        format!("POST /orders\n{key}").as_bytes(),
+    )
+    .to_string()
+}
+
+/// The command id of `endpoint` on `target`: derived from the key when there is
+/// one, a new one (the gateway's) otherwise.
+fn command_id(key: &IdempotencyKey, endpoint: &str, target: &str) -> Option<String> {
+    key.0
+        .as_deref()
+        .map(|key| keyed_command_id(endpoint, target, key))
+}
+
+/// The 422 of a key (or order id) reused for a different request: the outcome
+/// returned is the first request's, which did something else.
+fn reused(key: &IdempotencyKey, first: String) -> ApiError {
+    ApiError::unprocessable(match &key.0 {
+        Some(key) => format!(
+            "Idempotency-Key {key:?} was already used for a different request ({first}); send a new key"
+        ),
+        None => format!("{first}, not as in this request; use another order_id"),
+    })
 }
 
 /// `Json<T>` whose rejections (bad JSON, wrong fields, too large, wrong content
@@ -206,7 +346,8 @@ where
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrderRequest {
-    /// Chosen by the client for safe retries; a new UUID when absent.
+    /// Chosen by the client for safe retries; derived from the `Idempotency-Key`
+    /// when absent ([`keyed_order_id`]), a new UUID when there is no key either.
     pub order_id: Option<String>,
     /// Who orders.
     pub customer: String,
@@ -216,9 +357,14 @@ pub struct PlaceOrderRequest {
 
 async fn place_order(
     State(state): State<ApiState>,
+    key: IdempotencyKey,
     JsonBody(req): JsonBody<PlaceOrderRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let order_id = req.order_id.unwrap_or_else(|| Uuid::now_v7().to_string());
+    let order_id = match (req.order_id, &key.0) {
+        (Some(order_id), _) => order_id,
+        (None, Some(key)) => keyed_order_id(key),
+        (None, None) => Uuid::now_v7().to_string(),
+    };
     valid_id("order_id", &order_id)?;
     valid_id("customer", &req.customer)?;
     validate_lines(&req.lines).map_err(ApiError::unprocessable)?;
@@ -232,15 +378,7 @@ async fn place_order(
         }
     }
     let skus: Vec<&str> = req.lines.iter().map(|l| l.sku.as_str()).collect();
-    let known: Vec<String> = sqlx::query_scalar("SELECT sku FROM stock_levels WHERE sku = ANY($1)")
-        .bind(&skus)
-        .fetch_all(&state.pool)
-        .await?;
-    let unknown: Vec<&str> = skus
-        .iter()
-        .copied()
-        .filter(|s| !known.iter().any(|k| k == s))
-        .collect();
+    let unknown = unknown_skus(&state, &skus).await?;
     if !unknown.is_empty() {
         return Err(ApiError::unprocessable(format!(
             "unknown SKU: {}",
@@ -252,13 +390,91 @@ async fn place_order(
         customer: req.customer,
         lines: req.lines,
     };
+    let (customer, lines) = (command.customer.clone(), command.lines.clone());
     match send(&state, command, Some(place_command_id(&order_id))).await? {
-        CommandOutcome::Accepted { version, .. } => Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({ "order_id": order_id, "status": "placed", "version": version })),
-        )),
+        CommandOutcome::Accepted { version, events } => {
+            // A retry gets the first outcome: make sure it was this order.
+            first_mismatch(&events, |event| match event {
+                OrderEvent::Placed {
+                    customer: c,
+                    lines: l,
+                } if *c != customer || *l != lines => Some(format!(
+                    "order {order_id} was placed by {c} with {} line(s)",
+                    l.len()
+                )),
+                _ => None,
+            })
+            .map_or(Ok(()), |first| Err(reused(&key, first)))?;
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({ "order_id": order_id, "status": "placed", "version": version })),
+            ))
+        }
         CommandOutcome::Rejected(error) => Err(order_rejection(error)),
     }
+}
+
+/// The first event that `differs` says shows another request than this one.
+fn first_mismatch<E>(
+    events: &[EventEnvelope<E>],
+    differs: impl Fn(&E) -> Option<String>,
+) -> Option<String> {
+    events.iter().find_map(|e| differs(&e.event))
+}
+
+/// The SKUs among `skus` that the inventory does not know, in request order.
+///
+/// The `stock_levels` read model answers for the SKUs it lists. It lags behind
+/// the inventory's events, so a SKU it does not list may have been restocked a
+/// moment ago: for those the inventory aggregate itself is asked
+/// ([`VerifySku`], a command without effect), which knows every restock that was
+/// accepted. If the inventory processor cannot answer that command (an older
+/// version without it), the SKU is treated as pending rather than unknown: the
+/// order is placed, and its reservation is rejected if the SKU really is unknown.
+async fn unknown_skus(state: &ApiState, skus: &[&str]) -> Result<Vec<String>, ApiError> {
+    let listed: Vec<String> =
+        sqlx::query_scalar("SELECT sku FROM stock_levels WHERE sku = ANY($1)")
+            .bind(skus)
+            .fetch_all(&state.pool)
+            .await?;
+    let mut checks = tokio::task::JoinSet::new();
+    for sku in skus.iter().filter(|s| !listed.iter().any(|l| l == *s)) {
+        let (gateway, sku) = (state.gateway.clone(), (*sku).to_owned());
+        checks.spawn(async move {
+            let outcome = gateway.send(VerifySku { sku: sku.clone() }).await;
+            (sku, outcome)
+        });
+    }
+    let mut unknown = Vec::new();
+    while let Some(joined) = checks.join_next().await {
+        let (sku, outcome) = joined.map_err(|error| {
+            tracing::error!(%error, "SKU check task failed");
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "could not check the SKUs; try again".into(),
+            )
+        })?;
+        match outcome {
+            Ok(CommandOutcome::Accepted { .. }) => {}
+            Ok(CommandOutcome::Rejected(InventoryError::UnknownSku(_))) => unknown.push(sku),
+            Ok(CommandOutcome::Rejected(error)) => {
+                tracing::warn!(sku, %error, "unexpected answer to VerifySku; treating the SKU as pending");
+            }
+            Err(GatewayError::Failed { reason, .. }) => {
+                tracing::warn!(
+                    sku,
+                    reason,
+                    "the inventory processor cannot verify SKUs; treating the SKU as pending"
+                );
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(skus
+        .iter()
+        .filter(|s| unknown.iter().any(|u| u == *s))
+        .map(|s| (*s).to_owned())
+        .collect())
 }
 
 fn order_rejection(error: OrderError) -> ApiError {
@@ -281,6 +497,7 @@ pub struct CancelRequest {
 async fn cancel_order(
     State(state): State<ApiState>,
     Path(order_id): Path<String>,
+    key: IdempotencyKey,
     JsonBody(req): JsonBody<CancelRequest>,
 ) -> Result<Json<Value>, ApiError> {
     valid_id("order_id", &order_id)?;
@@ -292,48 +509,86 @@ async fn cancel_order(
     }
     let command = CancelOrder {
         order_id: order_id.clone(),
-        reason,
+        reason: reason.clone(),
     };
-    change_order(&state, &order_id, command, "cancelled").await
+    let endpoint = "POST /orders/{id}/cancel";
+    change_order(
+        &state,
+        &order_id,
+        command,
+        "cancelled",
+        (&key, endpoint),
+        |event| match event {
+            OrderEvent::Cancelled { reason: r, .. } if *r != reason => {
+                Some(format!("a cancel with reason {r:?}"))
+            }
+            _ => None,
+        },
+    )
+    .await
 }
 
 async fn pay_order(
     State(state): State<ApiState>,
     Path(order_id): Path<String>,
+    key: IdempotencyKey,
 ) -> Result<Json<Value>, ApiError> {
     valid_id("order_id", &order_id)?;
     let command = MarkPaid {
         order_id: order_id.clone(),
     };
-    change_order(&state, &order_id, command, "paid").await
+    let endpoint = "POST /orders/{id}/pay";
+    change_order(&state, &order_id, command, "paid", (&key, endpoint), |_| {
+        None
+    })
+    .await
 }
 
 async fn ship_order(
     State(state): State<ApiState>,
     Path(order_id): Path<String>,
+    key: IdempotencyKey,
 ) -> Result<Json<Value>, ApiError> {
     valid_id("order_id", &order_id)?;
     let command = MarkShipped {
         order_id: order_id.clone(),
     };
-    change_order(&state, &order_id, command, "shipped").await
+    let endpoint = "POST /orders/{id}/ship";
+    change_order(
+        &state,
+        &order_id,
+        command,
+        "shipped",
+        (&key, endpoint),
+        |_| None,
+    )
+    .await
 }
 
-/// Sends a command that moves an existing order to `status`.
+/// Sends a command that moves an existing order to `status`, with the command id
+/// of `(key, endpoint)` on the order. `differs` tells, from the outcome's events,
+/// whether the outcome is that of another request sent with the same key.
 async fn change_order<C>(
     state: &ApiState,
     order_id: &str,
     command: C,
     status: &str,
+    (key, endpoint): (&IdempotencyKey, &str),
+    differs: impl Fn(&OrderEvent) -> Option<String>,
 ) -> Result<Json<Value>, ApiError>
 where
     C: Command<Aggregate = Order>,
     Order: Handle<C>,
 {
-    match send(state, command, None).await? {
-        CommandOutcome::Accepted { version, .. } => Ok(Json(
-            json!({ "order_id": order_id, "status": status, "version": version }),
-        )),
+    match send(state, command, command_id(key, endpoint, order_id)).await? {
+        CommandOutcome::Accepted { version, events } => {
+            if let Some(first) = first_mismatch(&events, differs) {
+                return Err(reused(key, first));
+            }
+            Ok(Json(
+                json!({ "order_id": order_id, "status": status, "version": version }),
+            ))
+        }
         CommandOutcome::Rejected(error) => Err(order_rejection(error)),
     }
 }
@@ -422,6 +677,7 @@ pub struct RestockRequest {
 async fn restock(
     State(state): State<ApiState>,
     Path(sku): Path<String>,
+    key: IdempotencyKey,
     JsonBody(req): JsonBody<RestockRequest>,
 ) -> Result<Json<Value>, ApiError> {
     valid_id("sku", &sku)?;
@@ -434,8 +690,16 @@ async fn restock(
         sku: sku.clone(),
         quantity: req.quantity,
     };
-    match send(&state, command, None).await? {
-        CommandOutcome::Accepted { version, .. } => {
+    let id = command_id(&key, "POST /stock/{sku}/restock", &sku);
+    match send(&state, command, id).await? {
+        CommandOutcome::Accepted { version, events } => {
+            first_mismatch(&events, |event| match event {
+                InventoryEvent::Restocked { quantity } if *quantity != req.quantity => {
+                    Some(format!("a restock of {quantity}"))
+                }
+                _ => None,
+            })
+            .map_or(Ok(()), |first| Err(reused(&key, first)))?;
             Ok(Json(json!({ "sku": sku, "version": version })))
         }
         CommandOutcome::Rejected(error) => Err(inventory_rejection(error)),
@@ -443,7 +707,11 @@ async fn restock(
 }
 
 fn inventory_rejection(error: InventoryError) -> ApiError {
-    ApiError(StatusCode::CONFLICT, error.to_string())
+    let status = match error {
+        InventoryError::UnknownSku(_) => StatusCode::NOT_FOUND,
+        _ => StatusCode::CONFLICT,
+    };
+    ApiError(status, error.to_string())
 }
 
 /// One row of `stock_levels`.
@@ -509,28 +777,103 @@ async fn notifications(
     Ok(Json(rows))
 }
 
-async fn health(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    sqlx::query("SELECT 1").execute(&state.pool).await?;
-    // A processor that cannot read one of its partitions serves the others, but the
-    // commands of that partition fail: the process is not healthy.
-    let quarantined: Vec<Value> = state
-        .processors
-        .iter()
-        .flat_map(|(name, stats)| {
-            stats
-                .quarantined_partitions()
-                .into_iter()
-                .map(move |(partition, reason)| {
-                    json!({ "processor": name, "partition": partition, "reason": reason })
-                })
-        })
-        .collect();
-    if quarantined.is_empty() {
-        return Ok(Json(json!({ "status": "ok" })).into_response());
-    }
-    Ok((
-        StatusCode::SERVICE_UNAVAILABLE,
-        Json(json!({ "status": "degraded", "quarantined": quarantined })),
+/// The body of `GET /health`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthReport {
+    /// `ok` (200) or `unhealthy` (503).
+    pub status: &'static str,
+    /// What makes the process unhealthy, each naming the part concerned.
+    pub problems: Vec<String>,
+    /// `ok`, or why Postgres did not answer.
+    pub postgres: String,
+    /// The roles this process runs (`api`, `order-processor`,
+    /// `inventory-processor`, `projections`).
+    pub roles: Vec<&'static str>,
+    /// Each command processor and projection worker of the process.
+    pub components: Vec<ComponentHealth>,
+}
+
+async fn health(State(state): State<ApiState>) -> Response {
+    let postgres = match tokio::time::timeout(
+        HEALTH_DB_TIMEOUT,
+        sqlx::query("SELECT 1").execute(&state.pool),
     )
-        .into_response())
+    .await
+    {
+        Ok(Ok(_)) => None,
+        Ok(Err(error)) => Some(error.to_string()),
+        Err(_) => Some(format!("no answer within {HEALTH_DB_TIMEOUT:?}")),
+    };
+    let components = match &state.running {
+        Some(running) => running.health().await,
+        None => Vec::new(),
+    };
+    let mut problems: Vec<String> = postgres
+        .iter()
+        .map(|error| format!("Postgres: {error}"))
+        .collect();
+    // A processor that cannot read one of its partitions serves the others, but the
+    // commands of that partition fail: the process is not healthy either.
+    problems.extend(components.iter().filter_map(ComponentHealth::problem));
+    let mut roles = vec![Role::Api.name()];
+    if let Some(running) = &state.running {
+        for component in running.components() {
+            let role = component.role().name();
+            if !roles.contains(&role) {
+                roles.push(role);
+            }
+        }
+    }
+    let healthy = problems.is_empty();
+    let report = HealthReport {
+        status: if healthy { "ok" } else { "unhealthy" },
+        problems,
+        postgres: postgres.unwrap_or_else(|| "ok".to_owned()),
+        roles,
+        components,
+    };
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(report)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys_are_checked() {
+        assert_eq!(parse_idempotency_key("abc-1"), Ok("abc-1".to_owned()));
+        assert_eq!(
+            parse_idempotency_key("\"8e03978e-40d5\""),
+            Ok("8e03978e-40d5".to_owned())
+        );
+        assert_eq!(parse_idempotency_key("a b"), Ok("a b".to_owned()));
+        for bad in ["", " ", "\"\"", "tab\there", "é"] {
+            assert!(parse_idempotency_key(bad).is_err(), "{bad:?}");
+        }
+        let longest = "k".repeat(MAX_IDEMPOTENCY_KEY_BYTES);
+        assert!(parse_idempotency_key(&longest).is_ok());
+        assert!(parse_idempotency_key(&format!("{longest}k")).is_err());
+        assert!(KEY_FORMAT.contains(&format!("1-{MAX_IDEMPOTENCY_KEY_BYTES} ")));
+    }
+
+    #[test]
+    fn keyed_ids_depend_on_endpoint_target_and_key_only() {
+        let id = |e, t, k| keyed_command_id(e, t, k);
+        let restock = "POST /stock/{sku}/restock";
+        assert_eq!(id(restock, "tea", "k1"), id(restock, "tea", "k1"));
+        assert_ne!(id(restock, "tea", "k1"), id(restock, "tea", "k2"));
+        assert_ne!(id(restock, "tea", "k1"), id(restock, "mug", "k1"));
+        assert_ne!(
+            id("POST /orders/{id}/pay", "o-1", "k1"),
+            id("POST /orders/{id}/ship", "o-1", "k1")
+        );
+        assert_eq!(keyed_order_id("k1"), keyed_order_id("k1"));
+        assert_ne!(keyed_order_id("k1"), keyed_order_id("k2"));
+        assert!(valid_id("order_id", &keyed_order_id("k1")).is_ok());
+    }
 }

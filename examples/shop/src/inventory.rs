@@ -68,6 +68,9 @@ pub enum InventoryError {
     /// Too much stock for a `u64`.
     #[error("stock would overflow")]
     Overflow,
+    /// The SKU was never restocked ([`VerifySku`]).
+    #[error("unknown SKU {0}")]
+    UnknownSku(String),
 }
 
 /// One SKU's stock.
@@ -101,6 +104,20 @@ pub struct Restock {
     pub sku: String,
     /// Units to add.
     pub quantity: u64,
+}
+
+/// Ask whether a SKU exists (was ever restocked), without changing it: accepted
+/// with no events when it does, rejected with [`InventoryError::UnknownSku`] when
+/// it does not.
+///
+/// The HTTP API sends it for the SKUs of an order that the `stock_levels` read
+/// model does not list (yet): the aggregate is the authority, the read model lags.
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(aggregate = Inventory)]
+pub struct VerifySku {
+    /// The SKU.
+    #[aggregate_id]
+    pub sku: String,
 }
 
 /// Reserve units of a SKU for an order.
@@ -149,6 +166,16 @@ impl Handle<Restock> for Inventory {
         Ok(vec![InventoryEvent::Restocked {
             quantity: cmd.quantity,
         }])
+    }
+}
+
+impl Handle<VerifySku> for Inventory {
+    fn handle(&self, cmd: VerifySku) -> Result<Vec<InventoryEvent>, InventoryError> {
+        if self.known {
+            Ok(vec![])
+        } else {
+            Err(InventoryError::UnknownSku(cmd.sku))
+        }
     }
 }
 
@@ -357,6 +384,26 @@ mod tests {
                 quantity: 0,
             })
             .then_expect_error(InventoryError::ZeroQuantity);
+    }
+
+    #[test]
+    fn verify_sku_knows_restocked_skus_and_changes_nothing() {
+        let verify = || VerifySku { sku: "tea".into() };
+        AggregateTest::<Inventory>::given_no_previous_events()
+            .when(verify())
+            .then_expect_error(InventoryError::UnknownSku("tea".into()));
+        AggregateTest::<Inventory>::given(stocked(5))
+            .when(verify())
+            .then_expect_events([]);
+        // Known even when every unit is reserved.
+        let mut history = stocked(1);
+        history.push(InventoryEvent::Reserved {
+            order_id: "o-1".into(),
+            quantity: 1,
+        });
+        AggregateTest::<Inventory>::given(history)
+            .when(verify())
+            .then_expect_events([]);
     }
 
     #[test]

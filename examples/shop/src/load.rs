@@ -108,10 +108,25 @@ pub async fn call(
     path: &str,
     body: Option<&Value>,
 ) -> Result<(StatusCode, Value), ShopError> {
-    let request = Request::builder()
+    call_keyed(router, method, path, body, None).await
+}
+
+/// [`call`] with an optional `Idempotency-Key` header.
+pub async fn call_keyed(
+    router: &Router,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    idempotency_key: Option<&str>,
+) -> Result<(StatusCode, Value), ShopError> {
+    let mut request = Request::builder()
         .method(method)
         .uri(path)
-        .header("content-type", "application/json")
+        .header("content-type", "application/json");
+    if let Some(key) = idempotency_key {
+        request = request.header(crate::api::IDEMPOTENCY_KEY, key);
+    }
+    let request = request
         .body(match body {
             Some(v) => Body::from(v.to_string()),
             None => Body::empty(),
@@ -131,7 +146,8 @@ pub async fn call(
 }
 
 /// Restocks every SKU of the plan through the API (retrying while the
-/// processors start), then waits until the stock read model lists them all.
+/// processors start, with an `Idempotency-Key` per SKU and run so that a retry
+/// never restocks twice), then waits until the stock read model lists them all.
 pub async fn seed_catalogue(
     router: &Router,
     pool: &PgPool,
@@ -140,7 +156,8 @@ pub async fn seed_catalogue(
     for sku in plan.sku_names() {
         let body = json!({ "quantity": plan.stock_per_sku });
         let path = format!("/stock/{sku}/restock");
-        let (status, value, _) = retrying(router, "POST", &path, &body).await?;
+        let key = format!("seed-{}-{sku}", plan.run);
+        let (status, value, _) = retrying(router, "POST", &path, &body, Some(&key)).await?;
         if status != StatusCode::OK {
             return Err(ShopError::Usage(format!(
                 "restocking {sku} failed: {status} {value}"
@@ -168,18 +185,19 @@ pub async fn seed_catalogue(
 }
 
 /// Sends until the API gives a definite answer: 503/504 (broker or processor
-/// unavailable, outcome unknown) are retried, up to 60 times, with the same body,
-/// which carries the same id, so a retry never acts twice. Returns the answer and
-/// the number of retries.
+/// unavailable, outcome unknown) are retried, up to 60 times, with the same body
+/// and `Idempotency-Key` (an order's body carries its id), so a retry never acts
+/// twice. Returns the answer and the number of retries.
 async fn retrying(
     router: &Router,
     method: &str,
     path: &str,
     body: &Value,
+    key: Option<&str>,
 ) -> Result<(StatusCode, Value, usize), ShopError> {
     let mut retries = 0;
     loop {
-        let (status, value) = call(router, method, path, Some(body)).await?;
+        let (status, value) = call_keyed(router, method, path, Some(body), key).await?;
         let transient =
             status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::GATEWAY_TIMEOUT;
         if !transient || retries >= 60 {
@@ -232,7 +250,8 @@ pub async fn place_orders(
                     return Ok::<_, ShopError>(report);
                 }
                 let body = plan.order(n);
-                let (status, value, retries) = retrying(&router, "POST", "/orders", &body).await?;
+                let (status, value, retries) =
+                    retrying(&router, "POST", "/orders", &body, None).await?;
                 report.retries += retries;
                 if status == StatusCode::ACCEPTED {
                     report.accepted += 1;

@@ -104,9 +104,11 @@ async fn run(args: Vec<String>) -> Result<(), ShopError> {
         args.roles, config.prefix, config.schema
     );
     if args.roles.contains(&Role::Api) {
+        // A component that dies is logged and makes /health answer 503 (naming
+        // it) until the process is restarted: point the liveness probe there.
         config.migrate_read_models(&store).await?;
         let app = router(
-            ApiState::new(config.gateway().await?, store.pool().clone()).with_processors(&running),
+            ApiState::new(config.gateway().await?, store.pool().clone()).with_roles(&running),
         );
         let listener = tokio::net::TcpListener::bind(&args.listen).await?;
         println!(
@@ -119,7 +121,15 @@ async fn run(args: Vec<String>) -> Result<(), ShopError> {
             })
             .await?;
     } else {
-        let _ = tokio::signal::ctrl_c().await;
+        // Without the API nothing would tell that a component died: exit instead,
+        // so that the supervisor restarts the process.
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            (component, reason) = running.first_death() => {
+                let _ = running.shutdown().await;
+                return Err(ShopError::Died { component, reason });
+            }
+        }
     }
     println!("example-shop: shutting down");
     running.shutdown().await
@@ -142,7 +152,8 @@ async fn demo(args: &Args) -> Result<(), ShopError> {
     let started = Instant::now();
     let store = config.store().await?;
     let running = config.start(&Role::ALL, &store).await?;
-    let api = router(ApiState::new(config.gateway().await?, store.pool().clone()));
+    let api =
+        router(ApiState::new(config.gateway().await?, store.pool().clone()).with_roles(&running));
     println!(
         "  started 2 command processors, 3 projections and the fulfilment process manager in {:.1} s",
         started.elapsed().as_secs_f64()
