@@ -1,10 +1,13 @@
 //! Restore benchmark (G6): time to restore one events partition with a short and a
 //! long history, with and without snapshots. With snapshots the restore reads only
 //! the events after the partition's snapshot watermark, so it must not grow with
-//! history.
+//! history. Beside the events, the outcomes topic holds `--outcomes N` records
+//! (default 1,000,000), all older than the dedup window (24 h) but the last 10,000:
+//! the restore must read only those 10,000, so it must not grow with the outcomes'
+//! history either.
 //!
 //! ```text
-//! cargo run --release -p tributary-integration-tests --example bench_restore -- [--small N] [--large N]
+//! cargo run --release -p tributary-integration-tests --example bench_restore -- [--small N] [--large N] [--outcomes N]
 //! ```
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
@@ -67,13 +70,60 @@ fn write_history(bootstrap: &str, prefix: &str, events: u64) {
     producer.flush(Duration::from_secs(120)).unwrap();
 }
 
+/// Outcome records in the dedup window (the newest ones).
+const RECENT_OUTCOMES: u64 = 10_000;
+
+/// Writes `outcomes` outcome records into partition 0 of the outcomes topic: all
+/// but the last [`RECENT_OUTCOMES`] timestamped 2 days ago (outside the 24 h dedup
+/// window), the rest now. Each carries one event, as a real outcome does.
+fn write_outcomes(bootstrap: &str, prefix: &str, outcomes: u64) {
+    let topic = tributary::command::wire::outcomes_topic(prefix, "counter");
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let old = now - 48 * 3600 * 1000;
+    for i in 0..outcomes {
+        let payload = format!(
+            r#"{{"command_id":"bench-{i}","outcome":"accepted","version":{v},"events":[{{"id":"00000000-0000-7000-8000-{i:012}","sequence":{v},"type":"counter.incremented","time":"2026-11-30T00:00:00Z","data":{{"Incremented":{{"by":1}}}}}}]}}"#,
+            v = i / AGGREGATES + 1
+        );
+        let key = format!("agg-{}", i % AGGREGATES);
+        let recent = i + RECENT_OUTCOMES >= outcomes;
+        let mut r = BaseRecord::to(&topic)
+            .partition(0)
+            .key(key.as_str())
+            .payload(payload.as_str())
+            .timestamp(if recent { now } else { old });
+        loop {
+            match producer.send(r) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    producer.poll(Duration::from_millis(5));
+                    r = back;
+                }
+            }
+        }
+        if i % 10_000 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    producer.flush(Duration::from_secs(120)).unwrap();
+}
+
 /// Starts a processor, waits for its restore of partition 0, returns (ms, records read).
 async fn restore(
     bootstrap: &str,
     prefix: &str,
     store: Option<tributary::PgStore>,
     graceful: bool,
-) -> (u64, u64) {
+) -> (u64, u64, u64) {
     // Restores run inside the rebalance; allow a long one (1M events without snapshots).
     let mut processor =
         counter_processor(bootstrap, prefix, 1).settings(tributary::command::ProcessorSettings {
@@ -90,12 +140,13 @@ async fn restore(
     }
     let ms = handle.stats().restore_millis.load(Ordering::Relaxed);
     let read = handle.stats().restore_records_read.load(Ordering::Relaxed);
+    let outcomes = handle.stats().restore_outcomes_read.load(Ordering::Relaxed);
     if graceful {
         handle.shutdown().await.expect("shutdown");
     } else {
         handle.kill().await;
     }
-    (ms, read)
+    (ms, read, outcomes)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -103,6 +154,7 @@ async fn main() {
     let bootstrap = kafka_bootstrap();
     let small = arg("--small", 10_000);
     let large = arg("--large", 1_000_000);
+    let outcomes = arg("--outcomes", 1_000_000);
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
@@ -116,11 +168,15 @@ async fn main() {
         "settings: 1 partition, {AGGREGATES} aggregates, Counter snapshot_every = 10, flush_every = 1000, release build"
     );
     println!(
-        "command: cargo run --release -p tributary-integration-tests --example bench_restore -- --small {small} --large {large}"
+        "command: cargo run --release -p tributary-integration-tests --example bench_restore -- --small {small} --large {large} --outcomes {outcomes}"
     );
     println!();
     println!(
-        "| history (events) | without snapshots: ms / records read | with snapshots: ms / records read |"
+        "outcomes beside the events: {outcomes}, of which {RECENT_OUTCOMES} in the 24 h dedup window"
+    );
+    println!();
+    println!(
+        "| history (events) | without snapshots: ms / events read / outcomes read | with snapshots: ms / events read / outcomes read |"
     );
     println!("|---|---|---|");
     for history in [small, large] {
@@ -129,9 +185,12 @@ async fn main() {
         restore(&bootstrap, &prefix, None, false).await;
         {
             let (b, p) = (bootstrap.clone(), prefix.clone());
-            tokio::task::spawn_blocking(move || write_history(&b, &p, history))
-                .await
-                .unwrap();
+            tokio::task::spawn_blocking(move || {
+                write_history(&b, &p, history);
+                write_outcomes(&b, &p, outcomes);
+            })
+            .await
+            .unwrap();
         }
         let without = restore(&bootstrap, &prefix, None, false).await;
         // A processor with snapshots restores fully once and snapshots on hand-over…
@@ -140,8 +199,8 @@ async fn main() {
         // …so the next restore starts from the snapshots.
         let with = restore(&bootstrap, &prefix, Some(store), false).await;
         println!(
-            "| {history} | {} ms / {} | {} ms / {} |",
-            without.0, without.1, with.0, with.1
+            "| {history} | {} ms / {} / {} | {} ms / {} / {} |",
+            without.0, without.1, without.2, with.0, with.1, with.2
         );
     }
 }

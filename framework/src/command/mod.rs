@@ -2,6 +2,7 @@
 //! [`CommandProcessor`]s with one Kafka transaction per batch, idempotent command
 //! ids and snapshots. See `docs/commands.md`.
 
+mod dedup;
 mod gateway;
 mod processor;
 mod snapshot;

@@ -16,7 +16,7 @@
 //! never hears of an outcome that did not commit. Snapshots are written after the
 //! commit.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -31,6 +31,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{Span, debug, error, info, info_span, warn};
 
+use super::dedup::{Seen, SeenWindow};
 use super::snapshot::{self, SnapshotJob, SnapshotRow, Written};
 use super::topics::{TopicLayout, TopicSettings, ensure_topics};
 use super::wire::{self, EventWire, OutcomeWire, ReplyWire};
@@ -216,6 +217,9 @@ pub struct ProcessorStats {
     pub restores: AtomicU64,
     /// Event records read while restoring.
     pub restore_records_read: AtomicU64,
+    /// Outcome records read while restoring the dedup windows (only those of the
+    /// last `dedup_window`, found by timestamp).
+    pub restore_outcomes_read: AtomicU64,
     /// Events applied to aggregates while restoring (not covered by a snapshot).
     pub restore_events_applied: AtomicU64,
     /// Wall-clock milliseconds spent restoring partitions, in total.
@@ -276,11 +280,6 @@ pub enum FaultPoint {
     /// The transaction committed; its replies are not sent yet.
     AfterCommit,
 }
-/// Seen command ids with their reply bytes, and their order for expiry.
-type SeenWindow = (
-    HashMap<String, Arc<Vec<u8>>>,
-    VecDeque<(SystemTime, String)>,
-);
 
 /// Builds and starts the command processor of aggregate type `A`.
 ///
@@ -400,6 +399,18 @@ impl<A: Aggregate> CommandProcessor<A> {
             .map(|store| snapshot::spawn_writer(&runtime, store, A::NAME, written_tx));
         let s = &self.settings;
         let group = format!("{}.{}.processor", self.codec.prefix(), A::NAME);
+        let outcome_reader: BaseConsumer = self
+            .kafka
+            .client_config()
+            .set("group.id", format!("{group}.outcomes"))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            // One record at a time, answered at once (the fetch waits for nothing).
+            .set("fetch.wait.max.ms", "5")
+            .set("fetch.queue.backoff.ms", "10")
+            .set("fetch.error.backoff.ms", "10")
+            .create()
+            .map_err(kafka("create outcome reader"))?;
         let shared = Arc::new(Shared {
             group: group.clone(),
             layout,
@@ -411,6 +422,7 @@ impl<A: Aggregate> CommandProcessor<A> {
             runtime,
             stats: Arc::clone(&stats),
             fault_hook: self.fault_hook,
+            outcome_reader: Mutex::new(outcome_reader),
         });
         // Replies are notifications of committed outcomes: sent after the commit by
         // one idempotent, non-transactional producer (see `Core::finish`).
@@ -546,6 +558,9 @@ struct Shared<A: Aggregate> {
     runtime: tokio::runtime::Handle,
     stats: Arc<ProcessorStats>,
     fault_hook: Option<FaultHook>,
+    /// Reads single outcome records, for resends answered from restored entries of
+    /// the dedup window.
+    outcome_reader: Mutex<BaseConsumer>,
 }
 
 /// One aggregate instance in memory.
@@ -606,8 +621,7 @@ impl ProducerContext for DeliveryContext {
 struct PartitionState<A> {
     producer: BaseProducer<DeliveryContext>,
     aggregates: HashMap<String, Slot<A>>,
-    seen: HashMap<String, Arc<Vec<u8>>>,
-    seen_order: VecDeque<(SystemTime, String)>,
+    seen: SeenWindow,
     events_since_flush: u64,
     /// Aggregates changed in the open transaction.
     touched: HashSet<String>,
@@ -1011,7 +1025,7 @@ impl<A: Aggregate> Restorer<A> {
         let (aggregates, read, applied) = self.restore_aggregates(partition, false)?;
         let events_ms = step.elapsed().as_millis() as u64;
         let step = Instant::now();
-        let (seen, seen_order) = self.restore_seen(partition)?;
+        let seen = self.restore_seen(partition)?;
         let outcomes_ms = step.elapsed().as_millis() as u64;
         let max_offset = aggregates
             .values()
@@ -1047,7 +1061,6 @@ impl<A: Aggregate> Restorer<A> {
             producer,
             aggregates,
             seen,
-            seen_order,
             events_since_flush: 0,
             touched: HashSet::new(),
             replies: Vec::new(),
@@ -1174,6 +1187,9 @@ impl<A: Aggregate> Restorer<A> {
         Ok((aggregates, read, applied))
     }
 
+    /// The dedup window of a partition, from its outcomes: only the records of the
+    /// last `dedup_window` are read (found by timestamp), and each is kept as its
+    /// offset, so restore time and memory do not grow with older history.
     fn restore_seen(&self, partition: i32) -> Result<SeenWindow, ProcessorError> {
         let topic = self.shared.layout.outcomes.clone();
         let window = self.shared.settings.dedup_window;
@@ -1187,9 +1203,20 @@ impl<A: Aggregate> Restorer<A> {
             Duration::from_secs(30),
         )
         .map_err(kafka("fetch outcomes watermarks"))?;
-        let mut seen = HashMap::new();
-        let mut order = VecDeque::new();
-        self.read_range(&topic, partition, low, high, |message| {
+        // Start a little before the window, in case the clocks of earlier owners
+        // were behind; the timestamps filter exactly below.
+        let lookup = since
+            .checked_sub(OUTCOME_CLOCK_MARGIN)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let start = self
+            .offset_at(&topic, partition, lookup)?
+            .map_or(high, |o| o.max(low));
+        let mut seen = SeenWindow::default();
+        ProcessorStats::add(
+            &self.shared.stats.restore_outcomes_read,
+            u64::try_from(high - start).unwrap_or(0),
+        );
+        self.read_range(&topic, partition, start, high, |message| {
             let time = message
                 .timestamp()
                 .to_millis()
@@ -1200,16 +1227,37 @@ impl<A: Aggregate> Restorer<A> {
                 return Ok(());
             }
             let Some(payload) = message.payload() else { return Ok(()) };
-            match serde_json::from_slice::<ReplyWire>(payload) {
-                Ok(reply) => {
-                    order.push_back((time, reply.command_id.clone()));
-                    seen.insert(reply.command_id, Arc::new(payload.to_vec()));
-                }
+            match serde_json::from_slice::<wire::ReplyId<'_>>(payload) {
+                Ok(reply) => seen.insert(&reply.command_id, time, Seen::Outcome(message.offset())),
                 Err(error) => warn!(%error, offset = message.offset(), "skipping an unreadable outcome record"),
             }
             Ok(())
         })?;
-        Ok((seen, order))
+        Ok(seen)
+    }
+
+    /// The first offset of `topic`/`partition` with a timestamp at or after `time`;
+    /// `None` when every record is older.
+    fn offset_at(
+        &self,
+        topic: &str,
+        partition: i32,
+        time: SystemTime,
+    ) -> Result<Option<i64>, ProcessorError> {
+        let ms = time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(ms))
+            .map_err(kafka("look up outcomes by time"))?;
+        let found = self
+            .watermark_consumer
+            .offsets_for_times(tpl, Duration::from_secs(30))
+            .map_err(kafka("look up outcomes by time"))?;
+        Ok(found
+            .find_partition(topic, partition)
+            .and_then(|e| e.offset().to_raw())
+            .filter(|o| *o >= 0))
     }
 
     /// Reads `[start, end)` of a partition with read_committed, calling `f` per record.
@@ -1649,17 +1697,12 @@ impl<A: Aggregate> Core<A> {
                 self.reply_producer.poll(Duration::ZERO);
                 let now = SystemTime::now();
                 for (id, reply) in new_seen {
-                    part.seen_order.push_back((now, id.clone()));
-                    part.seen.insert(id, reply);
+                    part.seen.insert(&id, now, Seen::Reply(reply));
                 }
                 let horizon = now
                     .checked_sub(shared.settings.dedup_window)
                     .unwrap_or(SystemTime::UNIX_EPOCH);
-                while part.seen_order.front().is_some_and(|(t, _)| *t < horizon) {
-                    if let Some((_, id)) = part.seen_order.pop_front() {
-                        part.seen.remove(&id);
-                    }
-                }
+                part.seen.expire(horizon);
                 self.after_commit(partition);
                 Ok(())
             }
@@ -1844,6 +1887,40 @@ fn transact<A: Aggregate>(
 /// keep this instance from polling while a broker or coordinator is away.
 const ABORT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How far before the dedup window a restore starts reading outcomes, for owners
+/// whose clocks were behind.
+const OUTCOME_CLOCK_MARGIN: Duration = Duration::from_secs(300);
+
+/// Reads the outcome record at `offset` of the partition's outcomes, to answer a
+/// resend of a command decided before this instance restored the partition.
+fn read_outcome<A: Aggregate>(
+    shared: &Shared<A>,
+    partition: i32,
+    offset: i64,
+) -> KafkaResult<Arc<Vec<u8>>> {
+    let consumer = lock(&shared.outcome_reader);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&shared.layout.outcomes, partition, Offset::Offset(offset))?;
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(20)) {
+            Some(Ok(message)) if message.offset() == offset => {
+                return Ok(Arc::new(message.payload().unwrap_or_default().to_vec()));
+            }
+            Some(Ok(message)) if message.offset() > offset => break,
+            _ => {}
+        }
+    }
+    warn!(
+        partition,
+        offset, "cannot read the outcome of a resent command; retrying the batch"
+    );
+    Err(KafkaError::MessageConsumption(
+        rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+    ))
+}
+
 /// Logs a step of a transaction that took long: a broker or coordinator moving, or
 /// unreachable.
 fn slow(step: &'static str, started: Instant) {
@@ -1905,12 +1982,17 @@ fn handle_one<A: Aggregate>(
     }
     ProcessorStats::add(&shared.stats.commands, 1);
 
-    let earlier = part.seen.get(command.command_id).cloned().or_else(|| {
-        batch_seen
+    let earlier = match part.seen.get(command.command_id) {
+        Some(Seen::Reply(reply)) => Some(Arc::clone(reply)),
+        Some(Seen::Outcome(offset)) => {
+            let offset = *offset;
+            Some(read_outcome(shared, partition, offset)?)
+        }
+        None => batch_seen
             .iter()
             .find(|(id, _)| id == command.command_id)
-            .map(|(_, r)| Arc::clone(r))
-    });
+            .map(|(_, r)| Arc::clone(r)),
+    };
     if let Some(reply) = earlier {
         ProcessorStats::add(&shared.stats.duplicates, 1);
         Span::current().record("outcome", "duplicate");

@@ -93,6 +93,13 @@ pub(crate) struct ReplyWire {
     pub(crate) outcome: OutcomeWire,
 }
 
+/// Only the command id of a reply (or outcome) record, read without the events.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ReplyId<'a> {
+    #[serde(borrow)]
+    pub(crate) command_id: std::borrow::Cow<'a, str>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub(crate) enum OutcomeWire {
