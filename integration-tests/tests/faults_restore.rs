@@ -223,3 +223,78 @@ async fn a_restore_longer_than_the_poll_interval_keeps_the_instance_in_its_group
     assert_eq!(increment(&gateway, &large).await.unwrap(), EVENTS + 1);
     processor.shutdown().await.expect("shutdown");
 }
+
+/// A restore reads the outcomes of the dedup window only, not the partition's whole
+/// outcome history, and still answers a resend from the window with its original
+/// outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restore_reads_only_the_outcomes_of_the_dedup_window() {
+    let bootstrap = kafka_bootstrap();
+    let prefix = unique_prefix("fault-window");
+    let settings = tributary::command::ProcessorSettings {
+        dedup_window: Duration::from_secs(4),
+        ..tributary_integration_tests::command_support::test_settings()
+    };
+    let start = || {
+        counter_processor(&bootstrap, &prefix, 1)
+            .settings(settings.clone())
+            .start()
+    };
+    let first = start().await.expect("processor");
+    let gateway = CommandGateway::connect_with_timeout(
+        &KafkaConfig::new(&bootstrap),
+        &prefix,
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("gateway");
+    let send = |id: String| {
+        let gateway = gateway.clone();
+        async move {
+            let options = tributary::command::SendOptions {
+                command_id: Some(id),
+                ..Default::default()
+            };
+            match gateway
+                .send_with(
+                    Increment {
+                        id: "x".into(),
+                        by: 1,
+                    },
+                    options,
+                )
+                .await
+                .expect("send")
+            {
+                CommandOutcome::Accepted { version, .. } => version,
+                CommandOutcome::Rejected(e) => panic!("{e}"),
+            }
+        }
+    };
+    for i in 0..60 {
+        send(format!("old-{i}")).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await; // out of the window
+    for i in 0..5 {
+        send(format!("new-{i}")).await;
+    }
+    first.kill().await;
+
+    let second = start().await.expect("processor");
+    // A resend from the window: answered with its original version, not applied.
+    assert_eq!(send("new-2".into()).await, 63);
+    let stats = second.stats();
+    let read = stats
+        .restore_outcomes_read
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        read <= 10,
+        "the restore read {read} outcome records; the window holds 5 of 65"
+    );
+    assert_eq!(
+        stats.duplicates.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(send("new-5".into()).await, 66);
+    second.shutdown().await.expect("shutdown");
+}

@@ -1206,7 +1206,7 @@ impl<A: Aggregate> Restorer<A> {
         // Start a little before the window, in case the clocks of earlier owners
         // were behind; the timestamps filter exactly below.
         let lookup = since
-            .checked_sub(OUTCOME_CLOCK_MARGIN)
+            .checked_sub(OUTCOME_CLOCK_MARGIN.min(window / 10))
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let start = self
             .offset_at(&topic, partition, lookup)?
@@ -1887,8 +1887,8 @@ fn transact<A: Aggregate>(
 /// keep this instance from polling while a broker or coordinator is away.
 const ABORT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How far before the dedup window a restore starts reading outcomes, for owners
-/// whose clocks were behind.
+/// How far (at most; a tenth of the window if less) before the dedup window a
+/// restore starts reading outcomes, for owners whose clocks were behind.
 const OUTCOME_CLOCK_MARGIN: Duration = Duration::from_secs(300);
 
 /// Reads the outcome record at `offset` of the partition's outcomes, to answer a
