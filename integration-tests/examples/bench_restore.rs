@@ -135,7 +135,11 @@ async fn restore(
         processor = processor.snapshots(store);
     }
     let handle = processor.start().await.expect("processor");
-    while handle.stats().restores.load(Ordering::Relaxed) == 0 {
+    // Restored and owned (a restore runs on its own thread; the partition is
+    // served, and snapshotted on shutdown, once the processor took it over).
+    while handle.stats().restores.load(Ordering::Relaxed) == 0
+        || handle.stats().owned_partitions().is_empty()
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let ms = handle.stats().restore_millis.load(Ordering::Relaxed);
