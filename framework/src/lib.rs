@@ -18,6 +18,7 @@ pub mod command;
 mod config;
 mod envelope;
 mod event;
+pub mod fuzzing;
 pub mod kafka;
 pub mod projection;
 mod store;
