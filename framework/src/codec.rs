@@ -8,7 +8,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use uuid::Uuid;
 
 use crate::aggregate::AggregateId;
@@ -430,9 +430,19 @@ impl<E: DomainEvent> EventCodec<E> {
             return Err(invalid(headers::SOURCE, source, "must not be empty"));
         }
         let time = headers.required_str(headers::TIME)?;
+        let raw_time = time;
         let time = DateTime::parse_from_rfc3339(time)
             .map_err(|_| invalid(headers::TIME, time, "expected an RFC 3339 timestamp"))?
             .with_timezone(&Utc);
+        // An offset can carry a time of year 9999 past 10000 (or of year 0 before 0)
+        // in UTC, which RFC 3339 cannot write: it would re-encode unreadably.
+        if !(0..=9999).contains(&time.year()) {
+            return Err(invalid(
+                headers::TIME,
+                raw_time,
+                "in UTC, the year is outside 0000-9999",
+            ));
+        }
         let subject = headers.required_str(headers::SUBJECT)?;
         if subject.is_empty() {
             return Err(invalid(

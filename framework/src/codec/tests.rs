@@ -356,6 +356,10 @@ fn rejects_invalid_header_values() {
     let cases: &[(&str, &[u8])] = &[
         ("ce_id", b"not-a-uuid"),
         ("ce_time", b"yesterday"),
+        // Valid RFC 3339, but year 10000 and year -1 in UTC (found by fuzzing):
+        // they would re-encode to a record nobody can read.
+        ("ce_time", b"9999-12-31T23:59:59-23:59"),
+        ("ce_time", b"0000-01-01T00:00:00+23:59"),
         ("ce_sequence", b"0"),
         ("ce_sequence", b"-1"),
         ("ce_sequence", b"+1"),
