@@ -1,5 +1,6 @@
-//! The gateway under faults: a garbled reply is reported as such at once, not as a
-//! timeout (G3).
+//! The reply path under faults: a garbled reply is reported as such at once, not as
+//! a timeout; a reply producer with a fatal error is replaced, so replies keep
+//! coming (G3).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,7 +12,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tributary::KafkaConfig;
 use tributary::command::{CommandGateway, GatewayError, TopicSettings, ensure_topics};
-use tributary_integration_tests::command_support::Increment;
+use tributary_integration_tests::command_support::{Increment, counter_processor};
 use tributary_integration_tests::{kafka_bootstrap, unique_prefix};
 
 /// The command id and reply partition of the first command on the commands topic.
@@ -112,4 +113,45 @@ async fn a_garbled_reply_is_bad_reply_not_a_timeout() {
         "took {:?}: the garbled reply was not noticed",
         started.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reply_producer_with_a_fatal_error_is_replaced() {
+    let bootstrap = kafka_bootstrap();
+    let prefix = unique_prefix("fault-replyprod");
+    let processor = counter_processor(&bootstrap, &prefix, 1)
+        .start()
+        .await
+        .expect("processor");
+    let gateway = CommandGateway::connect_with_timeout(
+        &KafkaConfig::new(&bootstrap),
+        &prefix,
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    let increment = || Increment {
+        id: "r".into(),
+        by: 1,
+    };
+    assert!(gateway.send(increment()).await.unwrap().is_accepted());
+    // librdkafka offers no safe way to raise a fatal error; the processor is told to
+    // treat its reply producer as fatally failed, which it is then never to use again.
+    processor.fail_reply_producer();
+    for expected in 2..=4 {
+        match gateway.send(increment()).await.unwrap() {
+            tributary::command::CommandOutcome::Accepted { version, .. } => {
+                assert_eq!(version, expected);
+            }
+            tributary::command::CommandOutcome::Rejected(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(
+        processor
+            .stats()
+            .reply_producers_replaced
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    processor.shutdown().await.expect("shutdown");
 }

@@ -233,6 +233,8 @@ pub struct ProcessorStats {
     /// Commands that arrived on a partition other than their aggregate id's and
     /// were forwarded to it.
     pub forwarded: AtomicU64,
+    /// Reply producers replaced after a fatal error.
+    pub reply_producers_replaced: AtomicU64,
     owned: Mutex<Vec<i32>>,
     quarantined: Mutex<Vec<(i32, String)>>,
 }
@@ -399,6 +401,8 @@ impl<A: Aggregate> CommandProcessor<A> {
             .map(|store| snapshot::spawn_writer(&runtime, store, A::NAME, written_tx));
         let s = &self.settings;
         let group = format!("{}.{}.processor", self.codec.prefix(), A::NAME);
+        #[cfg(feature = "fault-injection")]
+        let fail_reply_producer = Arc::new(AtomicBool::new(false));
         let outcome_reader: BaseConsumer = self
             .kafka
             .client_config()
@@ -423,17 +427,13 @@ impl<A: Aggregate> CommandProcessor<A> {
             stats: Arc::clone(&stats),
             fault_hook: self.fault_hook,
             outcome_reader: Mutex::new(outcome_reader),
+            #[cfg(feature = "fault-injection")]
+            fail_reply_producer: Arc::clone(&fail_reply_producer),
         });
         // Replies are notifications of committed outcomes: sent after the commit by
         // one idempotent, non-transactional producer (see `Core::finish`).
-        let reply_producer: BaseProducer<ReplyContext> = self
-            .kafka
-            .client_config()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "1")
-            .create_with_context(ReplyContext)
-            .map_err(kafka("create reply producer"))?;
+        let reply_producer =
+            new_reply_producer(&self.kafka).map_err(kafka("create reply producer"))?;
         let core = Arc::new(Mutex::new(Core {
             shared: Arc::clone(&shared),
             partitions: HashMap::new(),
@@ -492,6 +492,8 @@ impl<A: Aggregate> CommandProcessor<A> {
             kill,
             thread: Some(thread),
             stats,
+            #[cfg(feature = "fault-injection")]
+            fail_reply_producer,
         })
     }
 }
@@ -504,9 +506,19 @@ pub struct ProcessorHandle {
     kill: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<Result<(), ProcessorError>>>,
     stats: Arc<ProcessorStats>,
+    #[cfg(feature = "fault-injection")]
+    fail_reply_producer: Arc<AtomicBool>,
 }
 
 impl ProcessorHandle {
+    /// Tests (crate feature `fault-injection`): the processor treats its reply
+    /// producer as fatally failed at its next use, as if librdkafka had reported a
+    /// fatal error (which it offers no safe way to raise), and must replace it.
+    #[cfg(feature = "fault-injection")]
+    pub fn fail_reply_producer(&self) {
+        self.fail_reply_producer.store(true, Ordering::SeqCst);
+    }
+
     /// Stops at once, as a crash would: no snapshots, no hand-over beyond closing
     /// the consumer. Whatever was not committed is processed again by the next owner.
     pub async fn kill(mut self) {
@@ -561,6 +573,9 @@ struct Shared<A: Aggregate> {
     /// Reads single outcome records, for resends answered from restored entries of
     /// the dedup window.
     outcome_reader: Mutex<BaseConsumer>,
+    /// Tests: treat the reply producer as fatally failed at its next use.
+    #[cfg(feature = "fault-injection")]
+    fail_reply_producer: Arc<AtomicBool>,
 }
 
 /// One aggregate instance in memory.
@@ -1535,9 +1550,10 @@ impl<A: Aggregate> Core<A> {
             let Ok(bytes) = serde_json::to_vec(&reply) else {
                 continue;
             };
+            let shared = Arc::clone(&self.shared);
             if let Err(error) = send(
-                &self.reply_producer,
-                &self.shared.layout.replies,
+                self.reply_producer(),
+                &shared.layout.replies,
                 reply_partition,
                 command.command_id.as_bytes(),
                 &bytes,
@@ -1547,6 +1563,42 @@ impl<A: Aggregate> Core<A> {
             }
         }
         self.reply_producer.poll(Duration::ZERO);
+    }
+
+    /// The reply producer, replaced by a new one first if it hit a fatal error (an
+    /// idempotent producer that did refuses every later send, so every caller would
+    /// time out until a restart).
+    fn reply_producer(&mut self) -> &BaseProducer<ReplyContext> {
+        #[cfg(feature = "fault-injection")]
+        let injected = self
+            .shared
+            .fail_reply_producer
+            .swap(false, Ordering::SeqCst);
+        #[cfg(not(feature = "fault-injection"))]
+        let injected = false;
+        let fatal = self
+            .reply_producer
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| format!("{code:?}: {reason}"))
+            .or_else(|| injected.then(|| "injected by a test".to_owned()));
+        if let Some(reason) = fatal {
+            match new_reply_producer(&self.shared.kafka) {
+                Ok(producer) => {
+                    error!(
+                        reason,
+                        "the reply producer hit a fatal error; replaced it with a new one"
+                    );
+                    ProcessorStats::add(&self.shared.stats.reply_producers_replaced, 1);
+                    // Its queued replies are lost: their callers time out and resend.
+                    drop(std::mem::replace(&mut self.reply_producer, producer));
+                }
+                Err(error) => {
+                    error!(reason, %error, "the reply producer hit a fatal error and a new one cannot be created");
+                }
+            }
+        }
+        &self.reply_producer
     }
 
     /// Gives up partitions: snapshots them (if `snapshot`) and drops their state.
@@ -1681,10 +1733,20 @@ impl<A: Aggregate> Core<A> {
                 if let Some(hook) = &shared.fault_hook {
                     hook(FaultPoint::AfterCommit, partition);
                 }
+                let now = SystemTime::now();
+                for (id, reply) in new_seen {
+                    part.seen.insert(&id, now, Seen::Reply(reply));
+                }
+                let horizon = now
+                    .checked_sub(shared.settings.dedup_window)
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                part.seen.expire(horizon);
                 // Only now, with the outcomes committed, do the callers hear of them.
-                for r in part.replies.drain(..) {
+                let replies: Vec<PendingReply> = part.replies.drain(..).collect();
+                let reply_producer = self.reply_producer();
+                for r in replies {
                     if let Err(error) = send(
-                        &self.reply_producer,
+                        reply_producer,
                         &shared.layout.replies,
                         r.reply_partition,
                         r.command_id.as_bytes(),
@@ -1695,14 +1757,6 @@ impl<A: Aggregate> Core<A> {
                     }
                 }
                 self.reply_producer.poll(Duration::ZERO);
-                let now = SystemTime::now();
-                for (id, reply) in new_seen {
-                    part.seen.insert(&id, now, Seen::Reply(reply));
-                }
-                let horizon = now
-                    .checked_sub(shared.settings.dedup_window)
-                    .unwrap_or(SystemTime::UNIX_EPOCH);
-                part.seen.expire(horizon);
                 self.after_commit(partition);
                 Ok(())
             }
@@ -1878,6 +1932,16 @@ fn transact<A: Aggregate>(
     part.producer.commit_transaction(timeout)?;
     slow("commit", step);
     Ok(new_seen)
+}
+
+/// The idempotent, non-transactional producer of replies.
+fn new_reply_producer(kafka: &KafkaConfig) -> KafkaResult<BaseProducer<ReplyContext>> {
+    kafka
+        .client_config()
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .create_with_context(ReplyContext)
 }
 
 /// How long to wait for an abort before giving up on it. The abort is a courtesy
