@@ -46,6 +46,9 @@ fi
 
 eval "$(scripts/services.sh up)"
 echo "test: KAFKA_BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP_SERVERS DATABASE_URL=$DATABASE_URL" >&2
+# shop_processes runs the shop's binary as separate processes; nextest builds test
+# binaries only, so build it (same profile and target directory) first.
+run "build the shop binary" cargo build -p example-shop --bin example-shop
 run "tests on one Kafka node" \
   cargo nextest run --workspace --profile "$profile" -E "not ${CLUSTER_TESTS}" "$@"
 run "doc tests" cargo test --workspace --doc

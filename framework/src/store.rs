@@ -119,10 +119,25 @@ impl PgStore {
             .connect_with(options.clone())
             .await
             .map_err(StoreError::db("connect"))?;
+        // `CREATE SCHEMA IF NOT EXISTS` is not safe against a concurrent one (the
+        // loser fails with a unique violation on pg_namespace), and the processes of
+        // a deployment started at once all connect to a new schema: one at a time.
+        let mut tx = bootstrap
+            .begin()
+            .await
+            .map_err(StoreError::db("begin create schema"))?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tributary_schema.' || $1))")
+            .bind(schema)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::db("lock schema creation"))?;
         sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-            .execute(&bootstrap)
+            .execute(&mut *tx)
             .await
             .map_err(StoreError::db("create schema"))?;
+        tx.commit()
+            .await
+            .map_err(StoreError::db("commit create schema"))?;
         bootstrap.close().await;
 
         let pool = pool_options

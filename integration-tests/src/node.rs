@@ -106,3 +106,35 @@ impl Drop for Node {
         self.kill();
     }
 }
+
+impl Node {
+    /// Waits until the process prints a line starting with `prefix`, and returns
+    /// that line (e.g. an address the process chose). Earlier lines are skipped.
+    pub async fn line_starting_with(&mut self, prefix: &str, within: Duration) -> String {
+        let wait = async {
+            while let Some(line) = self.lines.recv().await {
+                if line.starts_with(prefix) {
+                    return Some(line);
+                }
+            }
+            None
+        };
+        match tokio::time::timeout(within, wait).await {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!(
+                "{} exited ({:?}) without printing a line starting with `{prefix}`",
+                self.name,
+                self.child.wait().ok()
+            ),
+            Err(_) => panic!(
+                "{} did not print a line starting with `{prefix}` within {within:?}",
+                self.name
+            ),
+        }
+    }
+
+    /// How the process ended, or `None` while it runs (does not wait).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
