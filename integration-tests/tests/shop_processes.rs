@@ -59,9 +59,7 @@ use tokio::sync::mpsc;
 use tributary::EventCodec;
 use tributary_integration_tests::command_support::{assert_gapless, read_events};
 use tributary_integration_tests::node::Node;
-use tributary_integration_tests::{
-    HOW_TO_START, database_url, kafka_bootstrap, pg_store, unique_prefix,
-};
+use tributary_integration_tests::{database_url, kafka_bootstrap, pg_store, unique_prefix};
 
 const ORDERS: usize = 300;
 const CLIENTS: usize = 12;
