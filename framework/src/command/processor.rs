@@ -1223,9 +1223,29 @@ impl<A: Aggregate> Restorer<A> {
         let lookup = since
             .checked_sub(OUTCOME_CLOCK_MARGIN.min(window / 10))
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let start = self
-            .offset_at(&topic, partition, lookup)?
-            .map_or(high, |o| o.max(low));
+        let start = match self.offset_at(&topic, partition, lookup) {
+            Ok(Some(offset)) => offset.clamp(low, high),
+            // "No record at or after the time": true on Kafka when the whole
+            // partition is older than the window, but some brokers (librdkafka's
+            // mock cluster) answer so for every lookup by time. Believe it only if the
+            // last record is older; otherwise read everything, as a restore must
+            // never miss an outcome of the window.
+            Ok(None)
+                if high > low
+                    && !self.last_record_before(&topic, partition, low, high, lookup)? =>
+            {
+                warn!(
+                    partition,
+                    "the broker cannot look up outcomes by time; reading the whole outcomes partition"
+                );
+                low
+            }
+            Ok(None) => high,
+            Err(error) => {
+                warn!(%error, partition, "cannot look up outcomes by time; reading the whole outcomes partition");
+                low
+            }
+        };
         let mut seen = SeenWindow::default();
         ProcessorStats::add(
             &self.shared.stats.restore_outcomes_read,
@@ -1249,6 +1269,31 @@ impl<A: Aggregate> Restorer<A> {
             Ok(())
         })?;
         Ok(seen)
+    }
+
+    /// Whether the newest record before `high` is older than `time`.
+    fn last_record_before(
+        &self,
+        topic: &str,
+        partition: i32,
+        low: i64,
+        high: i64,
+        time: SystemTime,
+    ) -> Result<bool, ProcessorError> {
+        let limit = time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        // The last offsets are transaction markers, which are no records: look at the
+        // last few offsets and take the newest record among them.
+        let mut newest = None;
+        self.read_range(topic, partition, (high - 16).max(low), high, |message| {
+            if let Some(ms) = message.timestamp().to_millis() {
+                newest = Some(newest.map_or(ms, |n: i64| n.max(ms)));
+            }
+            Ok(())
+        })?;
+        // No record among them: of unknown age; read them all.
+        Ok(newest.is_some_and(|ms| ms < limit))
     }
 
     /// The first offset of `topic`/`partition` with a timestamp at or after `time`;
