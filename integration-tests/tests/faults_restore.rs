@@ -144,7 +144,9 @@ async fn a_restore_longer_than_the_poll_interval_keeps_the_instance_in_its_group
     use tributary_integration_tests::command_support::{Check, CounterEvent, test_settings};
     use tributary_integration_tests::projection_support::{RawRecord, produce};
 
-    const EVENTS: u64 = 400_000;
+    // Enough that the restore outlasts the 6 s poll interval on an idle machine too
+    // (400,000 took 5.3 s there in a debug build).
+    const EVENTS: u64 = 1_000_000;
     let bootstrap = kafka_bootstrap();
     let prefix = unique_prefix("fault-longrestore");
     let (large, small) = (id_on(0, 2), id_on(1, 2));
