@@ -160,3 +160,32 @@ where
         }
     }
 }
+
+/// The topics of `topics` that the cluster does not know (or that have no
+/// partitions yet), asked on a blocking thread with a consumer-type client, whose
+/// metadata requests never create topics (a producer's or an admin client's make a
+/// broker with `auto.create.topics.enable` create them with its defaults).
+pub(crate) async fn missing_topics(
+    config: rdkafka::ClientConfig,
+    topics: Vec<String>,
+    timeout: std::time::Duration,
+) -> rdkafka::error::KafkaResult<Vec<String>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    tokio::task::spawn_blocking(move || {
+        let client: BaseConsumer = config.create()?;
+        let mut missing = Vec::new();
+        for topic in topics {
+            let metadata = client.fetch_metadata(Some(&topic), timeout)?;
+            let present = metadata
+                .topics()
+                .iter()
+                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+            if !present {
+                missing.push(topic);
+            }
+        }
+        Ok(missing)
+    })
+    .await
+    .unwrap_or(Err(rdkafka::error::KafkaError::Canceled))
+}

@@ -478,34 +478,26 @@ impl CommandGateway {
     /// (whose metadata requests never create topics). An unanswered request counts
     /// as existing: the produce then fails or times out with its own error.
     async fn topic_exists(&self, topic: &str, timeout: Duration) -> bool {
-        let known = |inner: &Inner| {
-            inner
-                .known_topics
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .contains(topic)
-        };
-        if known(&self.inner) {
-            return true;
-        }
-        let config = self.inner.kafka.client_config();
-        let name = topic.to_owned();
-        let budget = (timeout / 2).min(Duration::from_secs(5));
-        let exists = tokio::task::spawn_blocking(move || {
-            let client: rdkafka::consumer::BaseConsumer = config.create().ok()?;
-            let metadata = client.fetch_metadata(Some(&name), budget).ok()?;
-            let topic = metadata.topics().iter().find(|t| t.name() == name)?;
-            Some(topic.error().is_none() && !topic.partitions().is_empty())
-        })
-        .await
-        .ok()
-        .flatten();
-        if exists == Some(true) {
+        let known = || {
             self.inner
                 .known_topics
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(topic.to_owned());
+        };
+        if known().contains(topic) {
+            return true;
+        }
+        let budget = (timeout / 2).min(Duration::from_secs(5));
+        let exists = crate::kafka::missing_topics(
+            self.inner.kafka.client_config(),
+            vec![topic.to_owned()],
+            budget,
+        )
+        .await
+        .ok()
+        .map(|missing| missing.is_empty());
+        if exists == Some(true) {
+            known().insert(topic.to_owned());
         }
         exists.unwrap_or(true)
     }

@@ -1222,7 +1222,8 @@ impl<A: Aggregate> Restorer<A> {
         // were behind; the timestamps filter exactly below.
         let lookup = since
             .checked_sub(OUTCOME_CLOCK_MARGIN.min(window / 10))
-            .unwrap_or(SystemTime::UNIX_EPOCH);
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         let start = match self.offset_at(&topic, partition, lookup) {
             Ok(Some(offset)) => offset.clamp(low, high),
             // "No record at or after the time": true on Kafka when the whole
@@ -1271,42 +1272,34 @@ impl<A: Aggregate> Restorer<A> {
         Ok(seen)
     }
 
-    /// Whether the newest record before `high` is older than `time`.
+    /// Whether the newest record before `high` is older than `limit_ms` (epoch ms).
     fn last_record_before(
         &self,
         topic: &str,
         partition: i32,
         low: i64,
         high: i64,
-        time: SystemTime,
+        limit_ms: i64,
     ) -> Result<bool, ProcessorError> {
-        let limit = time
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         // The last offsets are transaction markers, which are no records: look at the
         // last few offsets and take the newest record among them.
         let mut newest = None;
         self.read_range(topic, partition, (high - 16).max(low), high, |message| {
-            if let Some(ms) = message.timestamp().to_millis() {
-                newest = Some(newest.map_or(ms, |n: i64| n.max(ms)));
-            }
+            newest = newest.max(message.timestamp().to_millis());
             Ok(())
         })?;
         // No record among them: of unknown age; read them all.
-        Ok(newest.is_some_and(|ms| ms < limit))
+        Ok(newest.is_some_and(|ms| ms < limit_ms))
     }
 
-    /// The first offset of `topic`/`partition` with a timestamp at or after `time`;
-    /// `None` when every record is older.
+    /// The first offset of `topic`/`partition` with a timestamp at or after `ms`
+    /// (epoch ms); `None` when every record is older.
     fn offset_at(
         &self,
         topic: &str,
         partition: i32,
-        time: SystemTime,
+        ms: i64,
     ) -> Result<Option<i64>, ProcessorError> {
-        let ms = time
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, Offset::Offset(ms))
             .map_err(kafka("look up outcomes by time"))?;

@@ -10,35 +10,8 @@
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-
-/// How long one metadata request may take.
-const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The topics of `topics` that the cluster does not know (or that have no
-/// partitions yet), read on a blocking thread.
-pub(crate) async fn missing_topics(
-    config: ClientConfig,
-    topics: Vec<String>,
-) -> Result<Vec<String>, KafkaError> {
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = config.create()?;
-        let metadata = consumer.fetch_metadata(None, METADATA_TIMEOUT)?;
-        Ok(topics
-            .into_iter()
-            .filter(|topic| {
-                !metadata
-                    .topics()
-                    .iter()
-                    .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-            })
-            .collect())
-    })
-    .await
-    .unwrap_or(Err(KafkaError::Canceled))
-}
+/// How long one metadata request may take while the worker waits.
+pub(crate) const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the worker reports while it waits.
 pub(crate) fn waiting_message(missing: &[String]) -> String {

@@ -443,18 +443,23 @@ impl<P: Projection> ProjectionWorker<P> {
     async fn await_topics(&self, topics: &[String], shutdown: &mut Shutdown) -> bool {
         let mut logged: Option<Instant> = None;
         loop {
-            let message =
-                match topics::missing_topics(self.kafka.client_config(), topics.to_vec()).await {
-                    Ok(missing) if missing.is_empty() => {
-                        if logged.is_some() {
-                            tracing::info!(projection = P::NAME, "every topic exists now");
-                            self.status.send_modify(|s| s.last_error = None);
-                        }
-                        return true;
+            let message = match crate::kafka::missing_topics(
+                self.kafka.client_config(),
+                topics.to_vec(),
+                topics::METADATA_TIMEOUT,
+            )
+            .await
+            {
+                Ok(missing) if missing.is_empty() => {
+                    if logged.is_some() {
+                        tracing::info!(projection = P::NAME, "every topic exists now");
+                        self.status.send_modify(|s| s.last_error = None);
                     }
-                    Ok(missing) => topics::waiting_message(&missing),
-                    Err(error) => format!("cannot read the topics' metadata ({error}); retrying"),
-                };
+                    return true;
+                }
+                Ok(missing) => topics::waiting_message(&missing),
+                Err(error) => format!("cannot read the topics' metadata ({error}); retrying"),
+            };
             if logged.is_none_or(|at| at.elapsed() >= TOPIC_WAIT_LOG_INTERVAL) {
                 tracing::warn!(projection = P::NAME, "{message}");
                 logged = Some(Instant::now());
@@ -522,11 +527,6 @@ impl<P: Projection> ProjectionWorker<P> {
     }
 
     async fn rebuild_locked(&self, mut cancel: Shutdown) -> Result<RebuildReport, ProjectionError> {
-        if self.sources.is_empty() {
-            return Err(ProjectionError::NoSubscriptions {
-                projection: P::NAME,
-            });
-        }
         let started = Instant::now();
         self.migrate().await?;
         let marks = lag::watermarks(self.kafka.client_config(), self.topics())
