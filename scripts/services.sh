@@ -12,6 +12,9 @@
 #   scripts/services.sh reset    down, then delete the brokers' data (topics, groups)
 #   scripts/services.sh status   say what is running (exit 0 when both services answer)
 #   scripts/services.sh env [--brokers 1|3]   print the export lines only
+#   scripts/services.sh kafka-jars   fetch the pinned Kafka jars if missing and print
+#                                their directory (scripts/containers.sh builds its
+#                                Kafka image from them)
 #
 #   Fault injection on the local Kafka nodes (N = 1, 2 or 3; node N listens on
 #   127.0.0.1:909(1+N)):
@@ -1141,6 +1144,14 @@ main() {
       done
       check_brokers
       if [[ "$command" == up ]]; then cmd_up; else print_env; fi
+      ;;
+    kafka-jars)
+      [[ $# -eq 0 ]] || {
+        usage
+        exit 2
+      }
+      install_kafka
+      echo "$KAFKA_LIBS"
       ;;
     down | reset | status | quorum-leader)
       [[ $# -eq 0 ]] || {

@@ -19,17 +19,24 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 
 pub mod cluster;
 pub mod command_support;
+pub mod container_cluster;
+pub mod containers;
 
 /// How to start the services, printed when one is missing.
 pub const HOW_TO_START: &str = "start the local services with `eval \"$(scripts/services.sh up)\"` \
      (or `docker compose up -d --wait`), or point KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL at yours";
 
-/// The broker's bootstrap servers: `KAFKA_BOOTSTRAP_SERVERS`, default `127.0.0.1:9092`.
-/// Panics with instructions when no broker answers there.
+/// The broker's bootstrap servers: in container mode ([`containers::mode`]) the Kafka
+/// container of this test binary, else `KAFKA_BOOTSTRAP_SERVERS`, default
+/// `127.0.0.1:9092`. Panics with instructions when no broker answers there.
 pub fn kafka_bootstrap() -> String {
     init_tracing();
-    let servers =
-        std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
+    let servers = match containers::mode() {
+        containers::ServicesMode::Containers => containers::shared().kafka_bootstrap.clone(),
+        containers::ServicesMode::Local => {
+            std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+        }
+    };
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &servers)
         .create()
@@ -71,10 +78,14 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// Postgres: `DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`.
+/// Postgres: in container mode the Postgres container of this test binary, else
+/// `DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`.
 pub fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+    match containers::mode() {
+        containers::ServicesMode::Containers => containers::shared().database_url.clone(),
+        containers::ServicesMode::Local => std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned()),
+    }
 }
 
 /// A [`tributary::PgStore`] in its own schema (named after `prefix`), migrated.

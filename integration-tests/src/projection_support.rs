@@ -19,11 +19,7 @@ use tokio::sync::Notify;
 use tributary::projection::{HandlerError, Handles, Projection, ProjectionConfig, RetryPolicy};
 use tributary::{DomainEvent, EncodedRecord, EventEnvelope, KafkaConfig, PgStore};
 
-/// `DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`.
-pub fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
+pub use crate::database_url;
 
 /// A store in a schema of its own, named after the test prefix.
 pub async fn test_store(prefix: &str) -> PgStore {
