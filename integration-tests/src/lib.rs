@@ -21,6 +21,8 @@ pub mod cluster;
 pub mod command_support;
 pub mod container_cluster;
 pub mod containers;
+pub mod load;
+pub mod transaction_support;
 
 /// How to start the services, printed when one is missing.
 pub const HOW_TO_START: &str = "start the local services with `eval \"$(scripts/services.sh up)\"` \

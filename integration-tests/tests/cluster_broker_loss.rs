@@ -15,9 +15,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -31,6 +28,7 @@ use tributary_integration_tests::cluster::{
 use tributary_integration_tests::command_support::{
     Increment, counter_log_ids, counter_log_worker, counter_processor,
 };
+use tributary_integration_tests::load::{Load, assert_exactly_the_accepted};
 use tributary_integration_tests::projection_support::wait_until;
 use tributary_integration_tests::raw_log::{self, Isolation};
 use tributary_integration_tests::{pg_store, unique_prefix};
@@ -77,128 +75,6 @@ async fn min_insync_replicas(bootstrap: &str, topic: &str) -> String {
         .get("min.insync.replicas")
         .and_then(|e| e.value.clone())
         .unwrap_or_default()
-}
-
-/// Callers that send increments without pause until stopped, each resending with
-/// the same command id until its outcome is known.
-struct Load {
-    stop: Arc<AtomicBool>,
-    accepted: Arc<AtomicUsize>,
-    tasks: Vec<tokio::task::JoinHandle<Vec<(String, String, u64)>>>,
-}
-
-impl Load {
-    fn start(gateway: &CommandGateway, callers: usize, aggregates: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let tasks = (0..callers)
-            .map(|caller| {
-                let (gateway, stop, accepted) =
-                    (gateway.clone(), Arc::clone(&stop), Arc::clone(&accepted));
-                tokio::spawn(async move {
-                    let mut done = Vec::new();
-                    let mut i = 0;
-                    while !stop.load(Ordering::SeqCst) {
-                        let id = format!("c{caller}-{i}");
-                        let aggregate = format!("a{}", (caller * 7 + i) % aggregates);
-                        let deadline = Instant::now() + Duration::from_secs(240);
-                        let version = loop {
-                            let options = SendOptions {
-                                command_id: Some(id.clone()),
-                                ..Default::default()
-                            };
-                            let command = Increment {
-                                id: aggregate.clone(),
-                                by: 1,
-                            };
-                            match gateway.send_with(command, options).await {
-                                Ok(CommandOutcome::Accepted { version, .. }) => break version,
-                                Ok(CommandOutcome::Rejected(e)) => panic!("{id}: rejected: {e}"),
-                                Err(e) => {
-                                    assert!(Instant::now() < deadline, "{id}: no outcome: {e}");
-                                    tokio::time::sleep(Duration::from_millis(100)).await;
-                                }
-                            }
-                        };
-                        done.push((id, aggregate, version));
-                        accepted.fetch_add(1, Ordering::SeqCst);
-                        i += 1;
-                    }
-                    done
-                })
-            })
-            .collect();
-        Self {
-            stop,
-            accepted,
-            tasks,
-        }
-    }
-
-    /// Waits until `more` further commands were accepted.
-    async fn progress(&self, more: usize, what: &str) {
-        let target = self.accepted.load(Ordering::SeqCst) + more;
-        let started = Instant::now();
-        while self.accepted.load(Ordering::SeqCst) < target {
-            assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "the load stalled {what}: {} accepted",
-                self.accepted.load(Ordering::SeqCst)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        eprintln!(
-            "{what}: {} accepted, +{more} in {:?}",
-            self.accepted.load(Ordering::SeqCst),
-            started.elapsed()
-        );
-    }
-
-    async fn finish(self) -> Vec<(String, String, u64)> {
-        self.stop.store(true, Ordering::SeqCst);
-        let mut all = Vec::new();
-        for task in self.tasks {
-            all.extend(task.await.expect("caller"));
-        }
-        all
-    }
-}
-
-/// Every accepted command is in the committed log exactly once, at the version its
-/// caller was told, and nothing else is.
-fn assert_exactly_the_accepted(bootstrap: &str, prefix: &str, accepted: &[(String, String, u64)]) {
-    let committed = raw_log::read(
-        bootstrap,
-        &format!("{prefix}.counter.events"),
-        Isolation::Committed,
-    );
-    raw_log::assert_single_writer(&committed);
-    let by_cause: BTreeMap<&str, (&str, u64)> = committed
-        .iter()
-        .map(|e| {
-            (
-                e.causation_id.as_str(),
-                (e.aggregate_id.as_str(), e.sequence),
-            )
-        })
-        .collect();
-    assert_eq!(
-        by_cause.len(),
-        committed.len(),
-        "a command caused two events"
-    );
-    for (id, aggregate, version) in accepted {
-        assert_eq!(
-            by_cause.get(id.as_str()),
-            Some(&(aggregate.as_str(), *version)),
-            "accepted command {id}"
-        );
-    }
-    assert_eq!(
-        committed.len(),
-        accepted.len(),
-        "events in the log that no caller was told of"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

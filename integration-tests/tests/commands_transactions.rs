@@ -11,205 +11,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tributary::KafkaConfig;
-use tributary::command::{CommandGateway, CommandOutcome, FaultPoint, SendOptions};
-use tributary_integration_tests::command_support::{
-    Check, Increment, counter_log_ids, counter_log_worker, counter_processor,
-};
+use tributary::command::FaultPoint;
+use tributary_integration_tests::command_support::{counter_log_worker, counter_processor};
 use tributary_integration_tests::node::Node;
-use tributary_integration_tests::projection_support::wait_until;
-use tributary_integration_tests::raw_log::{self, Isolation, LoggedEvent};
+use tributary_integration_tests::raw_log::{self, Isolation};
+use tributary_integration_tests::transaction_support::{
+    COMMANDS, assert_log, assert_open_transaction, assert_state, events_topic, gateway,
+    send_commands,
+};
 use tributary_integration_tests::{kafka_bootstrap, pg_store, unique_prefix};
 
 const NODE: &str = env!("CARGO_BIN_EXE_counter_node");
-/// Commands per test, over two aggregates.
-const COMMANDS: u32 = 6;
-
-/// What a caller learned: command id → (aggregate, version, event ids).
-type Accepted = BTreeMap<String, (String, u64, Vec<String>)>;
-
-fn events_topic(prefix: &str) -> String {
-    format!("{prefix}.counter.events")
-}
-
-async fn gateway(bootstrap: &str, prefix: &str) -> CommandGateway {
-    CommandGateway::connect_with_timeout(
-        &KafkaConfig::new(bootstrap),
-        prefix,
-        Duration::from_secs(20),
-    )
-    .await
-    .expect("gateway")
-}
-
-/// Sends `COMMANDS` increments concurrently (`cmd-{i}` adds `i + 1` to `z{i % 2}`),
-/// each resent with the same id until its outcome is known.
-fn send_commands(gateway: &CommandGateway) -> tokio::task::JoinHandle<Accepted> {
-    let gateway = gateway.clone();
-    tokio::spawn(async move {
-        let mut tasks = Vec::new();
-        for i in 0..COMMANDS {
-            let gateway = gateway.clone();
-            tasks.push(tokio::spawn(async move {
-                let id = format!("cmd-{i}");
-                let aggregate = format!("z{}", i % 2);
-                let deadline = Instant::now() + Duration::from_secs(120);
-                loop {
-                    let options = SendOptions {
-                        command_id: Some(id.clone()),
-                        ..Default::default()
-                    };
-                    let command = Increment {
-                        id: aggregate.clone(),
-                        by: i + 1,
-                    };
-                    match gateway.send_with(command, options).await {
-                        Ok(CommandOutcome::Accepted { version, events }) => {
-                            let ids = events.iter().map(|e| e.id.to_string()).collect();
-                            return (id, (aggregate, version, ids));
-                        }
-                        Ok(CommandOutcome::Rejected(e)) => panic!("{id} rejected: {e}"),
-                        Err(e) => assert!(Instant::now() < deadline, "{id}: no outcome: {e}"),
-                    }
-                }
-            }));
-        }
-        let mut accepted = Accepted::new();
-        for task in tasks {
-            let (id, outcome) = task.await.expect("caller");
-            accepted.insert(id, outcome);
-        }
-        accepted
-    })
-}
-
-/// The value each aggregate must have after all commands.
-fn expected_values() -> BTreeMap<String, u64> {
-    let mut values = BTreeMap::new();
-    for i in 0..COMMANDS {
-        *values.entry(format!("z{}", i % 2)).or_default() += u64::from(i + 1);
-    }
-    values
-}
-
-/// The processor's state of every aggregate, through `Check` commands (which read
-/// the state the processor restored or kept).
-async fn assert_state(gateway: &CommandGateway) {
-    for (id, expected) in expected_values() {
-        match gateway
-            .send(Check {
-                id: id.clone(),
-                expected,
-            })
-            .await
-            .expect("check")
-        {
-            CommandOutcome::Accepted { .. } => {}
-            CommandOutcome::Rejected(e) => panic!("aggregate {id}: {e}"),
-        }
-    }
-}
-
-/// Waits until a transaction of the frozen or crashed processor holds events in the
-/// log that no read_committed reader can see yet.
-fn assert_open_transaction(bootstrap: &str, prefix: &str) -> usize {
-    let topic = events_topic(prefix);
-    let uncommitted = raw_log::read(bootstrap, &topic, Isolation::Uncommitted);
-    let committed = raw_log::read(bootstrap, &topic, Isolation::Committed);
-    assert!(
-        !uncommitted.is_empty(),
-        "the paused processor had produced no events: the scenario is not the one under test"
-    );
-    assert!(
-        committed.is_empty(),
-        "events of an open transaction are visible to read_committed readers: {committed:?}"
-    );
-    uncommitted.len()
-}
-
-/// The checks shared by every scenario: the committed log is gapless with one
-/// effect per command, it is exactly what the callers were told, and the records of
-/// the failed transaction are in the log but reached no reader (the projection's
-/// rows are the committed events, nothing else).
-async fn assert_log(
-    bootstrap: &str,
-    prefix: &str,
-    accepted: &Accepted,
-    projection: Option<&tributary::PgStore>,
-) {
-    let topic = events_topic(prefix);
-    let committed = raw_log::read(bootstrap, &topic, Isolation::Committed);
-    let per_aggregate = raw_log::assert_single_writer(&committed);
-    let uncommitted = raw_log::read(bootstrap, &topic, Isolation::Uncommitted);
-    let committed_ids: BTreeSet<&str> = committed.iter().map(|e| e.event_id.as_str()).collect();
-    let aborted: Vec<&LoggedEvent> = uncommitted
-        .iter()
-        .filter(|e| !committed_ids.contains(e.event_id.as_str()))
-        .collect();
-    assert!(
-        !aborted.is_empty(),
-        "no aborted records in the log: the failed transaction was not exercised"
-    );
-
-    // One event per command, and the callers heard of exactly those events.
-    assert_eq!(committed.len(), COMMANDS as usize, "{committed:?}");
-    for (command_id, (aggregate, version, ids)) in accepted {
-        let event = committed
-            .iter()
-            .find(|e| &e.causation_id == command_id)
-            .unwrap_or_else(|| panic!("{command_id} was accepted but has no event"));
-        assert_eq!(
-            (&event.aggregate_id, event.sequence),
-            (aggregate, *version),
-            "{command_id}: the reply and the log disagree"
-        );
-        assert_eq!(
-            ids,
-            &vec![event.event_id.clone()],
-            "{command_id}: reply's event ids"
-        );
-    }
-    for (aggregate, expected) in expected_values() {
-        let sum: u64 = per_aggregate[&aggregate]
-            .iter()
-            .map(|e| e.data["by"].as_u64().expect("by"))
-            .sum();
-        assert_eq!(sum, expected, "aggregate {aggregate} in the log");
-    }
-
-    if let Some(store) = projection {
-        wait_until(
-            Duration::from_secs(60),
-            "the projection to apply every committed event",
-            || async { counter_log_ids(store).await.len() >= committed.len() },
-        )
-        .await;
-        // Give a wrongly delivered aborted record time to show up, then compare.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let seen = counter_log_ids(store).await;
-        let expected: Vec<String> = committed.iter().map(|e| e.event_id.clone()).collect();
-        let mut seen_sorted = seen.clone();
-        seen_sorted.sort();
-        let mut expected_sorted = expected;
-        expected_sorted.sort();
-        assert_eq!(
-            seen_sorted, expected_sorted,
-            "the projection applied something other than the committed events"
-        );
-        for event in &aborted {
-            assert!(
-                !seen.contains(&event.event_id),
-                "the projection saw an aborted event"
-            );
-        }
-    }
-}
-
 /// A processor frozen (SIGSTOP) after producing a batch's events, before its
 /// commit. A new owner takes the partition and decides the same commands; after
 /// SIGCONT the zombie's commit is refused. No reader ever sees the zombie's events.
