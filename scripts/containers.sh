@@ -90,7 +90,8 @@ engine_host() {
 cli() {
   local host
   host="$(engine_host)" || die "no container engine answers; run scripts/containers.sh engine"
-  if [[ "$host" == "unix://${PODMAN_SOCKET}" ]] && have podman; then
+  # /var/run/docker.sock may be our link to Podman's socket.
+  if [[ "$host" == unix://* && "$(readlink -f "${host#unix://}")" == "$PODMAN_SOCKET" ]] && have podman; then
     podman "$@"
   else
     DOCKER_HOST="$host" docker "$@"
@@ -164,7 +165,10 @@ cmd_engine() {
   rm -f "$PODMAN_SOCKET"
   log "starting podman system service on ${PODMAN_SOCKET}"
   (
-    # Own session, no inherited descriptors: it outlives this script and its caller.
+    # Own session, no inherited descriptors, and / as its working directory (conmon
+    # fails to start containers once the directory it was started in is deleted):
+    # it outlives this script, its caller and their checkout.
+    cd /
     for fd in /proc/$$/fd/*; do
       fd="${fd##*/}"
       ((fd > 2)) && eval "exec ${fd}>&-" 2>/dev/null
