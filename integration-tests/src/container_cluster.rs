@@ -227,19 +227,8 @@ pub struct ContainerNode {
 impl ContainerNode {
     /// Waits until the program prints `want` on a line of its own.
     pub async fn expect_line(&mut self, want: &str, within: Duration) {
-        let wait = async {
-            while let Some(line) = self.lines.recv().await {
-                if line == want {
-                    return true;
-                }
-            }
-            false
-        };
-        match tokio::time::timeout(within, wait).await {
-            Ok(true) => {}
-            Ok(false) => panic!("the container stopped without printing `{want}`"),
-            Err(_) => panic!("the container did not print `{want}` within {within:?}"),
-        }
+        crate::node::expect_line(&mut self.lines, "counter_node in a container", want, within)
+            .await;
     }
 
     /// Its address on the cluster's network.

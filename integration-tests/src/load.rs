@@ -150,3 +150,29 @@ pub fn assert_exactly_the_accepted(
         "events in the log that no caller was told of"
     );
 }
+
+/// Waits until the counter's read model (`counter_log`, in `store`) holds every
+/// committed event, then checks that it holds exactly those: each event once,
+/// nothing else.
+pub async fn assert_read_model_is_the_log(
+    bootstrap: &str,
+    prefix: &str,
+    store: &tributary::PgStore,
+    accepted: usize,
+) {
+    crate::projection_support::wait_until(
+        Duration::from_secs(90),
+        "the projection to apply every event",
+        || async { crate::command_support::counter_log_ids(store).await.len() >= accepted },
+    )
+    .await;
+    let mut seen = crate::command_support::counter_log_ids(store).await;
+    seen.sort();
+    let events = format!("{prefix}.counter.events");
+    let mut expected: Vec<String> = raw_log::read(bootstrap, &events, Isolation::Committed)
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    expected.sort();
+    assert_eq!(seen, expected, "the read model differs from the log");
+}

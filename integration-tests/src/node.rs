@@ -70,19 +70,7 @@ impl Node {
 
     /// Waits until the process prints `want` on a line of its own.
     pub async fn expect_line(&mut self, want: &str, within: Duration) {
-        let wait = async {
-            while let Some(line) = self.lines.recv().await {
-                if line == want {
-                    return true;
-                }
-            }
-            false
-        };
-        match tokio::time::timeout(within, wait).await {
-            Ok(true) => {}
-            Ok(false) => panic!("{} exited without printing `{want}`", self.name),
-            Err(_) => panic!("{} did not print `{want}` within {within:?}", self.name),
-        }
+        expect_line(&mut self.lines, &self.name, want, within).await;
     }
 
     /// Sends a signal (`-STOP`, `-CONT`, `-KILL`, …) with kill(1).
@@ -136,5 +124,28 @@ impl Node {
     /// How the process ended, or `None` while it runs (does not wait).
     pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
+    }
+}
+
+/// Waits until `lines` (what program `name` prints) has `want` on a line of its own;
+/// panics when the program ends first or `within` passes.
+pub async fn expect_line(
+    lines: &mut mpsc::UnboundedReceiver<String>,
+    name: &str,
+    want: &str,
+    within: Duration,
+) {
+    let wait = async {
+        while let Some(line) = lines.recv().await {
+            if line == want {
+                return true;
+            }
+        }
+        false
+    };
+    match tokio::time::timeout(within, wait).await {
+        Ok(true) => {}
+        Ok(false) => panic!("{name} exited without printing `{want}`"),
+        Err(_) => panic!("{name} did not print `{want}` within {within:?}"),
     }
 }

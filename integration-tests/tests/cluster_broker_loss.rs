@@ -26,10 +26,11 @@ use tributary_integration_tests::cluster::{
     cluster_bootstrap, leader_of, live_brokers, partitions, quorum_leader, services, wait_in_sync,
 };
 use tributary_integration_tests::command_support::{
-    Increment, counter_log_ids, counter_log_worker, counter_processor,
+    Increment, counter_log_worker, counter_processor,
 };
-use tributary_integration_tests::load::{Load, assert_exactly_the_accepted};
-use tributary_integration_tests::projection_support::wait_until;
+use tributary_integration_tests::load::{
+    Load, assert_exactly_the_accepted, assert_read_model_is_the_log,
+};
 use tributary_integration_tests::raw_log::{self, Isolation};
 use tributary_integration_tests::{pg_store, unique_prefix};
 
@@ -127,20 +128,7 @@ async fn losing_a_partition_leader_then_the_controller_loses_nothing() {
     assert_eq!(live_brokers(&bootstrap), vec![1, 2, 3]);
 
     // The read model ends complete: every committed event, once.
-    wait_until(
-        Duration::from_secs(60),
-        "the projection to apply every event",
-        || async { counter_log_ids(&store).await.len() >= accepted.len() },
-    )
-    .await;
-    let mut seen = counter_log_ids(&store).await;
-    seen.sort();
-    let mut expected: Vec<String> = raw_log::read(&bootstrap, &events, Isolation::Committed)
-        .into_iter()
-        .map(|e| e.event_id)
-        .collect();
-    expected.sort();
-    assert_eq!(seen, expected, "the read model differs from the log");
+    assert_read_model_is_the_log(&bootstrap, &prefix, &store, accepted.len()).await;
     projection.shutdown().await.expect("projection");
     processor.shutdown().await.expect("processor");
 }

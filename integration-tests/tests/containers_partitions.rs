@@ -23,16 +23,12 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tributary::KafkaConfig;
-use tributary::command::CommandGateway;
 use tributary_integration_tests::cluster::{leader_of, live_brokers, partitions, wait_in_sync};
-use tributary_integration_tests::command_support::{
-    counter_log_ids, counter_log_worker, counter_processor,
-};
+use tributary_integration_tests::command_support::{counter_log_worker, counter_processor};
 use tributary_integration_tests::container_cluster::ContainerCluster;
-use tributary_integration_tests::load::{Load, assert_exactly_the_accepted};
-use tributary_integration_tests::projection_support::wait_until;
-use tributary_integration_tests::raw_log::{self, Isolation};
+use tributary_integration_tests::load::{
+    Load, assert_exactly_the_accepted, assert_read_model_is_the_log,
+};
 use tributary_integration_tests::transaction_support::{
     COMMANDS, assert_log, assert_open_transaction, assert_state, gateway, send_commands,
 };
@@ -53,6 +49,31 @@ fn topics(prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// Cuts `node` off the network and keeps the load going until 150 more commands
+/// are accepted; returns the node's address, for the heal.
+async fn cut_off(cluster: &ContainerCluster, node: i32, what: &str, load: &Load) -> String {
+    let address = cluster.address(node).await;
+    eprintln!("cutting node {node} ({address}), {what}, off the network");
+    cluster.disconnect(node).await;
+    load.progress_within(150, &format!("with {what} cut off"), CUT_LIMIT)
+        .await;
+    address
+}
+
+/// Connects `node` again at `address`, waits until every partition of the test's
+/// topics has three in-sync replicas, and for 50 more commands.
+async fn heal(cluster: &ContainerCluster, node: i32, address: &str, prefix: &str, load: &Load) {
+    cluster.connect(node, address).await;
+    wait_in_sync(
+        &cluster.bootstrap(),
+        &topics(prefix),
+        3,
+        Duration::from_secs(120),
+    )
+    .await;
+    load.progress(50, "after the heal").await;
+}
+
 /// Runs the command load with a projection while `fault` cuts a node off and heals
 /// it, then checks the log and the read model.
 async fn under_load<F, Fut>(cluster: &ContainerCluster, test: &str, fault: F)
@@ -66,13 +87,7 @@ where
         .start()
         .await
         .expect("processor");
-    let gateway = CommandGateway::connect_with_timeout(
-        &KafkaConfig::new(&bootstrap),
-        &prefix,
-        Duration::from_secs(10),
-    )
-    .await
-    .expect("gateway");
+    let gateway = gateway(&bootstrap, &prefix).await;
     let events = format!("{prefix}.counter.events");
     for (partition, (_, replicas, isr)) in partitions(&bootstrap, &events) {
         assert_eq!((replicas, isr), (3, 3), "events partition {partition}");
@@ -88,20 +103,7 @@ where
     eprintln!("{} commands accepted", accepted.len());
     assert_exactly_the_accepted(&bootstrap, &prefix, &accepted);
     assert_eq!(live_brokers(&bootstrap), vec![1, 2, 3]);
-    wait_until(
-        Duration::from_secs(90),
-        "the projection to apply every event",
-        || async { counter_log_ids(&store).await.len() >= accepted.len() },
-    )
-    .await;
-    let mut seen = counter_log_ids(&store).await;
-    seen.sort();
-    let mut expected: Vec<String> = raw_log::read(&bootstrap, &events, Isolation::Committed)
-        .into_iter()
-        .map(|e| e.event_id)
-        .collect();
-    expected.sort();
-    assert_eq!(seen, expected, "the read model differs from the log");
+    assert_read_model_is_the_log(&bootstrap, &prefix, &store, accepted.len()).await;
     projection.shutdown().await.expect("projection");
     processor.shutdown().await.expect("processor");
 }
@@ -113,16 +115,10 @@ async fn cutting_a_partition_leader_off_the_network_loses_nothing() {
     under_load(cluster, "leader-cut", |prefix, load| async move {
         let events = format!("{prefix}.counter.events");
         let leader = leader_of(bootstrap, &events, 0);
-        let address = cluster.address(leader).await;
-        eprintln!("cutting node {leader} ({address}), leader of {events}/0, off the network");
-        cluster.disconnect(leader).await;
-        load.progress_within(150, "with the partition leader cut off", CUT_LIMIT)
-            .await;
+        let address = cut_off(cluster, leader, "the leader of events/0", &load).await;
         let new_leader = leader_of(bootstrap, &events, 0);
         assert_ne!(new_leader, leader, "{events}/0 kept its cut-off leader");
-        cluster.connect(leader, &address).await;
-        wait_in_sync(bootstrap, &topics(&prefix), 3, Duration::from_secs(120)).await;
-        load.progress(50, "after the heal").await;
+        heal(cluster, leader, &address, &prefix, &load).await;
         load
     })
     .await;
@@ -131,14 +127,9 @@ async fn cutting_a_partition_leader_off_the_network_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn isolating_the_controller_loses_nothing() {
     let cluster = &ContainerCluster::start("controller-cut").await;
-    let bootstrap = &cluster.bootstrap();
     under_load(cluster, "controller-cut", |prefix, load| async move {
         let controller = cluster.quorum_leader(1).await;
-        let address = cluster.address(controller).await;
-        eprintln!("cutting node {controller} ({address}), the active controller, off the network");
-        cluster.disconnect(controller).await;
-        load.progress_within(150, "with the controller cut off", CUT_LIMIT)
-            .await;
+        let address = cut_off(cluster, controller, "the active controller", &load).await;
         // The two connected nodes elected one of themselves.
         let other = if controller == 1 { 2 } else { 1 };
         let elected = cluster.quorum_leader(other).await;
@@ -146,9 +137,7 @@ async fn isolating_the_controller_loses_nothing() {
             elected, controller,
             "no new controller while {controller} was cut off"
         );
-        cluster.connect(controller, &address).await;
-        wait_in_sync(bootstrap, &topics(&prefix), 3, Duration::from_secs(120)).await;
-        load.progress(50, "after the heal").await;
+        heal(cluster, controller, &address, &prefix, &load).await;
         load
     })
     .await;

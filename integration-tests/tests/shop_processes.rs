@@ -77,6 +77,15 @@ const SETTLE_GIVE_UP: Duration = Duration::from_secs(90);
 /// A client gives up on one request after retrying it this long.
 const REQUEST_GIVE_UP: Duration = Duration::from_secs(120);
 
+/// Every process of the shop before processor node 1 is killed.
+const ALL_PROCESSES: &[&str] = &[
+    "projections",
+    "api",
+    "processors-1",
+    "processors-1-inventory",
+    "processors-2",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn separate_processes_started_in_any_order_with_a_processor_killed_keep_every_invariant() {
     let binary = shop_binary();
@@ -176,13 +185,7 @@ async fn separate_processes_started_in_any_order_with_a_processor_killed_keep_ev
                 break joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
             }
             () = tokio::time::sleep(Duration::from_millis(500)) => {
-                shop.assert_running(&[
-                    "projections",
-                    "api",
-                    "processors-1",
-                    "processors-1-inventory",
-                    "processors-2",
-                ]);
+                shop.assert_running(ALL_PROCESSES);
             }
         }
     };
@@ -194,13 +197,7 @@ async fn separate_processes_started_in_any_order_with_a_processor_killed_keep_ev
         restock_retries.unavailable > 0,
         "the first restock should have found no inventory topic (503); the processes did not start in the intended order"
     );
-    shop.assert_running(&[
-        "projections",
-        "api",
-        "processors-1",
-        "processors-1-inventory",
-        "processors-2",
-    ]);
+    shop.assert_running(ALL_PROCESSES);
 
     // Both processor processes share the work before the load: each owns
     // commands partitions of both aggregates (so the kill below takes some away).
