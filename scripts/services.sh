@@ -530,8 +530,16 @@ format_cluster() {
   id_file="$(cluster_dir "$n")/cluster.id"
   if [[ ! -s "$id_file" ]]; then
     mkdir -p "$(cluster_dir "$n")"
-    # A KRaft cluster id: 16 random bytes, base64url without padding.
-    python3 -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("="))' >"$id_file"
+    # A KRaft cluster id: 16 random bytes, base64url without padding. One in 64
+    # starts with '-', which the storage tool would take for an option: draw again.
+    python3 -c '
+import base64, os
+while True:
+    cid = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+    if not cid.startswith("-"):
+        print(cid)
+        break
+' >"$id_file"
   fi
   cluster_id="$(cat "$id_file")"
   for ((i = 1; i <= n; i++)); do
@@ -540,7 +548,7 @@ format_cluster() {
     if [[ ! -f "${dir}/data/meta.properties" ]]; then
       log "Kafka: formatting the storage of node ${i}/${n} (cluster ${cluster_id})"
       "$(java_bin)" -cp "${KAFKA_LIBS}/*" -Dlog4j2.configurationFile="${dir}/log4j2.properties" \
-        kafka.tools.StorageTool format --ignore-formatted -t "$cluster_id" -c "${dir}/server.properties" >&2 ||
+        kafka.tools.StorageTool format --ignore-formatted --cluster-id="$cluster_id" -c "${dir}/server.properties" >&2 ||
         die "formatting the storage of node ${i} failed"
     fi
   done

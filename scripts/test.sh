@@ -94,10 +94,16 @@ if ((own_cluster)); then
   echo "test: the cluster tests (${CLUSTER_TESTS}) kill brokers and need the local three-node cluster; not run against KAFKA_BOOTSTRAP_SERVERS=${KAFKA_BOOTSTRAP_SERVERS}" >&2
   [[ "${CI:-}" != true ]] || failed+=("cluster tests (not run)")
 else
-  eval "$(scripts/services.sh up --brokers 3)"
-  echo "test: KAFKA_BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP_SERVERS" >&2
-  run "tests on three Kafka nodes" \
-    cargo nextest run --workspace --profile "$profile" --test-threads 1 -E "$CLUSTER_TESTS" "$@"
+  # Checked, not just evaluated: a failed start must not leave the one-node
+  # address in place for tests that need three nodes.
+  if cluster_env="$(scripts/services.sh up --brokers 3)"; then
+    eval "$cluster_env"
+    echo "test: KAFKA_BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP_SERVERS" >&2
+    run "tests on three Kafka nodes" \
+      cargo nextest run --workspace --profile "$profile" --test-threads 1 -E "$CLUSTER_TESTS" "$@"
+  else
+    failed+=("starting three Kafka nodes (scripts/services.sh up --brokers 3)")
+  fi
   # Leave the default topology running for the sample and the next run.
   scripts/services.sh up >/dev/null
 fi
