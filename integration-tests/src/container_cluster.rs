@@ -20,7 +20,9 @@ use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use tokio::sync::mpsc;
 
-use crate::containers::{BASE_IMAGE, HOW_TO_START_CONTAINERS, free_port, kafka_image, labels};
+use crate::containers::{
+    BASE_IMAGE, HOW_TO_START_CONTAINERS, docker, free_port, kafka_image, labels,
+};
 
 /// The cluster: node `n` (1, 2, 3) is `nodes[n - 1]`.
 pub struct ContainerCluster {
@@ -245,12 +247,6 @@ impl ContainerNode {
     pub async fn connect(&self, address: &str) {
         connect(self.container.id(), &self.network, address).await;
     }
-}
-
-async fn docker() -> testcontainers::bollard::Docker {
-    testcontainers::core::client::docker_client_instance()
-        .await
-        .unwrap_or_else(|e| panic!("no container engine ({e}): {HOW_TO_START_CONTAINERS}"))
 }
 
 async fn address(container: &str, network: &str) -> String {

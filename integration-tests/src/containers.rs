@@ -248,13 +248,18 @@ async fn start_shared() -> SharedServices {
     }
 }
 
+/// The engine's API client; panics with instructions when no engine answers.
+pub async fn docker() -> testcontainers::bollard::Docker {
+    testcontainers::core::client::docker_client_instance()
+        .await
+        .unwrap_or_else(|e| panic!("no container engine ({e}): {HOW_TO_START_CONTAINERS}"))
+}
+
 /// The host port on which `container` publishes `port`/tcp. (testcontainers' own
 /// lookup wants a host IP in the answer, which Podman leaves empty.)
 pub async fn published_port(container: &str, port: u16) -> u16 {
-    let docker = testcontainers::core::client::docker_client_instance()
+    let info = docker()
         .await
-        .unwrap_or_else(|e| panic!("no container engine ({e}): {HOW_TO_START_CONTAINERS}"));
-    let info = docker
         .inspect_container(container, None)
         .await
         .unwrap_or_else(|e| panic!("inspect container {container}: {e}"));
