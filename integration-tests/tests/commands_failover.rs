@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -15,40 +14,13 @@ use tributary::command::{CommandGateway, CommandOutcome, SendOptions};
 use tributary_integration_tests::command_support::{
     Increment, assert_gapless, read_counter_events,
 };
+use tributary_integration_tests::node::Node;
 use tributary_integration_tests::{kafka_bootstrap, unique_prefix};
 
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+const NODE: &str = env!("CARGO_BIN_EXE_counter_node");
 
 fn spawn_node(bootstrap: &str, prefix: &str) -> Node {
-    node_command(bootstrap, prefix, 4)
-        .spawn()
-        .map(Node)
-        .expect("spawn counter_node")
-}
-
-fn node_command(bootstrap: &str, prefix: &str, partitions: u32) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_counter_node"));
-    command
-        .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
-        .env("TRIBUTARY_PREFIX", prefix)
-        .env("TRIBUTARY_PARTITIONS", partitions.to_string())
-        .stdin(Stdio::null());
-    command
-}
-
-fn signal(child: &Child, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill {signal} failed");
+    Node::counter(NODE, bootstrap, prefix, 4, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -122,8 +94,7 @@ async fn a_killed_processor_loses_nothing_and_applies_nothing_twice() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    a.0.kill().expect("SIGKILL");
-    let _ = a.0.wait();
+    a.kill();
     let killed_at = done.load(Ordering::Relaxed);
 
     let mut accepted = Vec::new();
@@ -170,41 +141,18 @@ async fn a_killed_processor_loses_nothing_and_applies_nothing_twice() {
 /// zombie's transaction is refused and nothing it produced becomes visible.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_processor_that_lost_its_partition_cannot_commit() {
-    use std::io::BufRead;
     use tributary_integration_tests::command_support::{Check, counter_processor};
 
     let bootstrap = kafka_bootstrap();
     let prefix = unique_prefix("cmd-zombie");
     let release = std::env::temp_dir().join(format!("{prefix}.release"));
-    let mut zombie = Node(
-        node_command(&bootstrap, &prefix, 1)
-            .env("TRIBUTARY_PAUSE_FILE", &release)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn counter_node"),
+    let mut zombie = Node::counter(
+        NODE,
+        &bootstrap,
+        &prefix,
+        1,
+        &[("TRIBUTARY_PAUSE_FILE", release.to_str().unwrap())],
     );
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
-    let stdout = zombie.0.stdout.take().expect("stdout");
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let expect_line = move |want: &'static str, rx: &std::sync::mpsc::Receiver<String>| {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line == want => return,
-                Ok(_) => {}
-                Err(_) => panic!("the zombie never printed `{want}`"),
-            }
-        }
-    };
-
     let gateway = CommandGateway::connect_with_timeout(
         &KafkaConfig::new(&bootstrap),
         &prefix,
@@ -212,41 +160,49 @@ async fn a_processor_that_lost_its_partition_cannot_commit() {
     )
     .await
     .expect("gateway");
+    // Resent with the same id until its outcome is known: the first attempt may
+    // find no commands topic yet (the node creates it) or time out on a slow
+    // machine, and a single lost attempt would leave the zombie nothing to pause on.
     let send = tokio::spawn({
         let gateway = gateway.clone();
         async move {
-            gateway
-                .send(Increment {
+            let deadline = Instant::now() + Duration::from_secs(180);
+            loop {
+                let options = SendOptions {
+                    command_id: Some("zombie-command".into()),
+                    ..Default::default()
+                };
+                let command = Increment {
                     id: "z".into(),
                     by: 5,
-                })
-                .await
+                };
+                match gateway.send_with(command, options).await {
+                    Ok(outcome) => return outcome,
+                    Err(e) => {
+                        assert!(Instant::now() < deadline, "no outcome in 180 s: {e}");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
         }
     });
-    let lines_rx = tokio::task::spawn_blocking(move || {
-        expect_line("paused", &lines_rx);
-        lines_rx
-    })
-    .await
-    .unwrap();
+    zombie.expect_line("paused", Duration::from_secs(120)).await;
     // Freeze it: no heartbeats, so the group gives its partition away.
-    signal(&zombie.0, "-STOP");
+    zombie.signal("-STOP");
 
     let owner = counter_processor(&bootstrap, &prefix, 1)
         .start()
         .await
         .expect("processor");
-    match send.await.unwrap().expect("outcome") {
+    match send.await.expect("sender") {
         CommandOutcome::Accepted { version, .. } => assert_eq!(version, 1),
         CommandOutcome::Rejected(e) => panic!("{e}"),
     }
 
     // Wake the zombie: it carries on with the command it had polled, and is refused.
     std::fs::write(&release, b"go").unwrap();
-    signal(&zombie.0, "-CONT");
-    tokio::task::spawn_blocking(move || expect_line("fenced", &lines_rx))
-        .await
-        .unwrap();
+    zombie.signal("-CONT");
+    zombie.expect_line("fenced", Duration::from_secs(90)).await;
     let _ = std::fs::remove_file(&release);
 
     let events = read_counter_events(&bootstrap, &prefix);
@@ -266,6 +222,6 @@ async fn a_processor_that_lost_its_partition_cannot_commit() {
         CommandOutcome::Accepted { .. } => {}
         CommandOutcome::Rejected(e) => panic!("{e}"),
     }
-    drop(zombie);
+    zombie.kill();
     owner.shutdown().await.expect("shutdown");
 }
