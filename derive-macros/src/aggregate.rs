@@ -225,13 +225,13 @@ mod expansion_tests {
             },
         );
         for snippet in [
-            "impl::tributary::AggregateforOrder",
+            "impl::tributary_core::AggregateforOrder",
             r#"constNAME:&'staticstr="order";"#,
             "constSNAPSHOT_EVERY:::core::option::Option<u64>=::core::option::Option::None;",
             "constSTATE_VERSION:u32=1;",
             "typeEvent=OrderEvent;",
             "typeError=OrderError;",
-            r#"<OrderEventas::tributary::DomainEvent>::AGGREGATE.as_bytes(),"order".as_bytes()"#,
+            r#"<OrderEventas::tributary_core::DomainEvent>::AGGREGATE.as_bytes(),"order".as_bytes()"#,
         ] {
             assert!(out.contains(snippet), "missing {snippet} in {out}");
         }
@@ -259,7 +259,7 @@ mod expansion_tests {
             },
         );
         assert!(
-            out.contains("impl<T>::tributary::AggregateforG<T>"),
+            out.contains("impl<T>::tributary_core::AggregateforG<T>"),
             "{out}"
         );
         assert!(!out.contains("constfnsame"), "{out}");

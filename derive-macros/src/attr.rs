@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::fmt::Display;
 use std::str::FromStr;
 
-use proc_macro2::{TokenStream, TokenTree};
+use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::ToTokens;
 use syn::ext::IdentExt;
 use syn::parse::ParseStream;
@@ -428,11 +428,12 @@ impl<'a> Attrs<'a> {
         None
     }
 
-    /// The path to the framework: `crate = "..."` or `::tributary`.
+    /// The path to the framework: `crate = "..."`, or else the crate the deriving
+    /// crate depends on (see [`framework_path`]).
     pub(crate) fn crate_path(&self) -> TokenStream {
         match self.get_path("crate") {
             Some(path) => path.into_token_stream(),
-            None => quote::quote!(::tributary),
+            None => framework_path(),
         }
     }
 
@@ -852,7 +853,9 @@ pub(crate) mod test_support {
     use syn::DeriveInput;
 
     /// The expansion as a string with whitespace removed, so that tests can look for
-    /// snippets without caring how `quote!` spaces tokens.
+    /// snippets without caring how `quote!` spaces tokens. The framework's path in it
+    /// is `::tributary_core`: this crate's manifest depends on that and not on
+    /// `tributary` (see `framework_path`).
     pub(crate) fn expand_ok(
         expand: fn(&DeriveInput) -> syn::Result<TokenStream>,
         input: &DeriveInput,
@@ -872,5 +875,80 @@ pub(crate) mod test_support {
             Ok(tokens) => panic!("expected errors, got an expansion: {tokens}"),
             Err(error) => error.into_iter().map(|e| e.to_string()).collect(),
         }
+    }
+}
+
+/// The path to the framework for a crate that did not write `crate = "..."`:
+/// `tributary` when its manifest depends on it (the runtime re-exports the core at
+/// the same paths), else `tributary-core` (a domain crate without the Kafka
+/// runtime), under whatever name the manifest gives them. `::tributary` when
+/// neither is found, so that the compiler's error names the crate to add.
+fn framework_path() -> TokenStream {
+    use proc_macro_crate::crate_name;
+    choose_framework(
+        crate_name("tributary").ok(),
+        crate_name("tributary-core").ok(),
+    )
+}
+
+/// [`framework_path`]'s choice, given what the manifest names the two crates.
+fn choose_framework(
+    runtime: Option<proc_macro_crate::FoundCrate>,
+    core: Option<proc_macro_crate::FoundCrate>,
+) -> TokenStream {
+    use proc_macro_crate::FoundCrate;
+    let ident = |name: &str| Ident::new(name, Span::call_site());
+    match (runtime, core) {
+        (Some(FoundCrate::Name(name)), _) => {
+            let name = ident(&name);
+            quote::quote!(::#name)
+        }
+        (Some(FoundCrate::Itself), _) | (None, None) => quote::quote!(::tributary),
+        // tributary-core's own integration and doc tests: they see it as an
+        // external crate of that name.
+        (None, Some(FoundCrate::Itself)) => quote::quote!(::tributary_core),
+        (None, Some(FoundCrate::Name(name))) => {
+            let name = ident(&name);
+            quote::quote!(::#name)
+        }
+    }
+}
+
+#[cfg(test)]
+mod framework_path_tests {
+    use proc_macro_crate::FoundCrate;
+
+    use super::choose_framework;
+
+    fn name(s: &str) -> Option<FoundCrate> {
+        Some(FoundCrate::Name(s.to_owned()))
+    }
+
+    #[test]
+    fn the_runtime_wins_over_the_core() {
+        let path = choose_framework(name("tributary"), name("tributary_core"));
+        assert_eq!(path.to_string(), ":: tributary");
+    }
+
+    #[test]
+    fn a_renamed_dependency_is_followed() {
+        assert_eq!(choose_framework(name("tb"), None).to_string(), ":: tb");
+        assert_eq!(
+            choose_framework(None, name("domain_core")).to_string(),
+            ":: domain_core"
+        );
+    }
+
+    #[test]
+    fn a_domain_crate_with_only_the_core_gets_the_core() {
+        let path = choose_framework(None, name("tributary_core"));
+        assert_eq!(path.to_string(), ":: tributary_core");
+        let inside = choose_framework(None, Some(FoundCrate::Itself));
+        assert_eq!(inside.to_string(), ":: tributary_core");
+    }
+
+    #[test]
+    fn without_either_the_error_names_tributary() {
+        assert_eq!(choose_framework(None, None).to_string(), ":: tributary");
     }
 }

@@ -452,7 +452,7 @@ mod expansion_tests {
             "Self::Removed(..)=>&__TRIBUTARY_EVENT_TYPE_1",
             "Self::Shipped=>&__TRIBUTARY_EVENT_TYPE_2",
             r#"from_payload("OrderLineEvent",__names,3,2,true,__payload"#,
-            "::tributary::DomainEvent",
+            "::tributary_core::DomainEvent",
         ] {
             assert!(out.contains(snippet), "missing {snippet} in {out}");
         }

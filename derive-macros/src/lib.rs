@@ -1,5 +1,8 @@
-//! Derive macros for Tributary. Use them through `tributary` (feature `derive`):
-//! `#[derive(DomainEvent)]`, `#[derive(Command)]` and `#[derive(Aggregate)]`.
+//! Derive macros for Tributary. Use them through `tributary` or `tributary-core`
+//! (feature `derive`, on by default): `#[derive(DomainEvent)]`, `#[derive(Command)]`
+//! and `#[derive(Aggregate)]`. The generated code names whichever of the two the
+//! deriving crate depends on (`tributary` first), under the name its manifest gives
+//! it; `crate = "..."` overrides that.
 //!
 //! Each entry point parses the input and hands it to one module; attribute parsing is
 //! shared in `attr`, which collects every mistake so that all of them are reported in
@@ -13,7 +16,7 @@ mod attr;
 mod command;
 mod domain_event;
 
-/// Derives `tributary::DomainEvent` for an enum with one variant per event type.
+/// Derives `tributary_core::DomainEvent` for an enum with one variant per event type.
 ///
 /// ```text
 /// #[derive(Debug, Serialize, Deserialize, DomainEvent)]
@@ -27,7 +30,7 @@ mod domain_event;
 /// }
 /// ```
 ///
-/// Container keys: `aggregate = "..."`, `crate = "path::to::tributary"`.
+/// Container keys: `aggregate = "..."`, `crate = "path::to::tributary"` (default: see the crate docs).
 /// Variant keys: `version = N` (default 1), `name = "..."` (default: the variant in
 /// snake_case).
 #[proc_macro_derive(DomainEvent, attributes(event))]
@@ -38,7 +41,7 @@ pub fn derive_domain_event(input: TokenStream) -> TokenStream {
         .into()
 }
 
-/// Derives `tributary::Command` for a struct with one field marked `#[aggregate_id]`.
+/// Derives `tributary_core::Command` for a struct with one field marked `#[aggregate_id]`.
 ///
 /// ```text
 /// #[derive(Debug, Serialize, Deserialize, Command)]
@@ -47,7 +50,7 @@ pub fn derive_domain_event(input: TokenStream) -> TokenStream {
 /// ```
 ///
 /// Keys: `aggregate = Type`, `name = "..."` (default: the struct in snake_case),
-/// `crate = "path::to::tributary"`. The `#[aggregate_id]` field's type must implement
+/// `crate = "path::to::tributary"` (default: see the crate docs). The `#[aggregate_id]` field's type must implement
 /// `Display`.
 #[proc_macro_derive(Command, attributes(command, aggregate_id))]
 pub fn derive_command(input: TokenStream) -> TokenStream {
@@ -57,7 +60,7 @@ pub fn derive_command(input: TokenStream) -> TokenStream {
         .into()
 }
 
-/// Derives `tributary::Aggregate` for a struct or enum.
+/// Derives `tributary_core::Aggregate` for a struct or enum.
 ///
 /// ```text
 /// #[derive(Debug, Default, Serialize, Deserialize, Aggregate)]
@@ -67,7 +70,7 @@ pub fn derive_command(input: TokenStream) -> TokenStream {
 ///
 /// Keys: `name = "..."`, `event = Type`, `error = Type` (required), `snapshot_every = N`
 /// (default: no periodic snapshots), `state_version = N` (default 1),
-/// `crate = "path::to::tributary"`. The event enum's `#[event(aggregate = ..)]` must equal
+/// `crate = "path::to::tributary"` (default: see the crate docs). The event enum's `#[event(aggregate = ..)]` must equal
 /// `name`; this is checked at compile time.
 #[proc_macro_derive(Aggregate, attributes(aggregate))]
 pub fn derive_aggregate(input: TokenStream) -> TokenStream {

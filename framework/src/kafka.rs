@@ -17,9 +17,21 @@ pub fn record_ref<M: Message>(message: &M) -> RecordRef<'_> {
     }
 }
 
-impl EncodedRecord {
+/// rdkafka conversions of an [`EncodedRecord`] (the codec itself, in
+/// `tributary-core`, knows no Kafka client).
+pub trait EncodedRecordExt {
     /// The headers as rdkafka [`OwnedHeaders`], in order.
-    pub fn owned_headers(&self) -> OwnedHeaders {
+    fn owned_headers(&self) -> OwnedHeaders;
+
+    /// An rdkafka record for `topic`, borrowing key and value from `self`.
+    fn to_future_record<'a>(
+        &'a self,
+        topic: &'a str,
+    ) -> rdkafka::producer::FutureRecord<'a, [u8], [u8]>;
+}
+
+impl EncodedRecordExt for EncodedRecord {
+    fn owned_headers(&self) -> OwnedHeaders {
         self.headers.iter().fold(
             OwnedHeaders::new_with_capacity(self.headers.len()),
             |acc, (key, value)| {
@@ -31,8 +43,7 @@ impl EncodedRecord {
         )
     }
 
-    /// An rdkafka record for `topic`, borrowing key and value from `self`.
-    pub fn to_future_record<'a>(
+    fn to_future_record<'a>(
         &'a self,
         topic: &'a str,
     ) -> rdkafka::producer::FutureRecord<'a, [u8], [u8]> {

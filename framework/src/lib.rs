@@ -12,34 +12,39 @@
 //!
 //! See the repository's README and `docs/` for the architecture and guarantees.
 
-mod aggregate;
-pub mod codec;
+// The domain model, the codec and the aggregate test kit live in the broker-free
+// `tributary-core` crate; they are re-exported here at the same paths, so
+// `tributary::codec::EventCodec` and `tributary_core::codec::EventCodec` are one type.
+pub use tributary_core::{codec, testkit};
+
 pub mod command;
 mod config;
-mod envelope;
-mod event;
 pub mod fuzzing;
 pub mod kafka;
 pub mod projection;
 mod store;
-pub mod testkit;
-mod upcast;
 
-pub use aggregate::{Aggregate, AggregateId, Apply, Command, Handle};
-pub use codec::{DecodeError, EncodeError, EncodedRecord, EventCodec, InvalidPrefix, RecordRef};
 pub use config::{KafkaConfig, is_secret_property};
-pub use envelope::{EventEnvelope, Metadata};
-pub use event::{DomainEvent, EventType, PayloadError};
 pub use store::{PgStore, StoreError};
-pub use upcast::{UpcastError, Upcaster, UpcasterError};
-
-#[cfg(feature = "derive")]
-pub use tributary_derive::{Aggregate, Command, DomainEvent};
+pub use tributary_core::{
+    Aggregate, AggregateId, Apply, Command, DecodeError, DomainEvent, EncodeError, EncodedRecord,
+    EventCodec, EventEnvelope, EventType, Handle, InvalidPrefix, Metadata, PayloadError, RecordRef,
+    UpcastError, Upcaster, UpcasterError,
+};
 
 #[doc(hidden)]
-pub mod __private {
-    //! Support for the derive macros. Not a public API; may change in any release.
-    pub use crate::event::derive_support::*;
-    pub use serde;
-    pub use serde_json;
+pub use tributary_core::__private;
+
+// The runtime's own paths to the core's items.
+mod aggregate {
+    pub(crate) use tributary_core::{Aggregate, AggregateId, Command, Handle};
+}
+mod envelope {
+    pub(crate) use tributary_core::{EventEnvelope, Metadata};
+}
+mod event {
+    pub(crate) use tributary_core::DomainEvent;
+}
+mod upcast {
+    pub(crate) use tributary_core::{Upcaster, UpcasterError};
 }

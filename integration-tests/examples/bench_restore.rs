@@ -14,6 +14,7 @@
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tributary::kafka::EncodedRecordExt as _;
 
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
+use tributary::kafka::EncodedRecordExt as _;
 
 use chrono::{TimeZone, Utc};
 use rdkafka::consumer::{Consumer, StreamConsumer};

@@ -19,6 +19,7 @@ use crate::aggregate::{Aggregate, AggregateId, Command};
 use crate::codec::EventCodec;
 use crate::config::KafkaConfig;
 use crate::envelope::{EventEnvelope, Metadata};
+use crate::kafka::EncodedRecordExt as _;
 
 /// What a processor decided.
 #[derive(Debug)]

@@ -40,6 +40,7 @@ use crate::codec::EventCodec;
 use crate::config::KafkaConfig;
 use crate::envelope::{EventEnvelope, Metadata};
 use crate::event::DomainEvent;
+use crate::kafka::EncodedRecordExt as _;
 use crate::kafka::record_ref;
 use crate::store::{PgStore, StoreError};
 use crate::upcast::{Upcaster, UpcasterError};

@@ -1,5 +1,5 @@
 use serde::{Deserialize, Serialize};
-use tributary::{Aggregate, Apply, DomainEvent};
+use tributary_core::{Aggregate, Apply, DomainEvent};
 
 #[derive(Debug, Serialize, Deserialize, DomainEvent)]
 #[event(aggregate = "orders")]

@@ -1,4 +1,4 @@
-use tributary::Aggregate;
+use tributary_core::Aggregate;
 
 #[derive(Aggregate)]
 #[aggregate(name = "order", event = OrderEvent, error = OrderError)]

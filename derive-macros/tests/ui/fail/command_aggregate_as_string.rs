@@ -1,4 +1,4 @@
-use tributary::Command;
+use tributary_core::Command;
 
 #[derive(Command)]
 #[command(aggregate = "Order")]

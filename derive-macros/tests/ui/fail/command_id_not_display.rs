@@ -1,5 +1,5 @@
 use serde::{Deserialize, Serialize};
-use tributary::{Aggregate, Apply, Command, DomainEvent};
+use tributary_core::{Aggregate, Apply, Command, DomainEvent};
 
 #[derive(Debug, Serialize, Deserialize, DomainEvent)]
 #[event(aggregate = "order")]

@@ -1,4 +1,4 @@
-use tributary::DomainEvent;
+use tributary_core::DomainEvent;
 
 #[derive(DomainEvent)]
 #[event(aggregate = "Order Lines")]

@@ -1,5 +1,5 @@
 use serde::{Deserialize, Serialize};
-use tributary::DomainEvent;
+use tributary_core::DomainEvent;
 
 #[derive(Serialize, Deserialize, DomainEvent)]
 #[event(aggregate = "order")]

@@ -1,6 +1,6 @@
 // Every mistake in one derive is reported in one compilation.
 use serde::{Deserialize, Serialize};
-use tributary::{Aggregate, Command, DomainEvent};
+use tributary_core::{Aggregate, Command, DomainEvent};
 
 #[derive(Serialize, Deserialize, DomainEvent)]
 #[serde(untagged)]

@@ -3,8 +3,8 @@
 #![deny(warnings)]
 
 use serde::{Deserialize, Serialize};
-use tributary::testkit::AggregateTest;
-use tributary::{Aggregate, Apply, Command, DomainEvent, Handle};
+use tributary_core::testkit::AggregateTest;
+use tributary_core::{Aggregate, Apply, Command, DomainEvent, Handle};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
 #[event(aggregate = "counter")]

@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tributary::{Aggregate, AggregateId, Apply, Command, DomainEvent};
+use tributary_core::{Aggregate, AggregateId, Apply, Command, DomainEvent};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
 #[event(aggregate = "order")]

@@ -1,10 +1,10 @@
 //! `crate = "..."` makes the generated code use another path to the framework.
 #![deny(warnings)]
 
-extern crate tributary as tb;
+extern crate tributary_core as tb;
 
 mod reexport {
-    pub use ::tributary as framework;
+    pub use ::tributary_core as framework;
 }
 
 use serde::{Deserialize, Serialize};

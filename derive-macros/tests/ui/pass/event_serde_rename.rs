@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tributary::DomainEvent;
+use tributary_core::DomainEvent;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE", deny_unknown_fields)]

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tributary::{DomainEvent, EventType, PayloadError};
+use tributary_core::{DomainEvent, EventType, PayloadError};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Line {

@@ -82,7 +82,7 @@ pub enum PayloadError {
     },
 }
 
-/// Support code for `#[derive(DomainEvent)]`, re-exported as `tributary::__private`.
+/// Support code for `#[derive(DomainEvent)]`, re-exported as `__private` by `tributary_core` and `tributary`.
 pub(crate) mod derive_support {
 
     use serde::de::{self, Deserialize, Deserializer, Visitor};

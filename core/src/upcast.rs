@@ -42,7 +42,7 @@ impl Upcaster {
     /// from `from_version` to the next version.
     ///
     /// ```
-    /// use tributary::Upcaster;
+    /// use tributary_core::Upcaster;
     /// let add_currency = Upcaster::new("order.placed", 1, |mut payload| {
     ///     payload["currency"] = "EUR".into();
     ///     Ok(payload)
@@ -139,7 +139,7 @@ impl Upcasters {
     }
 
     /// Runs `payload` from `from` up to `to`. On failure returns the version whose
-    /// step is missing (`Ok(Err(v))`) or the step's error.
+    /// step is missing ([`UpcastFailure::Missing`]) or the step that failed.
     pub(crate) fn run(
         &self,
         event: &str,

@@ -90,7 +90,8 @@ impl EncodedRecord {
 }
 
 /// A borrowed view of a consumed record, independent of the Kafka client.
-/// Build one from an rdkafka message with [`crate::kafka::record_ref`].
+/// The `tributary` runtime builds one from each Kafka message it consumes
+/// (`tributary::kafka::record_ref`).
 #[derive(Debug, Clone, Default)]
 pub struct RecordRef<'a> {
     /// Record key; `None` for a null key.
@@ -291,8 +292,13 @@ pub struct InvalidPrefix {
     pub prefix: String,
 }
 
-/// Checks a topic prefix: it becomes part of Kafka topic names.
-pub(crate) fn validate_prefix(prefix: &str) -> Result<(), InvalidPrefix> {
+/// Checks a topic prefix: it becomes part of Kafka topic names. The gateway,
+/// processors and workers call it before they build any topic name.
+///
+/// # Errors
+/// [`InvalidPrefix`] unless the prefix is 1 to 200 ASCII letters, digits, `_` or
+/// `-`.
+pub fn validate_prefix(prefix: &str) -> Result<(), InvalidPrefix> {
     let ok = !prefix.is_empty()
         && prefix.len() <= 200
         && prefix
@@ -627,8 +633,9 @@ fn invalid_bytes(name: &'static str, value: &[u8], reason: &'static str) -> Deco
     }
 }
 
-/// `ce_time`: RFC 3339, UTC (`Z`), microseconds.
-pub(crate) fn format_time(time: &DateTime<Utc>) -> String {
+/// A time as the wire format writes the `ce_time` header: RFC 3339, UTC (`Z`),
+/// microseconds.
+pub fn format_time(time: &DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 

@@ -1,8 +1,8 @@
 //! A given/when/then test kit that runs aggregates without Kafka.
 //!
 //! ```
-//! # use tributary::testkit::AggregateTest;
-//! # use tributary::{Aggregate, Apply, Command, DomainEvent, Handle};
+//! # use tributary_core::testkit::AggregateTest;
+//! # use tributary_core::{Aggregate, Apply, Command, DomainEvent, Handle};
 //! # use serde::{Deserialize, Serialize};
 //! #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
 //! #[event(aggregate = "counter")]
