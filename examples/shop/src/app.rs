@@ -66,7 +66,8 @@ pub enum ShopError {
 /// Where the shop runs. `ShopConfig::from_env()` reads the environment.
 #[derive(Debug, Clone)]
 pub struct ShopConfig {
-    /// The Kafka cluster (`KAFKA_BOOTSTRAP_SERVERS`, plus any `KAFKA_*` property).
+    /// The Kafka cluster (`KAFKA_BOOTSTRAP_SERVERS`, plus any librdkafka property
+    /// as `TRIBUTARY_KAFKA_<PROPERTY>`: see `KafkaConfig::from_env`).
     pub kafka: KafkaConfig,
     /// Topic prefix (`SHOP_TOPIC_PREFIX`, default `shop`): topics are
     /// `{prefix}.order.events`, `{prefix}.inventory.commands`, ….

@@ -186,16 +186,4 @@ pub enum ProjectionError {
         /// The panic or cancellation.
         detail: String,
     },
-    /// A rebuild was stopped before it caught up.
-    #[error(
-        "projection `{projection}`: the rebuild was stopped after {done} of {total} records; run it again (it starts over)"
-    )]
-    RebuildInterrupted {
-        /// The projection.
-        projection: &'static str,
-        /// Records done.
-        done: u64,
-        /// Records in total.
-        total: u64,
-    },
 }
