@@ -22,9 +22,11 @@ mod config;
 pub mod fuzzing;
 pub mod kafka;
 pub mod projection;
+mod settings;
 mod store;
 
 pub use config::{KafkaConfig, is_secret_property};
+pub use settings::InvalidSetting;
 pub use store::{PgStore, StoreError};
 pub use tributary_core::{
     Aggregate, AggregateId, Apply, Command, DecodeError, DomainEvent, EncodeError, EncodedRecord,

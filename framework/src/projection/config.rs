@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::settings::InvalidSetting;
+
 /// What a worker does with a poison record (undecodable, unknown event type, or a
 /// handler that failed on every attempt).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -138,6 +140,59 @@ impl ProjectionConfig {
     }
 }
 
+impl ProjectionConfig {
+    /// Checks every value before a worker starts: `batch_size` and
+    /// `retry.max_attempts` of at least 1, a `session_timeout` librdkafka accepts
+    /// (1 ms to 1 hour), and no duration so long that a deadline computed from it
+    /// would overflow (at most a year; `max_wait` at most an hour).
+    ///
+    /// # Errors
+    /// The first [`InvalidSetting`], naming the field.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        use crate::settings::{MAX_DURATION, MAX_SESSION_TIMEOUT, at_least, duration_within};
+        let ms = Duration::from_millis;
+        at_least("batch_size", self.batch_size, 1)?;
+        duration_within(
+            "max_wait",
+            self.max_wait,
+            Duration::ZERO,
+            Duration::from_secs(3600),
+        )?;
+        duration_within(
+            "session_timeout",
+            self.session_timeout,
+            ms(1),
+            MAX_SESSION_TIMEOUT,
+        )?;
+        at_least("retry.max_attempts", self.retry.max_attempts, 1)?;
+        duration_within(
+            "retry.initial_backoff",
+            self.retry.initial_backoff,
+            Duration::ZERO,
+            MAX_DURATION,
+        )?;
+        duration_within(
+            "retry.max_backoff",
+            self.retry.max_backoff,
+            Duration::ZERO,
+            MAX_DURATION,
+        )?;
+        duration_within(
+            "progress_interval",
+            self.progress_interval,
+            ms(1),
+            MAX_DURATION,
+        )?;
+        duration_within(
+            "outage_backoff",
+            self.outage_backoff,
+            Duration::ZERO,
+            MAX_DURATION,
+        )?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,5 +209,55 @@ mod tests {
         assert_eq!(retry.backoff(3), Duration::from_millis(400));
         assert_eq!(retry.backoff(4), Duration::from_millis(500));
         assert_eq!(retry.backoff(40), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn the_defaults_are_valid_and_each_bad_value_is_named() {
+        assert_eq!(ProjectionConfig::default().validate(), Ok(()));
+        let bad = |config: ProjectionConfig| config.validate().expect_err("invalid").name;
+        let base = ProjectionConfig::default;
+        assert_eq!(
+            bad(ProjectionConfig {
+                batch_size: 0,
+                ..base()
+            }),
+            "batch_size"
+        );
+        assert_eq!(
+            bad(ProjectionConfig {
+                max_wait: Duration::MAX,
+                ..base()
+            }),
+            "max_wait"
+        );
+        assert_eq!(
+            bad(ProjectionConfig {
+                session_timeout: Duration::ZERO,
+                ..base()
+            }),
+            "session_timeout"
+        );
+        assert_eq!(
+            bad(ProjectionConfig {
+                session_timeout: Duration::from_secs(3601),
+                ..base()
+            }),
+            "session_timeout"
+        );
+        let retry = RetryPolicy {
+            max_attempts: 0,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(
+            bad(ProjectionConfig { retry, ..base() }),
+            "retry.max_attempts"
+        );
+        assert_eq!(
+            bad(ProjectionConfig {
+                outage_backoff: Duration::MAX,
+                ..base()
+            }),
+            "outage_backoff"
+        );
     }
 }
