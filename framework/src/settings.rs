@@ -52,14 +52,14 @@ pub(crate) fn at_least<T: PartialOrd + fmt::Display>(
 
 /// One hour: the most librdkafka accepts for `session.timeout.ms`.
 pub(crate) const MAX_SESSION_TIMEOUT: Duration = Duration::from_secs(3600);
-/// One day: the most librdkafka accepts for `max.poll.interval.ms`.
-pub(crate) const MAX_POLL_INTERVAL: Duration = Duration::from_secs(86_400);
 /// The most any other duration setting may be: long enough for any sensible
 /// value, short enough that no deadline computed from it can overflow.
 pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::expect_used)]
+
     use super::*;
 
     #[test]

@@ -195,6 +195,8 @@ impl ProjectionConfig {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::expect_used)]
+
     use super::*;
 
     #[test]
