@@ -1,7 +1,7 @@
 //! Applying a partition's records in Postgres transactions together with the
-//! checkpoint: locating failing events, retrying them, parking poison records.
+//! checkpoint, as the [`Planner`] says: batches, single events retried with
+//! backoff, poison records parked (or halting the projection).
 
-/// How often a live worker looks again whether a rebuild of its projection ended.
 use std::future::Future;
 use std::time::Duration;
 
@@ -9,27 +9,20 @@ use rdkafka::message::{Message, OwnedMessage};
 use tracing::Instrument;
 
 use super::ProjectionWorker;
+use super::outage::is_outage;
 use super::parts::{Group, Part};
+use super::plan::{Mode, Outcome, Planner, Poison, Step, Unreadable};
 use super::rebuild::rebuild_running;
 use crate::codec::DecodeError;
 use crate::projection::checkpoint;
-use crate::projection::config::PoisonPolicy;
 use crate::projection::dead_letter;
-use crate::projection::error::{PoisonReason, PoisonReport, ProjectionError};
+use crate::projection::error::{PoisonReport, ProjectionError};
 use crate::projection::source::{Decoded, Source};
 use crate::projection::status::Shutdown;
 use crate::projection::{HandlerError, Projection};
 
+/// How often a live worker looks again whether a rebuild of its projection ended.
 const REBUILD_POLL: Duration = Duration::from_secs(1);
-
-/// How a batch calls the handlers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// `handle_batch` once for the batch.
-    Batched,
-    /// `handle` per event, which tells which event failed.
-    PerEvent,
-}
 
 /// Why applying a partition's records stopped.
 pub(super) enum Failure {
@@ -55,37 +48,6 @@ enum TryError {
     Infra(ProjectionError),
 }
 
-/// Whether a handler's error says the database is unavailable or the transaction
-/// lost a race, rather than that the event cannot be applied: such a batch is rolled
-/// back and retried after `outage_backoff`, as long as it takes, and never parked.
-fn is_outage(error: &HandlerError) -> bool {
-    match error.downcast_ref::<sqlx::Error>() {
-        Some(
-            sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed,
-        ) => true,
-        Some(sqlx::Error::Database(db)) => {
-            db.code().is_some_and(|code| is_transient_sqlstate(&code))
-        }
-        _ => false,
-    }
-}
-
-/// SQLSTATEs that go away when the transaction is tried again later: connection
-/// exceptions (class 08), serialization failure 40001, deadlock 40P01, lock not
-/// available 55P03, statement timeout (query canceled) 57014, the server shutting
-/// down or restarting (57P01, 57P02, 57P03), too many connections 53300.
-fn is_transient_sqlstate(code: &str) -> bool {
-    code.starts_with("08")
-        || matches!(
-            code,
-            "40001" | "40P01" | "55P03" | "57014" | "57P01" | "57P02" | "57P03" | "53300"
-        )
-}
-
 /// Runs a handler's future; a panic becomes the handler's error, so it is retried
 /// and then parked (or halts the projection) like any failing event, instead of
 /// ending the worker.
@@ -104,15 +66,6 @@ where
                 .unwrap_or_else(|| "a non-string panic payload".to_owned());
             Err(format!("the handler panicked: {message}").into())
         }
-    }
-}
-
-fn poison_reason(error: &DecodeError) -> PoisonReason {
-    match error {
-        DecodeError::UnknownEventType { .. } | DecodeError::FutureVersion { .. } => {
-            PoisonReason::UnknownType
-        }
-        _ => PoisonReason::Undecodable,
     }
 }
 
@@ -172,9 +125,9 @@ impl<P: Projection> ProjectionWorker<P> {
         outcomes
     }
 
-    /// Applies one partition's records (decoded when they arrived): batches with
-    /// the checkpoint, locating and retrying failing events, parking (or halting
-    /// on) poison records.
+    /// Applies one partition's records (decoded when they arrived), carrying out
+    /// the steps of a [`Planner`]: batches with the checkpoint, failing events
+    /// located and retried, poison records parked (or halting the projection).
     async fn apply_partition(
         &self,
         part: &mut Part,
@@ -185,70 +138,71 @@ impl<P: Projection> ProjectionWorker<P> {
         let Some(source) = self.sources.get(part.source) else {
             return Ok(());
         };
-        let default_mode = if source.batched() {
-            Mode::Batched
-        } else {
-            Mode::PerEvent
-        };
-        let count = messages.len();
-        let (mut start, mut end, mut mode) = (0, count, default_mode);
-        while start < count {
-            if let Some(bad) = (start..end).find(|&i| decoded[i].is_err()) {
-                end = bad;
-            }
-            if end == start {
-                if let Err(error) = &decoded[start] {
-                    self.poison(
-                        part,
-                        &messages[start],
-                        poison_reason(error),
-                        error.to_string(),
-                        0,
-                    )
-                    .await?;
-                }
-                start += 1;
-                end = count;
-                mode = default_mode;
-                continue;
-            }
-            let items: Vec<(&OwnedMessage, &Decoded)> = (start..end)
+        let unreadable = decoded
+            .iter()
+            .map(|d| d.as_ref().err().map(Unreadable::from))
+            .collect();
+        let mut plan = Planner::new(
+            unreadable,
+            source.batched(),
+            self.config.retry,
+            self.config.poison,
+        );
+        // The decoded records of `range`, with their messages.
+        let items = |range: std::ops::Range<usize>| -> Vec<(&OwnedMessage, &Decoded)> {
+            range
                 .filter_map(|i| decoded[i].as_ref().ok().map(|d| (&messages[i], d)))
-                .collect();
-            match self.try_commit(source.as_ref(), part, &items, mode).await {
-                Ok(()) => {
-                    start = end;
-                    end = count;
-                    mode = default_mode;
+                .collect()
+        };
+        loop {
+            let result = match plan.next_step() {
+                Step::Done => return Ok(()),
+                Step::Apply { range, mode } => {
+                    self.try_commit(source.as_ref(), part, &items(range), mode)
+                        .await
                 }
-                Err(TryError::Handler { index: None, .. }) => mode = Mode::PerEvent,
-                Err(TryError::Handler {
-                    index: Some(0),
+                Step::Retry {
+                    index,
+                    attempt,
+                    backoff,
                     error,
-                }) => {
-                    if let Ok(event) = &decoded[start] {
-                        self.retry_one(
-                            source.as_ref(),
-                            part,
-                            &messages[start],
-                            event,
-                            error,
-                            shutdown,
-                        )
-                        .await?;
+                } => {
+                    tracing::warn!(projection = P::NAME, topic = %part.topic, partition = part.partition, offset = messages[index].offset(), attempt, error = %error, "handler failed; retrying");
+                    tokio::select! {
+                        () = shutdown.wait() => return Err(Failure::Shutdown),
+                        () = tokio::time::sleep(backoff) => {}
                     }
-                    start += 1;
-                    end = count;
-                    mode = default_mode;
+                    self.try_commit(
+                        source.as_ref(),
+                        part,
+                        &items(index..index + 1),
+                        Mode::PerEvent,
+                    )
+                    .await
                 }
-                // Commit the events before the failing one, then deal with it.
-                Err(TryError::Handler { index: Some(i), .. }) => end = start + i,
+                Step::Park(poison) => {
+                    let message = &messages[poison.index];
+                    let report = Self::poison_report(part, message, poison);
+                    self.park(part, message, report).await?;
+                    Ok(())
+                }
+                Step::Halt(poison) => {
+                    let report = Self::poison_report(part, &messages[poison.index], poison);
+                    tracing::error!(projection = P::NAME, topic = %report.topic, partition = report.partition, offset = report.offset, reason = %report.reason, error = %report.error, "poison record: halting the projection");
+                    return Err(Failure::Halted(Box::new(report)));
+                }
+            };
+            match result {
+                Ok(()) => plan.report(Outcome::Committed),
+                Err(TryError::Handler { index, error }) => plan.report(Outcome::HandlerFailed {
+                    index,
+                    error: error.to_string(),
+                }),
                 Err(TryError::Conflict) => return Err(Failure::Conflict),
                 Err(TryError::Rebuilding) => return Err(Failure::Rebuilding),
                 Err(TryError::Infra(error)) => return Err(Failure::Infra(error)),
             }
         }
-        Ok(())
     }
 
     /// One Postgres transaction: the handlers for `items`, then the conditional
@@ -340,72 +294,26 @@ impl<P: Projection> ProjectionWorker<P> {
         .await
     }
 
-    /// Retries a failing event alone with backoff; parks it (or halts) when every
-    /// attempt failed.
-    async fn retry_one(
-        &self,
-        source: &dyn Source<P>,
-        part: &mut Part,
-        message: &OwnedMessage,
-        event: &Decoded,
-        first_error: HandlerError,
-        shutdown: &mut Shutdown,
-    ) -> Result<(), Failure> {
-        let policy = self.config.retry;
-        let mut attempts = 1;
-        let mut last_error = first_error.to_string();
-        while attempts < policy.max_attempts {
-            tracing::warn!(projection = P::NAME, topic = %part.topic, partition = part.partition, offset = message.offset(), attempt = attempts, error = %last_error, "handler failed; retrying");
-            tokio::select! {
-                () = shutdown.wait() => return Err(Failure::Shutdown),
-                () = tokio::time::sleep(policy.backoff(attempts)) => {}
-            }
-            attempts += 1;
-            match self
-                .try_commit(source, part, &[(message, event)], Mode::PerEvent)
-                .await
-            {
-                Ok(()) => return Ok(()),
-                Err(TryError::Handler { error, .. }) => last_error = error.to_string(),
-                Err(TryError::Conflict) => return Err(Failure::Conflict),
-                Err(TryError::Rebuilding) => return Err(Failure::Rebuilding),
-                Err(TryError::Infra(error)) => return Err(Failure::Infra(error)),
-            }
-        }
-        self.poison(
-            part,
-            message,
-            PoisonReason::HandlerFailed,
-            last_error,
-            attempts,
-        )
-        .await
-    }
-
-    /// Parks a poison record and moves the checkpoint past it, in one transaction;
-    /// or halts.
-    async fn poison(
-        &self,
-        part: &mut Part,
-        message: &OwnedMessage,
-        reason: PoisonReason,
-        error: String,
-        attempts: u32,
-    ) -> Result<(), Failure> {
-        let report = PoisonReport {
+    fn poison_report(part: &Part, message: &OwnedMessage, poison: Poison) -> PoisonReport {
+        PoisonReport {
             projection: P::NAME,
             topic: part.topic.clone(),
             partition: part.partition,
             offset: message.offset(),
-            reason,
-            error,
-            attempts,
-        };
-        if self.config.poison == PoisonPolicy::Halt {
-            tracing::error!(projection = P::NAME, topic = %report.topic, partition = report.partition, offset = report.offset, reason = %reason, error = %report.error, "poison record: halting the projection");
-            return Err(Failure::Halted(Box::new(report)));
+            reason: poison.reason,
+            error: poison.error,
+            attempts: poison.attempts,
         }
-        tracing::warn!(projection = P::NAME, topic = %report.topic, partition = report.partition, offset = report.offset, reason = %reason, error = %report.error, "poison record parked in tributary_dead_letters");
+    }
+
+    /// Parks a poison record and moves the checkpoint past it, in one transaction.
+    async fn park(
+        &self,
+        part: &mut Part,
+        message: &OwnedMessage,
+        report: PoisonReport,
+    ) -> Result<(), Failure> {
+        tracing::warn!(projection = P::NAME, topic = %report.topic, partition = report.partition, offset = report.offset, reason = %report.reason, error = %report.error, "poison record parked in tributary_dead_letters");
         let infra = |operation| {
             move |source| {
                 Failure::Infra(ProjectionError::Database {

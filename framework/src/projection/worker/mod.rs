@@ -1,11 +1,17 @@
 //! The projection worker: the [`ProjectionWorker`] builder and its consumer-group
-//! entry point. The rest lives in the submodules: `runner` (the consume-apply loop),
-//! `apply` (the batch transactions), `rebuild`, `admin` (lag and dead letters),
-//! `rebalance` (the rebalance callback) and `parts` (partitions and pending records).
+//! entry point. The rest lives in the submodules:
+//! - `runner`: the consume-apply loop shared by group workers and rebuilds;
+//! - `parts`: the partitions applied and the records received for them;
+//! - `plan`: the pure planner of batches, retries and poison records;
+//! - `outage`: which handler errors are outages, retried and never parked;
+//! - `apply`: the Postgres transactions that carry the plan out;
+//! - `rebuild`, `admin` (lag and dead letters), `rebalance` (the rebalance callback).
 
 mod admin;
 mod apply;
+mod outage;
 mod parts;
+mod plan;
 mod rebalance;
 mod rebuild;
 mod runner;

@@ -345,21 +345,7 @@ impl<P: Projection> Runner<'_, P> {
         part.position = message.offset() + 1;
         part.at_end = false;
         let decoded = source.decode(&record_ref(&message));
-        let index = match pending.groups.iter().position(|g| g.id == part.id) {
-            Some(index) => index,
-            None => {
-                pending.groups.push(Group {
-                    id: part.id,
-                    messages: Vec::new(),
-                    decoded: Vec::new(),
-                });
-                pending.groups.len() - 1
-            }
-        };
-        let group = &mut pending.groups[index];
-        group.messages.push(message);
-        group.decoded.push(decoded);
-        Some(group.messages.len())
+        Some(pending.push(part.id, message, decoded))
     }
 
     /// At the end of a partition, moves the checkpoint past trailing transaction
