@@ -275,3 +275,73 @@ impl RebuildTracker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracker(marks: &[(&str, i32, i64, i64)]) -> RebuildTracker {
+        let marks: lag::Watermarks = marks
+            .iter()
+            .map(|(t, p, low, high)| ((*t).to_owned(), *p, *low, *high))
+            .collect();
+        let total = marks
+            .iter()
+            .map(|(_, _, low, high)| (high - low) as u64)
+            .sum();
+        RebuildTracker {
+            marks,
+            total,
+            started: Instant::now(),
+            last_log: Instant::now(),
+            events_at_start: 0,
+        }
+    }
+
+    fn part(topic: &str, partition: i32, checkpoint: Option<i64>, at_end: bool) -> Part {
+        Part {
+            id: 0,
+            topic: topic.to_owned(),
+            partition,
+            source: 0,
+            checkpoint,
+            position: checkpoint.unwrap_or(0),
+            ready: true,
+            at_end,
+            live: false,
+        }
+    }
+
+    #[test]
+    fn finished_needs_every_partition_at_its_mark_and_at_its_end() {
+        let tracker = tracker(&[("a", 0, 0, 10), ("b", 0, 5, 5)]);
+        // "b" 0 is empty: no checkpoint is needed, only the end.
+        let done = [part("a", 0, Some(10), true), part("b", 0, None, true)];
+        assert!(tracker.finished(&done));
+        let short = [part("a", 0, Some(9), true), part("b", 0, None, true)];
+        assert!(!tracker.finished(&short));
+        let not_at_end = [part("a", 0, Some(10), false), part("b", 0, None, true)];
+        assert!(!tracker.finished(&not_at_end));
+        // The same partition number of another topic does not count.
+        let missing = [part("a", 0, Some(10), true), part("a", 1, None, true)];
+        assert!(!tracker.finished(&missing));
+    }
+
+    #[test]
+    fn progress_counts_offsets_from_the_low_mark_up_to_the_high_mark() {
+        let tracker = tracker(&[("a", 0, 0, 10), ("a", 1, 100, 120), ("b", 0, 0, 4)]);
+        let parts = [
+            part("a", 0, Some(4), false),
+            // Beyond the mark read at the start: counts up to the mark only.
+            part("a", 1, Some(130), false),
+        ];
+        let progress = tracker.progress(&parts, 17);
+        assert_eq!(progress.done, 4 + 20);
+        assert_eq!(progress.total, 34);
+        assert_eq!(progress.events, 17);
+        assert!(progress.eta.is_some());
+        let none = tracker.progress(&[], 0);
+        assert_eq!(none.done, 0);
+        assert_eq!(none.eta, None, "no rate, no ETA");
+    }
+}
