@@ -1,0 +1,363 @@
+//! Applying a partition's records in Postgres transactions together with the
+//! checkpoint, as the [`Planner`] says: batches, single events retried with
+//! backoff, poison records parked (or halting the projection).
+
+use std::future::Future;
+use std::time::Duration;
+
+use rdkafka::message::{Message, OwnedMessage};
+use tracing::Instrument;
+
+use super::ProjectionWorker;
+use super::outage::is_outage;
+use super::parts::{Group, Part};
+use super::plan::{Mode, Outcome, Planner, Poison, Step, Unreadable};
+use super::rebuild::rebuild_running;
+use crate::codec::DecodeError;
+use crate::projection::checkpoint;
+use crate::projection::dead_letter;
+use crate::projection::error::{PoisonReport, ProjectionError};
+use crate::projection::source::{Decoded, Source};
+use crate::projection::status::Shutdown;
+use crate::projection::{HandlerError, Projection};
+
+/// How often a live worker looks again whether a rebuild of its projection ended.
+const REBUILD_POLL: Duration = Duration::from_secs(1);
+
+/// Why applying a partition's records stopped.
+pub(super) enum Failure {
+    /// Another worker moved the checkpoint: this one lost the partition.
+    Conflict,
+    /// A rebuild of the projection is running: live workers wait for it.
+    Rebuilding,
+    /// Postgres (or a handler's connection) is unavailable.
+    Infra(ProjectionError),
+    /// Poison record under `PoisonPolicy::Halt`.
+    Halted(Box<PoisonReport>),
+    /// Shutdown during a retry backoff; the open batch was rolled back.
+    Shutdown,
+}
+
+enum TryError {
+    Handler {
+        index: Option<usize>,
+        error: HandlerError,
+    },
+    Conflict,
+    Rebuilding,
+    Infra(ProjectionError),
+}
+
+/// Runs a handler's future; a panic becomes the handler's error, so it is retried
+/// and then parked (or halts the projection) like any failing event, instead of
+/// ending the worker.
+async fn catching_panics<F>(handler: F) -> Result<(), HandlerError>
+where
+    F: Future<Output = Result<(), HandlerError>>,
+{
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(handler).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-string panic payload".to_owned());
+            Err(format!("the handler panicked: {message}").into())
+        }
+    }
+}
+
+impl<P: Projection> ProjectionWorker<P> {
+    /// Applies the collected records, one partition after the other, each on a copy
+    /// of its [`Part`] (the caller merges the copies back). Logs conflicts and
+    /// outages (and waits `outage_backoff` after one, as the loop always did before
+    /// the next partition); stops at a halt or a shutdown during a retry backoff.
+    pub(super) async fn apply_groups(
+        &self,
+        jobs: Vec<(Part, Group)>,
+        shutdown: &mut Shutdown,
+    ) -> Vec<(Part, Result<(), Failure>)> {
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for (mut part, group) in jobs {
+            let result = self
+                .apply_partition(&mut part, &group.messages, &group.decoded, shutdown)
+                .await;
+            let stop = match &result {
+                Ok(()) => false,
+                Err(Failure::Conflict) => {
+                    tracing::warn!(projection = P::NAME, topic = %part.topic, partition = part.partition, expected = ?part.checkpoint, "checkpoint was moved by another worker: this worker lost the partition; batch rolled back, checkpoint will be re-read");
+                    self.status.send_modify(|s| s.conflicts += 1);
+                    false
+                }
+                Err(Failure::Infra(error)) => {
+                    tracing::error!(projection = P::NAME, topic = %part.topic, partition = part.partition, error = %error, "batch failed and was rolled back; retrying after a pause");
+                    self.status
+                        .send_modify(|s| s.last_error = Some(error.to_string()));
+                    tokio::select! {
+                        () = shutdown.wait() => {}
+                        () = tokio::time::sleep(self.config.outage_backoff) => {}
+                    }
+                    false
+                }
+                Err(Failure::Rebuilding) => {
+                    tracing::debug!(projection = P::NAME, topic = %part.topic, partition = part.partition, "a rebuild of this projection is running: waiting for it");
+                    self.status.send_modify(|s| {
+                        s.last_error = Some(format!(
+                            "paused: a rebuild of projection `{}` is running; this worker goes on from the rebuilt checkpoints when it ends",
+                            P::NAME
+                        ));
+                    });
+                    tokio::select! {
+                        () = shutdown.wait() => {}
+                        () = tokio::time::sleep(REBUILD_POLL) => {}
+                    }
+                    false
+                }
+                Err(Failure::Halted(_) | Failure::Shutdown) => true,
+            };
+            outcomes.push((part, result));
+            if stop {
+                break;
+            }
+        }
+        outcomes
+    }
+
+    /// Applies one partition's records (decoded when they arrived), carrying out
+    /// the steps of a [`Planner`]: batches with the checkpoint, failing events
+    /// located and retried, poison records parked (or halting the projection).
+    async fn apply_partition(
+        &self,
+        part: &mut Part,
+        messages: &[OwnedMessage],
+        decoded: &[Result<Decoded, DecodeError>],
+        shutdown: &mut Shutdown,
+    ) -> Result<(), Failure> {
+        let Some(source) = self.sources.get(part.source) else {
+            return Ok(());
+        };
+        let unreadable = decoded
+            .iter()
+            .map(|d| d.as_ref().err().map(Unreadable::from))
+            .collect();
+        let mut plan = Planner::new(
+            unreadable,
+            source.batched(),
+            self.config.retry,
+            self.config.poison,
+        );
+        // The decoded records of `range`, with their messages.
+        let items = |range: std::ops::Range<usize>| -> Vec<(&OwnedMessage, &Decoded)> {
+            range
+                .filter_map(|i| decoded[i].as_ref().ok().map(|d| (&messages[i], d)))
+                .collect()
+        };
+        loop {
+            let result = match plan.next_step() {
+                Step::Done => return Ok(()),
+                Step::Apply { range, mode } => {
+                    self.try_commit(source.as_ref(), part, &items(range), mode)
+                        .await
+                }
+                Step::Retry {
+                    index,
+                    attempt,
+                    backoff,
+                    error,
+                } => {
+                    tracing::warn!(projection = P::NAME, topic = %part.topic, partition = part.partition, offset = messages[index].offset(), attempt, error = %error, "handler failed; retrying");
+                    tokio::select! {
+                        () = shutdown.wait() => return Err(Failure::Shutdown),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    self.try_commit(
+                        source.as_ref(),
+                        part,
+                        &items(index..index + 1),
+                        Mode::PerEvent,
+                    )
+                    .await
+                }
+                Step::Park(poison) => {
+                    let message = &messages[poison.index];
+                    let report = Self::poison_report(part, message, poison);
+                    self.park(part, message, report).await?;
+                    Ok(())
+                }
+                Step::Halt(poison) => {
+                    let report = Self::poison_report(part, &messages[poison.index], poison);
+                    tracing::error!(projection = P::NAME, topic = %report.topic, partition = report.partition, offset = report.offset, reason = %report.reason, error = %report.error, "poison record: halting the projection");
+                    return Err(Failure::Halted(Box::new(report)));
+                }
+            };
+            match result {
+                Ok(()) => plan.report(Outcome::Committed),
+                Err(TryError::Handler { index, error }) => plan.report(Outcome::HandlerFailed {
+                    index,
+                    error: error.to_string(),
+                }),
+                Err(TryError::Conflict) => return Err(Failure::Conflict),
+                Err(TryError::Rebuilding) => return Err(Failure::Rebuilding),
+                Err(TryError::Infra(error)) => return Err(Failure::Infra(error)),
+            }
+        }
+    }
+
+    /// One Postgres transaction: the handlers for `items`, then the conditional
+    /// checkpoint update, then commit.
+    async fn try_commit(
+        &self,
+        source: &dyn Source<P>,
+        part: &mut Part,
+        items: &[(&OwnedMessage, &Decoded)],
+        mode: Mode,
+    ) -> Result<(), TryError> {
+        let (Some(first), Some(last)) = (items.first(), items.last()) else {
+            return Ok(());
+        };
+        let (first, last) = (first.0.offset(), last.0.offset());
+        let span = tracing::info_span!("projection_batch", projection = P::NAME, topic = %part.topic, partition = part.partition, first_offset = first, last_offset = last, events = items.len());
+        let infra = |operation| {
+            move |source| {
+                TryError::Infra(ProjectionError::Database {
+                    projection: P::NAME,
+                    operation,
+                    source,
+                })
+            }
+        };
+        let handler = |index, error: HandlerError| {
+            if is_outage(&error) {
+                TryError::Infra(ProjectionError::Database {
+                    projection: P::NAME,
+                    operation: "handler query (transient; retried)",
+                    source: sqlx::Error::Protocol(error.to_string()),
+                })
+            } else {
+                TryError::Handler { index, error }
+            }
+        };
+        async {
+            let mut tx = self.store.pool().begin().await.map_err(infra("begin batch"))?;
+            if part.live
+                && rebuild_running(&mut *tx, P::NAME)
+                    .await
+                    .map_err(infra("check for a rebuild"))?
+            {
+                let _ = tx.rollback().await;
+                return Err(TryError::Rebuilding);
+            }
+            match mode {
+                Mode::Batched => {
+                    let events = items.iter().map(|(_, d)| *d).collect();
+                    catching_panics(source.apply_many(&self.projection, events, &mut tx))
+                        .await
+                        .map_err(|e| handler(None, e))?;
+                }
+                Mode::PerEvent => {
+                    for (index, (message, event)) in items.iter().enumerate() {
+                        let span = tracing::debug_span!("projection_event", projection = P::NAME, topic = %part.topic, partition = part.partition, offset = message.offset());
+                        catching_panics(source.apply_one(&self.projection, event, &mut tx))
+                            .instrument(span)
+                            .await
+                            .map_err(|e| handler(Some(index), e))?;
+                    }
+                }
+            }
+            let advanced = checkpoint::advance(
+                &mut tx,
+                P::NAME,
+                &part.topic,
+                part.partition,
+                part.checkpoint,
+                last + 1,
+            )
+            .await
+            .map_err(infra("update checkpoint"))?;
+            if !advanced {
+                let _ = tx.rollback().await;
+                return Err(TryError::Conflict);
+            }
+            tx.commit().await.map_err(infra("commit batch"))?;
+            tracing::debug!(projection = P::NAME, topic = %part.topic, partition = part.partition, first, last, from = ?part.checkpoint, "batch committed");
+            part.checkpoint = Some(last + 1);
+            let applied = items.len() as u64;
+            self.status.send_modify(|s| {
+                s.applied += applied;
+                s.last_error = None;
+            });
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn poison_report(part: &Part, message: &OwnedMessage, poison: Poison) -> PoisonReport {
+        PoisonReport {
+            projection: P::NAME,
+            topic: part.topic.clone(),
+            partition: part.partition,
+            offset: message.offset(),
+            reason: poison.reason,
+            error: poison.error,
+            attempts: poison.attempts,
+        }
+    }
+
+    /// Parks a poison record and moves the checkpoint past it, in one transaction.
+    async fn park(
+        &self,
+        part: &mut Part,
+        message: &OwnedMessage,
+        report: PoisonReport,
+    ) -> Result<(), Failure> {
+        tracing::warn!(projection = P::NAME, topic = %report.topic, partition = report.partition, offset = report.offset, reason = %report.reason, error = %report.error, "poison record parked in tributary_dead_letters");
+        let infra = |operation| {
+            move |source| {
+                Failure::Infra(ProjectionError::Database {
+                    projection: P::NAME,
+                    operation,
+                    source,
+                })
+            }
+        };
+        let mut tx = self
+            .store
+            .pool()
+            .begin()
+            .await
+            .map_err(infra("begin park"))?;
+        if part.live
+            && rebuild_running(&mut *tx, P::NAME)
+                .await
+                .map_err(infra("check for a rebuild"))?
+        {
+            let _ = tx.rollback().await;
+            return Err(Failure::Rebuilding);
+        }
+        dead_letter::park(&mut tx, &report, message)
+            .await
+            .map_err(infra("insert dead letter"))?;
+        let next = message.offset() + 1;
+        if !checkpoint::advance(
+            &mut tx,
+            P::NAME,
+            &part.topic,
+            part.partition,
+            part.checkpoint,
+            next,
+        )
+        .await
+        .map_err(infra("update checkpoint"))?
+        {
+            let _ = tx.rollback().await;
+            return Err(Failure::Conflict);
+        }
+        tx.commit().await.map_err(infra("commit park"))?;
+        part.checkpoint = Some(next);
+        self.status.send_modify(|s| s.parked += 1);
+        Ok(())
+    }
+}
