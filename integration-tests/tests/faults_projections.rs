@@ -208,3 +208,32 @@ async fn a_rebuild_pauses_the_live_workers_and_can_be_cancelled() {
     assert_eq!(read_totals(&store).await, expected_totals(&log));
     handle.abort();
 }
+
+/// Settings that would make the consumer refuse to start, or overflow a deadline,
+/// are refused by name before the worker joins its group or a rebuild begins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_out_of_range_are_refused_by_name() {
+    let bootstrap = kafka_bootstrap();
+    let prefix = unique_prefix("fault-settings");
+    let codec = EventCodec::<AccountEvent>::new(&prefix).unwrap();
+    let store = test_store(&prefix).await;
+    let worker = |config| {
+        ProjectionWorker::new(Totals::default(), store.clone(), kafka_config(&bootstrap))
+            .subscribe(codec.clone())
+            .with_config(config)
+    };
+    let mut config = test_config();
+    config.batch_size = 0;
+    let refused = |result: Result<_, ProjectionError>| match result {
+        Err(ProjectionError::Settings { source, .. }) => source.name,
+        other => panic!("expected a settings error, got {other:?}"),
+    };
+    let run = worker(config.clone()).run(std::future::pending());
+    let run = tokio::time::timeout(Duration::from_secs(30), run).await;
+    assert_eq!(refused(run.expect("returns at once")), "batch_size");
+
+    config.batch_size = 10;
+    config.max_wait = Duration::MAX;
+    let rebuild = worker(config).rebuild().await;
+    assert_eq!(refused(rebuild.map(|_| ())), "max_wait");
+}

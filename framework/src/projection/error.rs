@@ -178,6 +178,14 @@ pub enum ProjectionError {
         /// The decoder's or handler's error.
         error: String,
     },
+    /// A setting is out of range (see [`ProjectionConfig::validate`](crate::projection::ProjectionConfig::validate)).
+    #[error("projection `{projection}`: {source}")]
+    Settings {
+        /// The projection.
+        projection: &'static str,
+        /// The setting and its allowed range.
+        source: crate::InvalidSetting,
+    },
     /// The worker task panicked or was aborted.
     #[error("projection `{projection}`: the worker task ended abnormally: {detail}")]
     Task {

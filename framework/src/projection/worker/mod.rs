@@ -283,12 +283,23 @@ impl<P: Projection> ProjectionWorker<P> {
             .map_err(Self::kafka_err("consumer creation"))
     }
 
-    async fn run_group(&self, shutdown: &mut Shutdown) -> Result<(), ProjectionError> {
+    /// The checks before a run or a rebuild: subscriptions and settings.
+    fn check(&self) -> Result<(), ProjectionError> {
         if self.sources.is_empty() {
             return Err(ProjectionError::NoSubscriptions {
                 projection: P::NAME,
             });
         }
+        self.config
+            .validate()
+            .map_err(|source| ProjectionError::Settings {
+                projection: P::NAME,
+                source,
+            })
+    }
+
+    async fn run_group(&self, shutdown: &mut Shutdown) -> Result<(), ProjectionError> {
+        self.check()?;
         self.migrate().await?;
         let topics = self.topics();
         if !self.await_topics(&topics, shutdown).await {

@@ -49,11 +49,7 @@ impl<P: Projection> ProjectionWorker<P> {
         &self,
         cancel: impl Future<Output = ()> + Send + 'static,
     ) -> Result<RebuildReport, ProjectionError> {
-        if self.sources.is_empty() {
-            return Err(ProjectionError::NoSubscriptions {
-                projection: P::NAME,
-            });
-        }
+        self.check()?;
         let options = self.store.pool().connect_options();
         let mut lock = PgConnection::connect_with(&options)
             .await
