@@ -8,14 +8,18 @@
 //! - Events are Kafka records in the CloudEvents binary mode ([`EventCodec`],
 //!   `docs/wire-format.md`), readable without Tributary.
 //! - Old event versions are read through [`Upcaster`]s.
-//! - Aggregates are tested without Kafka with the given/when/then kit in [`testkit`].
+//! - Aggregates are tested without Kafka with the given/when/then kit in [`testkit`];
+//!   with the `testkit` feature, projections (given events → expect rows) and process
+//!   managers (given events → expect commands) too.
 //!
 //! See the repository's README and `docs/` for the architecture and guarantees.
 
 // The domain model, the codec and the aggregate test kit live in the broker-free
 // `tributary-core` crate; they are re-exported here at the same paths, so
 // `tributary::codec::EventCodec` and `tributary_core::codec::EventCodec` are one type.
-pub use tributary_core::{codec, testkit};
+// `testkit` is the runtime's own module: it re-exports the core's aggregate kit and
+// adds the projection and process-manager kits (feature `testkit`).
+pub use tributary_core::codec;
 
 pub mod command;
 mod config;
@@ -24,6 +28,7 @@ pub mod kafka;
 pub mod projection;
 mod settings;
 mod store;
+pub mod testkit;
 
 pub use config::{KafkaConfig, is_secret_property};
 pub use settings::InvalidSetting;

@@ -284,3 +284,176 @@ async fn insert(
     .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, TimeDelta, Utc};
+    use tributary::testkit::{ProjectionTest, TEST_EPOCH, envelope, unique_schema};
+
+    use super::*;
+    use crate::order::Line;
+
+    /// Postgres as `scripts/test.sh` (and `scripts/services.sh`) provide it.
+    fn database_url() -> String {
+        std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+    }
+
+    fn at(sequence: i64) -> DateTime<Utc> {
+        TEST_EPOCH + TimeDelta::seconds(sequence)
+    }
+
+    #[tokio::test]
+    async fn stock_levels_follow_reservations_releases_and_shipments() {
+        let url = database_url();
+        let mut test = ProjectionTest::new(StockLevels, &url, &unique_schema("shop_stock")).await;
+        test.given([
+            envelope("tea", 1, InventoryEvent::Restocked { quantity: 10 }),
+            envelope("mug", 1, InventoryEvent::Restocked { quantity: 1 }),
+        ])
+        .await
+        .given([
+            envelope(
+                "tea",
+                2,
+                InventoryEvent::Reserved {
+                    order_id: "o-1".into(),
+                    quantity: 3,
+                },
+            ),
+            envelope(
+                "mug",
+                2,
+                InventoryEvent::ReservationRejected {
+                    order_id: "o-1".into(),
+                    requested: 2,
+                    available: 1,
+                    reason: "only 1 of 2 left".into(),
+                },
+            ),
+            envelope(
+                "tea",
+                3,
+                InventoryEvent::Reserved {
+                    order_id: "o-2".into(),
+                    quantity: 2,
+                },
+            ),
+        ])
+        .await
+        .given([
+            envelope(
+                "tea",
+                4,
+                InventoryEvent::Released {
+                    order_id: "o-2".into(),
+                    quantity: 2,
+                },
+            ),
+            envelope(
+                "tea",
+                5,
+                InventoryEvent::Shipped {
+                    order_id: "o-1".into(),
+                    quantity: 3,
+                },
+            ),
+        ])
+        .await;
+        test.expect_rows(
+            "SELECT sku, available, reserved, shipped, updated_at FROM stock_levels ORDER BY sku",
+            [
+                ("mug".to_owned(), 1_i64, 0_i64, 0_i64, at(1)),
+                ("tea".to_owned(), 7, 0, 3, at(5)),
+            ],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn order_summaries_track_status_reservations_and_reason() {
+        let url = database_url();
+        let mut test =
+            ProjectionTest::new(OrderSummaries, &url, &unique_schema("shop_summaries")).await;
+        let lines = vec![
+            Line {
+                sku: "tea".into(),
+                quantity: 2,
+                price_cents: 450,
+            },
+            Line {
+                sku: "mug".into(),
+                quantity: 1,
+                price_cents: 900,
+            },
+        ];
+        test.given([
+            envelope(
+                "o-1",
+                1,
+                OrderEvent::Placed {
+                    customer: "ada".into(),
+                    lines: lines.clone(),
+                },
+            ),
+            envelope("o-1", 2, OrderEvent::LineReserved { sku: "tea".into() }),
+            envelope("o-1", 3, OrderEvent::LineReserved { sku: "mug".into() }),
+            envelope(
+                "o-1",
+                4,
+                OrderEvent::Confirmed {
+                    customer: "ada".into(),
+                    total_cents: 1800,
+                },
+            ),
+            envelope(
+                "o-2",
+                1,
+                OrderEvent::Placed {
+                    customer: "bob".into(),
+                    lines,
+                },
+            ),
+            envelope(
+                "o-2",
+                2,
+                OrderEvent::Cancelled {
+                    customer: "bob".into(),
+                    reason: "out of stock: mug".into(),
+                    skus: vec!["tea".into(), "mug".into()],
+                },
+            ),
+        ])
+        .await;
+        test.expect_rows(
+            "SELECT order_id, customer, status, total_cents, reserved_lines, reason, version,
+                    placed_at, updated_at
+             FROM order_summaries ORDER BY order_id",
+            [
+                (
+                    "o-1".to_owned(),
+                    "ada".to_owned(),
+                    "confirmed".to_owned(),
+                    1800_i64,
+                    2_i32,
+                    None::<String>,
+                    4_i64,
+                    at(1),
+                    at(4),
+                ),
+                (
+                    "o-2".to_owned(),
+                    "bob".to_owned(),
+                    "cancelled".to_owned(),
+                    1800,
+                    0,
+                    Some("out of stock: mug".to_owned()),
+                    2,
+                    at(1),
+                    at(2),
+                ),
+            ],
+        )
+        .await;
+    }
+}

@@ -19,9 +19,9 @@
 
 use sqlx::PgConnection;
 use tokio::task::JoinSet;
-use tributary::command::{CommandGateway, CommandOutcome, GatewayError, SendOptions};
+use tributary::EventEnvelope;
+use tributary::command::{CommandGateway, DispatchOutcome, PlannedCommand, PlansCommands};
 use tributary::projection::{HandlerError, Handles, Projection};
-use tributary::{Aggregate, Command, EventEnvelope, Handle, Metadata};
 use uuid::Uuid;
 
 use crate::inventory::{InventoryEvent, ReleaseStock, ReserveStock, ShipStock};
@@ -36,53 +36,14 @@ pub fn command_id(event: Uuid, step: &str) -> String {
     Uuid::new_v5(&COMMAND_ID_NAMESPACE, format!("{event}/{step}").as_bytes()).to_string()
 }
 
-/// The process manager. Run it with a [`tributary::projection::ProjectionWorker`]
-/// subscribed to the order and inventory events.
-#[derive(Debug, Clone)]
-pub struct Fulfilment {
-    gateway: CommandGateway,
-}
+/// The process manager's decisions: which commands each event calls for. A pure
+/// function of the event (the command ids derive from the event id), tested with
+/// `tributary::testkit::ProcessManagerTest`; [`Fulfilment`] sends the plans.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FulfilmentPlan;
 
-impl Fulfilment {
-    /// A process manager sending through `gateway`.
-    pub fn new(gateway: CommandGateway) -> Self {
-        Self { gateway }
-    }
-}
-
-/// One command to send, boxed so that commands of both aggregates share a list.
-type Step = std::pin::Pin<Box<dyn Future<Output = Result<(), GatewayError>> + Send>>;
-
-fn step<C>(gateway: &CommandGateway, command: C, id: String, cause: &Metadata) -> Step
-where
-    C: Command,
-    C::Aggregate: Handle<C>,
-{
-    let gateway = gateway.clone();
-    let options = SendOptions {
-        command_id: Some(id),
-        correlation_id: cause.correlation_id.clone(),
-        traceparent: cause.traceparent.clone(),
-        timeout: None,
-    };
-    Box::pin(async move {
-        match gateway.send_with(command, options).await? {
-            CommandOutcome::Accepted { .. } => {}
-            // A rejection is an answer too (e.g. an answer for an order that is
-            // already decided); the flow has nothing more to do for it.
-            CommandOutcome::Rejected(error) => tracing::debug!(
-                aggregate = <C::Aggregate as Aggregate>::NAME,
-                command = C::NAME,
-                %error,
-                "saga command rejected"
-            ),
-        }
-        Ok(())
-    })
-}
-
-impl Fulfilment {
-    fn order_steps(&self, e: &EventEnvelope<OrderEvent>) -> Vec<Step> {
+impl PlansCommands<OrderEvent> for FulfilmentPlan {
+    fn plan(&self, e: &EventEnvelope<OrderEvent>) -> Vec<PlannedCommand> {
         let order_id = e.aggregate_id.as_str();
         match &e.event {
             OrderEvent::Placed { lines, .. } => lines
@@ -94,7 +55,7 @@ impl Fulfilment {
                         quantity: u64::from(line.quantity),
                     };
                     let id = command_id(e.id, &format!("reserve/{}", line.sku));
-                    step(&self.gateway, cmd, id, &e.metadata)
+                    PlannedCommand::new(id, cmd).caused_by(&e.metadata)
                 })
                 .collect(),
             OrderEvent::Cancelled { skus, .. } => skus
@@ -104,12 +65,8 @@ impl Fulfilment {
                         sku: sku.clone(),
                         order_id: order_id.to_owned(),
                     };
-                    step(
-                        &self.gateway,
-                        cmd,
-                        command_id(e.id, &format!("release/{sku}")),
-                        &e.metadata,
-                    )
+                    PlannedCommand::new(command_id(e.id, &format!("release/{sku}")), cmd)
+                        .caused_by(&e.metadata)
                 })
                 .collect(),
             OrderEvent::Shipped { skus, .. } => skus
@@ -119,12 +76,8 @@ impl Fulfilment {
                         sku: sku.clone(),
                         order_id: order_id.to_owned(),
                     };
-                    step(
-                        &self.gateway,
-                        cmd,
-                        command_id(e.id, &format!("ship/{sku}")),
-                        &e.metadata,
-                    )
+                    PlannedCommand::new(command_id(e.id, &format!("ship/{sku}")), cmd)
+                        .caused_by(&e.metadata)
                 })
                 .collect(),
             OrderEvent::LineReserved { .. } | OrderEvent::Confirmed { .. } | OrderEvent::Paid => {
@@ -132,8 +85,10 @@ impl Fulfilment {
             }
         }
     }
+}
 
-    fn inventory_steps(&self, e: &EventEnvelope<InventoryEvent>) -> Vec<Step> {
+impl PlansCommands<InventoryEvent> for FulfilmentPlan {
+    fn plan(&self, e: &EventEnvelope<InventoryEvent>) -> Vec<PlannedCommand> {
         let sku = e.aggregate_id.as_str().to_owned();
         let (order_id, rejected) = match &e.event {
             InventoryEvent::Reserved { order_id, .. } => (order_id.clone(), None),
@@ -149,34 +104,56 @@ impl Fulfilment {
             sku,
             rejected,
         };
-        vec![step(
-            &self.gateway,
-            cmd,
-            command_id(e.id, "answer"),
-            &e.metadata,
-        )]
+        vec![PlannedCommand::new(command_id(e.id, "answer"), cmd).caused_by(&e.metadata)]
     }
 }
 
-/// Sends every step at once and waits for all outcomes; the first failure fails the
-/// batch (the worker retries it, and the resends are idempotent).
-async fn run_all(steps: Vec<Step>) -> Result<(), HandlerError> {
-    let mut set = JoinSet::new();
-    for s in steps {
-        set.spawn(s);
+/// The process manager. Run it with a [`tributary::projection::ProjectionWorker`]
+/// subscribed to the order and inventory events.
+#[derive(Debug, Clone)]
+pub struct Fulfilment {
+    gateway: CommandGateway,
+}
+
+impl Fulfilment {
+    /// A process manager sending through `gateway`.
+    pub fn new(gateway: CommandGateway) -> Self {
+        Self { gateway }
     }
-    let mut first_error: Option<HandlerError> = None;
-    while let Some(joined) = set.join_next().await {
-        let result: Result<(), HandlerError> = match joined {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.into()),
-            Err(e) => Err(e.into()),
-        };
-        if let Err(e) = result {
-            first_error.get_or_insert(e);
+
+    /// Sends every planned command at once and waits for all outcomes; the first
+    /// failure fails the batch (the worker retries it, and the resends are
+    /// idempotent).
+    async fn send_all(&self, plan: Vec<PlannedCommand>) -> Result<(), HandlerError> {
+        let mut set = JoinSet::new();
+        for planned in plan {
+            let (aggregate, command) = (planned.aggregate(), planned.command_name());
+            let sending = planned.send(&self.gateway);
+            set.spawn(async move {
+                match sending.await? {
+                    DispatchOutcome::Accepted { .. } => {}
+                    // A rejection is an answer too (e.g. an answer for an order that
+                    // is already decided); the flow has nothing more to do for it.
+                    DispatchOutcome::Rejected(error) => {
+                        tracing::debug!(aggregate, command, %error, "saga command rejected");
+                    }
+                }
+                Ok::<(), tributary::command::GatewayError>(())
+            });
         }
+        let mut first_error: Option<HandlerError> = None;
+        while let Some(joined) = set.join_next().await {
+            let result: Result<(), HandlerError> = match joined {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.into()),
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
-    first_error.map_or(Ok(()), Err)
 }
 
 impl Projection for Fulfilment {
@@ -197,7 +174,7 @@ impl Handles<OrderEvent> for Fulfilment {
         event: &EventEnvelope<OrderEvent>,
         _tx: &mut PgConnection,
     ) -> Result<(), HandlerError> {
-        run_all(self.order_steps(event)).await
+        self.send_all(FulfilmentPlan.plan(event)).await
     }
 
     async fn handle_batch(
@@ -205,7 +182,11 @@ impl Handles<OrderEvent> for Fulfilment {
         events: &[&EventEnvelope<OrderEvent>],
         _tx: &mut PgConnection,
     ) -> Result<(), HandlerError> {
-        run_all(events.iter().flat_map(|e| self.order_steps(e)).collect()).await
+        let plan = events
+            .iter()
+            .flat_map(|e| FulfilmentPlan.plan(*e))
+            .collect();
+        self.send_all(plan).await
     }
 }
 
@@ -217,7 +198,7 @@ impl Handles<InventoryEvent> for Fulfilment {
         event: &EventEnvelope<InventoryEvent>,
         _tx: &mut PgConnection,
     ) -> Result<(), HandlerError> {
-        run_all(self.inventory_steps(event)).await
+        self.send_all(FulfilmentPlan.plan(event)).await
     }
 
     async fn handle_batch(
@@ -225,19 +206,38 @@ impl Handles<InventoryEvent> for Fulfilment {
         events: &[&EventEnvelope<InventoryEvent>],
         _tx: &mut PgConnection,
     ) -> Result<(), HandlerError> {
-        run_all(
-            events
-                .iter()
-                .flat_map(|e| self.inventory_steps(e))
-                .collect(),
-        )
-        .await
+        let plan = events
+            .iter()
+            .flat_map(|e| FulfilmentPlan.plan(*e))
+            .collect();
+        self.send_all(plan).await
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use tributary::Metadata;
+    use tributary::testkit::{ProcessManagerTest, envelope};
+
     use super::*;
+    use crate::order::Line;
+
+    fn line(sku: &str, quantity: u32) -> Line {
+        Line {
+            sku: sku.to_owned(),
+            quantity,
+            price_cents: 250,
+        }
+    }
+
+    /// The flow's correlation id and trace context, as the order's events carry them.
+    fn flow() -> Metadata {
+        Metadata {
+            causation_id: Some("place-1".into()),
+            correlation_id: Some("flow-1".into()),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        }
+    }
 
     #[test]
     fn command_ids_are_deterministic_per_event_and_step() {
@@ -254,5 +254,165 @@ mod tests {
             command_id(event, "answer"),
             command_id(Uuid::now_v7(), "answer")
         );
+    }
+
+    #[test]
+    fn a_placed_order_reserves_each_line_in_its_flow() {
+        let placed = envelope(
+            "o-1",
+            1,
+            OrderEvent::Placed {
+                customer: "ada".into(),
+                lines: vec![line("tea", 2), line("mug", 1)],
+            },
+        )
+        .with_metadata(flow());
+        // The ids are part of the saga's contract: a redeployed saga that replays an
+        // event must send the same ids, or the processors would act twice.
+        assert_eq!(
+            command_id(placed.id, "reserve/tea"),
+            "db30017b-0123-52f8-bb9e-fc767766f664"
+        );
+        let reserve = |sku: &str, quantity| {
+            PlannedCommand::new(
+                command_id(placed.id, &format!("reserve/{sku}")),
+                ReserveStock {
+                    sku: sku.into(),
+                    order_id: "o-1".into(),
+                    quantity,
+                },
+            )
+            .caused_by(&flow())
+        };
+        let expected = [reserve("tea", 2), reserve("mug", 1)];
+        ProcessManagerTest::new(FulfilmentPlan)
+            .given([placed])
+            .expect_commands(expected);
+    }
+
+    #[test]
+    fn each_reservation_answer_is_recorded_on_the_order() {
+        let reserved = envelope(
+            "tea",
+            4,
+            InventoryEvent::Reserved {
+                order_id: "o-1".into(),
+                quantity: 2,
+            },
+        );
+        let rejected = envelope(
+            "mug",
+            7,
+            InventoryEvent::ReservationRejected {
+                order_id: "o-1".into(),
+                requested: 1,
+                available: 0,
+                reason: "only 0 of 1 left".into(),
+            },
+        );
+        let expected = [
+            PlannedCommand::new(
+                command_id(reserved.id, "answer"),
+                RecordReservation {
+                    order_id: "o-1".into(),
+                    sku: "tea".into(),
+                    rejected: None,
+                },
+            ),
+            PlannedCommand::new(
+                command_id(rejected.id, "answer"),
+                RecordReservation {
+                    order_id: "o-1".into(),
+                    sku: "mug".into(),
+                    rejected: Some("only 0 of 1 left".into()),
+                },
+            ),
+        ];
+        ProcessManagerTest::new(FulfilmentPlan)
+            .given([reserved, rejected])
+            .expect_commands(expected);
+    }
+
+    #[test]
+    fn a_cancelled_order_releases_its_skus_and_a_shipped_one_ships_them() {
+        let cancelled = envelope(
+            "o-1",
+            3,
+            OrderEvent::Cancelled {
+                customer: "ada".into(),
+                reason: "out of stock: mug".into(),
+                skus: vec!["tea".into(), "mug".into()],
+            },
+        );
+        let shipped = envelope(
+            "o-2",
+            5,
+            OrderEvent::Shipped {
+                customer: "bob".into(),
+                skus: vec!["tea".into()],
+            },
+        )
+        .with_metadata(flow());
+        let release = |sku: &str| {
+            PlannedCommand::new(
+                command_id(cancelled.id, &format!("release/{sku}")),
+                ReleaseStock {
+                    sku: sku.into(),
+                    order_id: "o-1".into(),
+                },
+            )
+        };
+        let expected = [
+            release("tea"),
+            release("mug"),
+            PlannedCommand::new(
+                command_id(shipped.id, "ship/tea"),
+                ShipStock {
+                    sku: "tea".into(),
+                    order_id: "o-2".into(),
+                },
+            )
+            .caused_by(&flow()),
+        ];
+        ProcessManagerTest::new(FulfilmentPlan)
+            .given([cancelled, shipped])
+            .expect_commands(expected);
+    }
+
+    #[test]
+    fn other_events_call_for_no_command() {
+        ProcessManagerTest::new(FulfilmentPlan)
+            .given([
+                envelope("o-1", 2, OrderEvent::LineReserved { sku: "tea".into() }),
+                envelope(
+                    "o-1",
+                    3,
+                    OrderEvent::Confirmed {
+                        customer: "ada".into(),
+                        total_cents: 500,
+                    },
+                ),
+                envelope("o-1", 4, OrderEvent::Paid),
+            ])
+            .given([
+                envelope("tea", 1, InventoryEvent::Restocked { quantity: 5 }),
+                envelope(
+                    "tea",
+                    3,
+                    InventoryEvent::Released {
+                        order_id: "o-1".into(),
+                        quantity: 2,
+                    },
+                ),
+                envelope(
+                    "tea",
+                    4,
+                    InventoryEvent::Shipped {
+                        order_id: "o-2".into(),
+                        quantity: 1,
+                    },
+                ),
+            ])
+            .expect_no_commands();
     }
 }

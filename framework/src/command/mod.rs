@@ -4,12 +4,14 @@
 
 mod dedup;
 mod gateway;
+mod planned;
 mod processor;
 mod snapshot;
 mod topics;
 pub mod wire;
 
 pub use gateway::{CommandGateway, CommandOutcome, GatewayError, SendOptions};
+pub use planned::{DispatchOutcome, PlannedCommand, PlansCommands};
 pub use processor::{
     CommandProcessor, FaultPoint, ProcessorError, ProcessorHandle, ProcessorSettings,
     ProcessorStats,
