@@ -18,6 +18,7 @@
 
 mod commit;
 mod contexts;
+mod decide;
 mod error;
 mod partitions;
 mod producer;
@@ -134,12 +135,10 @@ impl<A: Aggregate> CommandProcessor<A> {
         C: Command<Aggregate = A>,
         A: Handle<C>,
     {
-        let decide: DecideFn<A> = Box::new(|state: &A, payload: &[u8]| {
-            let command: C = serde_json::from_slice(payload)?;
-            Ok(state.handle(command))
-        });
-        self.handlers
-            .insert(format!("{}.{}", A::NAME, C::NAME), decide);
+        self.handlers.insert(
+            format!("{}.{}", A::NAME, C::NAME),
+            decide::handler::<A, C>(),
+        );
         self
     }
 

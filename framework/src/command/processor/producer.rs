@@ -49,48 +49,6 @@ pub(super) fn forward<A: Aggregate>(
     crate::kafka::send_retrying(&part.producer, record)
 }
 
-/// Why a command's records would not fit Kafka's record size limit, if they would
-/// not: an event record over `limit`, or the outcome (which carries every event's
-/// data) over it.
-pub(super) fn oversized(
-    events: &[crate::codec::EncodedRecord],
-    command_id: &str,
-    limit: usize,
-) -> Option<String> {
-    if let Some((i, size)) = events
-        .iter()
-        .map(crate::codec::EncodedRecord::size_estimate)
-        .enumerate()
-        .find(|(_, size)| *size > limit)
-    {
-        return Some(format!(
-            "event {} of {} would be a {size}-byte record, over Kafka's record size limit of {limit} bytes \
-             (the smallest of the client's message.max.bytes and the topics' max.message.bytes); nothing was written",
-            i + 1,
-            events.len()
-        ));
-    }
-    // The outcome: `{"command_id":…,"outcome":"accepted","version":…,"events":[{"id":…,
-    // "sequence":…,"type":…,"time":…,"data":…}, …]}`, with the outcomes topic's
-    // record framing.
-    const OUTCOME_OVERHEAD: usize = 200;
-    const PER_EVENT_OVERHEAD: usize = 200;
-    let outcome = OUTCOME_OVERHEAD
-        + command_id.len()
-        + events
-            .iter()
-            .map(|e| e.value.len() + e.key.len() + PER_EVENT_OVERHEAD)
-            .sum::<usize>();
-    (outcome > limit).then(|| {
-        format!(
-            "the outcome of its {} events (about {outcome} bytes: it carries every event's data) would be over \
-             Kafka's record size limit of {limit} bytes (the smallest of the client's message.max.bytes and the \
-             topics' max.message.bytes); nothing was written",
-            events.len()
-        )
-    })
-}
-
 /// Serves delivery reports until nothing is in flight. rdkafka's own flush (which
 /// `commit_transaction` runs first) polls in 100 ms steps and so adds up to 100 ms
 /// to every commit; polling in 1 ms steps keeps commit latency at the broker's.

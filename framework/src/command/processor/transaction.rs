@@ -11,15 +11,13 @@ use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{Span, debug, error, info_span, warn};
 
-use crate::aggregate::{Aggregate, AggregateId};
-use crate::command::dedup::Seen;
-use crate::command::wire::{self, EventWire, OutcomeWire, ReplyWire};
-use crate::envelope::{EventEnvelope, Metadata};
-use crate::event::DomainEvent;
+use crate::aggregate::Aggregate;
+use crate::command::wire::{self, OutcomeWire, ReplyWire};
 use crate::kafka::record_ref;
 
+use super::decide::{Accepted, Decider, Decision, Prior, prior};
 use super::partitions::{NewSeen, PartitionState, PendingReply};
-use super::producer::{drain_deliveries, forward, oversized, send};
+use super::producer::{drain_deliveries, forward, send};
 use super::stats::ProcessorStats;
 use super::{FaultPoint, Shared, lock, slow};
 /// One partition's batch in one transaction: begin → decide every command →
@@ -161,33 +159,44 @@ pub(super) fn handle_one<A: Aggregate>(
     }
     ProcessorStats::add(&shared.stats.commands, 1);
 
-    let earlier = match part.seen.get(command.command_id) {
-        Some(Seen::Reply(reply)) => Some(Arc::clone(reply)),
-        Some(Seen::Outcome(offset)) => {
-            let offset = *offset;
-            Some(read_outcome(shared, partition, offset)?)
-        }
-        None => batch_seen
-            .iter()
-            .find(|(id, _)| id == command.command_id)
-            .map(|(_, r)| Arc::clone(r)),
+    let earlier = match prior(&part.seen, batch_seen, command.command_id) {
+        Some(Prior::Reply(reply)) => Some(reply),
+        Some(Prior::Outcome(offset)) => Some(read_outcome(shared, partition, offset)?),
+        None => None,
     };
-    if let Some(reply) = earlier {
-        ProcessorStats::add(&shared.stats.duplicates, 1);
-        Span::current().record("outcome", "duplicate");
-        debug!("command id seen before; replying with the original outcome");
-        if let Some(rp) = command.reply_partition {
-            part.replies.push(PendingReply {
-                reply_partition: rp,
-                command_id: command.command_id.to_owned(),
-                reply,
-                correlation_id: command.correlation_id.map(str::to_owned),
-            });
+    let decider = Decider {
+        handlers: &shared.handlers,
+        codec: &shared.codec,
+        max_record_bytes: shared.layout.max_record_bytes,
+    };
+    let outcome = match decider.decide(&mut part.aggregates, &command, earlier) {
+        Decision::Duplicate(reply) => {
+            ProcessorStats::add(&shared.stats.duplicates, 1);
+            Span::current().record("outcome", "duplicate");
+            debug!("command id seen before; replying with the original outcome");
+            if let Some(rp) = command.reply_partition {
+                part.replies.push(PendingReply {
+                    reply_partition: rp,
+                    command_id: command.command_id.to_owned(),
+                    reply,
+                    correlation_id: command.correlation_id.map(str::to_owned),
+                });
+            }
+            return Ok(None);
         }
-        return Ok(None);
-    }
-
-    let outcome = decide(shared, partition, part, &command)?;
+        Decision::Failed(reason) => {
+            ProcessorStats::add(&shared.stats.failed, 1);
+            OutcomeWire::Failed { reason }
+        }
+        Decision::Rejected(error) => {
+            ProcessorStats::add(&shared.stats.rejected, 1);
+            match error {
+                Ok(error) => OutcomeWire::Rejected { error },
+                Err(reason) => OutcomeWire::Failed { reason },
+            }
+        }
+        Decision::Accepted(accepted) => write_events(shared, partition, part, &command, accepted)?,
+    };
     Span::current().record(
         "outcome",
         match &outcome {
@@ -227,111 +236,16 @@ pub(super) fn handle_one<A: Aggregate>(
     Ok(Some((command.command_id.to_owned(), bytes)))
 }
 
-pub(super) fn decide<A: Aggregate>(
+/// Produces an accepted command's events to the partition's events topic and, once
+/// the producer took them, applies them to the aggregate.
+fn write_events<A: Aggregate>(
     shared: &Shared<A>,
     partition: i32,
     part: &mut PartitionState<A>,
     command: &wire::IncomingCommand<'_>,
+    accepted: Accepted<A::Event>,
 ) -> KafkaResult<OutcomeWire> {
-    let Some(handler) = shared.handlers.get(command.command_type) else {
-        ProcessorStats::add(&shared.stats.failed, 1);
-        let mut known: Vec<&str> = shared.handlers.keys().map(String::as_str).collect();
-        known.sort_unstable();
-        return Ok(OutcomeWire::Failed {
-            reason: format!(
-                "unknown command type `{}`; this processor handles: {}",
-                command.command_type,
-                known.join(", ")
-            ),
-        });
-    };
-    let slot = part
-        .aggregates
-        .entry(command.aggregate_id.to_owned())
-        .or_default();
-    let events = match handler(&slot.state, command.payload) {
-        Err(error) => {
-            ProcessorStats::add(&shared.stats.failed, 1);
-            return Ok(OutcomeWire::Failed {
-                reason: format!("cannot deserialize `{}`: {error}", command.command_type),
-            });
-        }
-        Ok(Err(domain_error)) => {
-            ProcessorStats::add(&shared.stats.rejected, 1);
-            return Ok(match serde_json::to_value(&domain_error) {
-                Ok(error) => OutcomeWire::Rejected { error },
-                Err(e) => OutcomeWire::Failed {
-                    reason: format!(
-                        "rejected with `{domain_error}`, which does not serialize: {e}"
-                    ),
-                },
-            });
-        }
-        Ok(Ok(events)) => events,
-    };
-    // Encode everything before touching the state, so a failure changes nothing.
-    let metadata = Metadata {
-        causation_id: Some(command.command_id.to_owned()),
-        correlation_id: Some(
-            command
-                .correlation_id
-                .unwrap_or(command.command_id)
-                .to_owned(),
-        ),
-        traceparent: command.traceparent.map(str::to_owned),
-    };
-    let count = events.len() as u64;
-    let mut envelopes = Vec::with_capacity(events.len());
-    let mut encoded = Vec::with_capacity(events.len());
-    let mut wires = Vec::with_capacity(events.len());
-    for (i, event) in events.into_iter().enumerate() {
-        let envelope = EventEnvelope {
-            id: uuid::Uuid::now_v7(),
-            aggregate_id: AggregateId::new(command.aggregate_id),
-            sequence: slot.version + 1 + i as u64,
-            time: chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6),
-            metadata: metadata.clone(),
-            event,
-        };
-        let encoded_pair = shared
-            .codec
-            .encode(&envelope)
-            .map_err(|e| e.to_string())
-            .and_then(|record| {
-                envelope
-                    .event
-                    .to_payload()
-                    .map(|data| (record, data))
-                    .map_err(|e| e.to_string())
-            });
-        let (record, data) = match encoded_pair {
-            Ok(pair) => pair,
-            Err(error) => {
-                ProcessorStats::add(&shared.stats.failed, 1);
-                return Ok(OutcomeWire::Failed {
-                    reason: format!("cannot encode the events: {error}"),
-                });
-            }
-        };
-        wires.push(EventWire {
-            id: envelope.id,
-            sequence: envelope.sequence,
-            ce_type: envelope.event.event_type().ce_type.to_owned(),
-            time: envelope.time,
-            data,
-        });
-        encoded.push(record);
-        envelopes.push(envelope);
-    }
-    // A record over the size limit would fail the whole transaction, and the batch
-    // would be retried for ever: refuse the command instead, before anything of it
-    // is written. The outcome record carries every event's data, so it can be over
-    // the limit even when each event is not.
-    if let Some(reason) = oversized(&encoded, command.command_id, shared.layout.max_record_bytes) {
-        ProcessorStats::add(&shared.stats.failed, 1);
-        return Ok(OutcomeWire::Failed { reason });
-    }
-    for record in &encoded {
+    for record in &accepted.records {
         let base = BaseRecord::to(&shared.layout.events)
             .partition(partition)
             .key(record.key.as_slice())
@@ -339,11 +253,11 @@ pub(super) fn decide<A: Aggregate>(
             .headers(record.owned_headers());
         crate::kafka::send_retrying(&part.producer, base)?;
     }
-    for envelope in &envelopes {
-        slot.state.apply(&envelope.event);
+    let count = accepted.envelopes.len() as u64;
+    if let Some(slot) = part.aggregates.get_mut(command.aggregate_id) {
+        accepted.apply_to(slot);
     }
-    slot.version += count;
-    let version = slot.version;
+    let version = accepted.version;
     if count > 0 {
         part.touched.insert(command.aggregate_id.to_owned());
         part.dirty.insert(command.aggregate_id.to_owned());
@@ -354,6 +268,6 @@ pub(super) fn decide<A: Aggregate>(
     Span::current().record("version", version);
     Ok(OutcomeWire::Accepted {
         version,
-        events: wires,
+        events: accepted.wires,
     })
 }
