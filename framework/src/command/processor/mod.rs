@@ -16,6 +16,7 @@
 //! never hears of an outcome that did not commit. Snapshots are written after the
 //! commit.
 
+mod batch;
 mod commit;
 mod contexts;
 mod decide;

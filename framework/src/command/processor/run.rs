@@ -1,7 +1,7 @@
 //! The processing loop: poll a batch, sort it by partition, run the transactions,
 //! rewind what must be consumed again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::aggregate::Aggregate;
 
+use super::batch::{self, Route};
 use super::commit::BatchFailure;
 use super::contexts::RebalanceContext;
 use super::error::ProcessorError;
@@ -74,34 +75,22 @@ pub(super) fn run<A: Aggregate>(
             return Ok(());
         }
         // Collect a batch: wait for the first command, then linger briefly.
-        let mut batch: Vec<OwnedMessage> = Vec::new();
-        let mut deadline: Option<Instant> = None;
-        while batch.len() < max_batch {
-            let timeout = match deadline {
-                None => Duration::from_millis(100),
-                Some(d) => d.saturating_duration_since(Instant::now()),
-            };
+        let batch: Vec<OwnedMessage> = batch::collect(max_batch, linger, Instant::now, |timeout| {
             match consumer.poll(timeout) {
-                Some(Ok(message)) => {
-                    batch.push(message.detach());
-                    deadline.get_or_insert_with(|| Instant::now() + linger);
-                }
+                Some(Ok(message)) => Some(message.detach()),
                 Some(Err(error)) => {
                     warn!(%error, "consumer error");
-                    break;
+                    None
                 }
-                None => break,
+                None => None,
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                break;
-            }
-        }
+        });
         if batch.is_empty() {
             continue;
         }
         let Some(metadata) = consumer.group_metadata() else {
             warn!("no consumer group metadata yet; retrying the batch");
-            seek_back(&consumer, first_offsets(&batch));
+            seek_back(&consumer, positions_of(&batch));
             continue;
         };
         let metadata = Arc::new(metadata);
@@ -109,37 +98,29 @@ pub(super) fn run<A: Aggregate>(
             .assignment()
             .map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect())
             .unwrap_or_default();
-        let mut by_partition: Vec<(i32, Vec<OwnedMessage>)> = Vec::new();
-        for message in batch {
-            match by_partition
-                .iter_mut()
-                .find(|(p, _)| *p == message.partition())
-            {
-                Some((_, messages)) => messages.push(message),
-                None => by_partition.push((message.partition(), vec![message])),
-            }
-        }
+        let by_partition = batch::by_partition(batch, Message::partition);
         let mut c = lock(&core);
         let mut ready: Vec<(i32, Vec<OwnedMessage>)> = Vec::new();
         let mut rewind: Vec<(String, i32, i64)> = Vec::new();
         let mut pause: Vec<i32> = Vec::new();
         for (partition, messages) in by_partition {
-            if !c.partitions.contains_key(&partition) {
-                if !assigned.contains(&partition) {
-                    continue; // revoked meanwhile; the new owner processes these
-                }
-                if c.quarantined.contains_key(&partition) {
-                    c.answer_unavailable(partition, &messages);
-                    continue;
-                }
+            match batch::route(
+                c.partitions.contains_key(&partition),
+                assigned.contains(&partition),
+                c.quarantined.contains_key(&partition),
+            ) {
+                Route::Process => ready.push((partition, messages)),
+                // Revoked meanwhile; the new owner processes these.
+                Route::Skip => {}
+                Route::Unavailable => c.answer_unavailable(partition, &messages),
                 // No state (a failed transaction dropped it): restore it while the
                 // partition waits, paused, with its commands rewound.
-                c.begin_restore(partition);
-                pause.push(partition);
-                rewind.extend(first_offsets(&messages));
-                continue;
+                Route::Restore => {
+                    c.begin_restore(partition);
+                    pause.push(partition);
+                    rewind.extend(positions_of(&messages));
+                }
             }
-            ready.push((partition, messages));
         }
         let commands_topic = c.shared.layout.commands.clone();
         for (partition, first_offset, outcome) in c.process_all(ready, &metadata) {
@@ -174,8 +155,8 @@ pub(super) fn partition_list(topic: &str, partitions: &[i32]) -> TopicPartitionL
     tpl
 }
 
-/// `(topic, partition, offset)` of the first message of each partition.
-pub(super) fn first_offsets(messages: &[OwnedMessage]) -> Vec<(String, i32, i64)> {
+/// `(topic, partition, offset)` of every message (see [`seek_back`]).
+pub(super) fn positions_of(messages: &[OwnedMessage]) -> Vec<(String, i32, i64)> {
     messages
         .iter()
         .map(|m| (m.topic().to_owned(), m.partition(), m.offset()))
@@ -188,13 +169,7 @@ pub(super) fn seek_back<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     positions: impl IntoIterator<Item = (String, i32, i64)>,
 ) {
-    let mut firsts: HashMap<(String, i32), i64> = HashMap::new();
-    for (topic, partition, offset) in positions {
-        firsts
-            .entry((topic, partition))
-            .and_modify(|o| *o = (*o).min(offset))
-            .or_insert(offset);
-    }
+    let firsts = batch::rewind_targets(positions);
     for ((topic, partition), offset) in firsts {
         if let Err(error) = consumer.seek(
             &topic,
