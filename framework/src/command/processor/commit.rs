@@ -20,6 +20,7 @@ use super::producer::send;
 use super::stats::ProcessorStats;
 use super::transaction::transact;
 use super::{FaultPoint, lock, slow};
+
 pub(super) enum BatchFailure {
     /// The transaction aborted; state was rebuilt; consume the batch again.
     Retry,

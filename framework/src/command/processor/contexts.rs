@@ -16,6 +16,7 @@ use crate::aggregate::Aggregate;
 
 use super::lock;
 use super::partitions::Core;
+
 /// Records the highest offset the producer wrote to its events partition.
 pub(super) struct DeliveryContext {
     pub(super) events_topic: String,

@@ -23,6 +23,7 @@ use super::producer::{new_reply_producer, send};
 use super::restore::Restorer;
 use super::stats::ProcessorStats;
 use super::{Shared, lock};
+
 /// One aggregate instance in memory.
 pub(super) struct Slot<A> {
     pub(super) state: A,

@@ -13,6 +13,7 @@ use crate::config::KafkaConfig;
 use super::Shared;
 use super::contexts::{DeliveryContext, ReplyContext};
 use super::partitions::PartitionState;
+
 /// The idempotent, non-transactional producer of replies.
 pub(super) fn new_reply_producer(kafka: &KafkaConfig) -> KafkaResult<BaseProducer<ReplyContext>> {
     kafka

@@ -24,6 +24,7 @@ use super::error::{ProcessorError, kafka};
 use super::partitions::{PartitionState, Slot};
 use super::stats::ProcessorStats;
 use super::{Shared, slow};
+
 /// How far (at most; a tenth of the window if less) before the dedup window a
 /// restore starts reading outcomes, for owners whose clocks were behind.
 pub(super) const OUTCOME_CLOCK_MARGIN: Duration = Duration::from_secs(300);

@@ -20,6 +20,7 @@ use super::contexts::RebalanceContext;
 use super::error::ProcessorError;
 use super::lock;
 use super::partitions::Core;
+
 pub(super) fn run<A: Aggregate>(
     consumer: BaseConsumer<RebalanceContext<A>>,
     core: Arc<Mutex<Core<A>>>,

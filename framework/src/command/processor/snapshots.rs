@@ -9,10 +9,11 @@ use rdkafka::producer::Producer;
 use tracing::warn;
 
 use crate::aggregate::Aggregate;
-use crate::command::snapshot::{SnapshotJob, SnapshotRow};
+use crate::command::snapshot::{self, SnapshotJob, SnapshotRow};
 
 use super::partitions::{Core, Slot};
 use super::stats::ProcessorStats;
+
 impl<A: Aggregate> Core<A> {
     /// Applies the snapshot writer's confirmations: an aggregate whose row is
     /// confirmed at its current version is no longer dirty.
@@ -117,7 +118,7 @@ impl<A: Aggregate> Core<A> {
             let Some(slot) = part.aggregates.get_mut(&id) else {
                 continue;
             };
-            if slot.version / every > slot.snapshot_version / every
+            if snapshot::due(slot.version, slot.snapshot_version, every)
                 && let Some(row) = snapshot_row(&id, slot)
             {
                 rows.push(row);

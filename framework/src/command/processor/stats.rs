@@ -4,6 +4,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::lock;
+
 /// Counters of one processor instance, readable while it runs.
 #[derive(Debug, Default)]
 pub struct ProcessorStats {

@@ -20,6 +20,7 @@ use super::partitions::{NewSeen, PartitionState, PendingReply};
 use super::producer::{drain_deliveries, forward, send};
 use super::stats::ProcessorStats;
 use super::{FaultPoint, Shared, lock, slow};
+
 /// One partition's batch in one transaction: begin → decide every command →
 /// offsets → commit. Replies are collected in `part.replies` and sent by
 /// [`Core::finish`] once the commit succeeded.
