@@ -23,11 +23,14 @@ mod decide;
 mod error;
 mod partitions;
 mod producer;
+mod replay;
 mod restore;
 mod run;
 mod settings;
 mod snapshots;
 mod stats;
+#[cfg(test)]
+mod testing;
 mod transaction;
 
 pub use error::ProcessorError;

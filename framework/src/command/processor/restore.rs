@@ -22,6 +22,7 @@ use crate::kafka::record_ref;
 use super::contexts::{DeliveryContext, RestoreContext};
 use super::error::{ProcessorError, kafka};
 use super::partitions::{PartitionState, Slot};
+use super::replay::Replay;
 use super::stats::ProcessorStats;
 use super::{Shared, slow};
 
@@ -242,8 +243,8 @@ impl<A: Aggregate> Restorer<A> {
         )
         .map_err(kafka("fetch events watermarks"))?;
         let start = start.max(low);
-        let (mut read, mut applied) = (0u64, 0u64);
-        let mut gap = None;
+        let mut read = 0u64;
+        let mut replay = Replay::new(aggregates);
         self.read_range(&topic, partition, start, high, |message| {
             read += 1;
             let envelope = shared.codec.decode(&record_ref(message)).map_err(|e| {
@@ -253,22 +254,19 @@ impl<A: Aggregate> Restorer<A> {
                     reason: e.to_string(),
                 }
             })?;
-            let slot = aggregates
-                .entry(envelope.aggregate_id.into_string())
-                .or_default();
-            slot.offset_bound = slot.offset_bound.max(message.offset());
-            if envelope.sequence <= slot.snapshot_version {
-                return Ok(()); // covered by the snapshot
-            }
-            if envelope.sequence != slot.version + 1 {
-                gap.get_or_insert((message.offset(), slot.version, envelope.sequence));
-                return Ok(());
-            }
-            slot.state.apply(&envelope.event);
-            slot.version = envelope.sequence;
-            applied += 1;
+            replay.event(
+                message.offset(),
+                envelope.aggregate_id.into_string(),
+                envelope.sequence,
+                &envelope.event,
+            );
             Ok(())
         })?;
+        let Replay {
+            aggregates,
+            applied,
+            gap,
+        } = replay;
         ProcessorStats::add(&shared.stats.restore_records_read, read);
         ProcessorStats::add(&shared.stats.restore_events_applied, applied);
         if let Some((offset, version, sequence)) = gap {
