@@ -41,17 +41,3 @@ pub use tributary_core::{
 
 #[doc(hidden)]
 pub use tributary_core::__private;
-
-// The runtime's own paths to the core's items.
-mod aggregate {
-    pub(crate) use tributary_core::{Aggregate, AggregateId, Command, Handle};
-}
-mod envelope {
-    pub(crate) use tributary_core::{EventEnvelope, Metadata};
-}
-mod event {
-    pub(crate) use tributary_core::DomainEvent;
-}
-mod upcast {
-    pub(crate) use tributary_core::{Upcaster, UpcasterError};
-}

@@ -63,6 +63,8 @@ impl SeenWindow {
 mod tests {
     use std::time::Duration;
 
+    use proptest::prelude::*;
+
     use super::*;
 
     fn at(secs: u64) -> SystemTime {
@@ -93,5 +95,37 @@ mod tests {
         assert_eq!(window.get("a"), Some(&Seen::Reply(Arc::new(Vec::new()))));
         window.expire(at(12));
         assert_eq!(window.get("a"), None);
+    }
+
+    proptest! {
+        /// Against a model (first decision time and latest answer per id): after
+        /// inserts in decision order and an expiry, an id is found exactly when it
+        /// was first decided at or after the horizon, with its latest answer.
+        #[test]
+        fn lookup_and_expiry_follow_the_first_decision_time(
+            inserts in proptest::collection::vec((0..8u8, 0..5u64, 0..100i64), 0..40),
+            horizon in 0..60u64,
+        ) {
+            let mut window = SeenWindow::default();
+            let mut model: HashMap<String, (u64, Seen)> = HashMap::new();
+            let mut time = 0;
+            for (id, gap, offset) in inserts {
+                time += gap;
+                let id = format!("cmd-{id}");
+                window.insert(&id, at(time), Seen::Outcome(offset));
+                let first = model.get(&id).map_or(time, |(t, _)| *t);
+                model.insert(id, (first, Seen::Outcome(offset)));
+            }
+            for (id, (_, seen)) in &model {
+                prop_assert_eq!(window.get(id), Some(seen));
+            }
+            prop_assert_eq!(window.len(), model.len());
+            window.expire(at(horizon));
+            for (id, (first, seen)) in &model {
+                let kept = *first >= horizon;
+                prop_assert_eq!(window.get(id), kept.then_some(seen), "{} first at {}", id, first);
+            }
+            prop_assert_eq!(window.len(), model.values().filter(|(t, _)| *t >= horizon).count());
+        }
     }
 }

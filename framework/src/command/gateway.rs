@@ -15,11 +15,11 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::topics::{TopicError, TopicSettings, ensure_replies_topic};
 use super::wire::{self, CommandHeaders, OutcomeWire, ReplyWire};
-use crate::aggregate::{Aggregate, AggregateId, Command};
 use crate::codec::EventCodec;
 use crate::config::KafkaConfig;
-use crate::envelope::{EventEnvelope, Metadata};
 use crate::kafka::EncodedRecordExt as _;
+use crate::{Aggregate, AggregateId, Command};
+use crate::{EventEnvelope, Metadata};
 
 /// What a processor decided.
 #[derive(Debug)]

@@ -10,9 +10,9 @@ use std::future::Future;
 use std::pin::Pin;
 
 use super::gateway::{CommandGateway, CommandOutcome, GatewayError, SendOptions};
-use crate::aggregate::{Aggregate, AggregateId, Command};
-use crate::envelope::{EventEnvelope, Metadata};
-use crate::event::DomainEvent;
+use crate::DomainEvent;
+use crate::{Aggregate, AggregateId, Command};
+use crate::{EventEnvelope, Metadata};
 
 /// The decisions of a process manager for the events of one aggregate type: which
 /// commands an event calls for. Implement it once per event enum the process

@@ -11,6 +11,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{PgStore, StoreError};
 
+/// Whether an aggregate at `version`, last snapshotted at `snapshot_version`, is
+/// due for a snapshot when one is taken every `every` (> 0) events: it has reached
+/// a multiple of `every` since.
+pub(crate) fn due(version: u64, snapshot_version: u64, every: u64) -> bool {
+    version / every > snapshot_version / every
+}
+
 /// One snapshot row.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub(crate) struct SnapshotRow {
@@ -202,4 +209,34 @@ pub(crate) fn spawn_writer(
         }
     });
     tx
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::due;
+
+    proptest! {
+        /// Due exactly when a multiple of `every` lies in (snapshot_version, version].
+        #[test]
+        fn due_when_a_multiple_of_every_was_passed(
+            snapshot_version in 0..200u64,
+            step in 0..60u64,
+            every in 1..25u64,
+        ) {
+            let version = snapshot_version + step;
+            let crossed = (snapshot_version + 1..=version).any(|v| v % every == 0);
+            prop_assert_eq!(due(version, snapshot_version, every), crossed);
+        }
+    }
+
+    #[test]
+    fn due_at_the_boundaries() {
+        assert!(due(10, 9, 10));
+        assert!(!due(19, 10, 10));
+        assert!(due(20, 10, 10));
+        assert!(!due(5, 5, 1));
+        assert!(due(6, 5, 1));
+    }
 }

@@ -69,8 +69,8 @@ use std::future::Future;
 
 use sqlx::PgConnection;
 
-use crate::envelope::EventEnvelope;
-use crate::event::DomainEvent;
+use crate::DomainEvent;
+use crate::EventEnvelope;
 
 pub use config::{PoisonPolicy, ProjectionConfig, RetryPolicy};
 pub use dead_letter::{DeadLetter, ReplaySummary};

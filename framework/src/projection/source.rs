@@ -7,9 +7,9 @@ use std::pin::Pin;
 
 use sqlx::PgConnection;
 
+use crate::DomainEvent;
+use crate::EventEnvelope;
 use crate::codec::{DecodeError, EventCodec, RecordRef};
-use crate::envelope::EventEnvelope;
-use crate::event::DomainEvent;
 use crate::projection::{HandlerError, Handles};
 
 /// A decoded event of some enum, as the worker carries it.

@@ -3,9 +3,9 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use uuid::Uuid;
 
-use crate::aggregate::AggregateId;
-use crate::envelope::{EventEnvelope, Metadata};
-use crate::event::DomainEvent;
+use crate::AggregateId;
+use crate::DomainEvent;
+use crate::{EventEnvelope, Metadata};
 
 /// The time of the test envelopes' sequence 0: 2025-01-01T00:00:00Z. The event of
 /// sequence `n` built by [`envelope`] is dated `n` seconds later.

@@ -1,8 +1,8 @@
 //! Given events → expect commands, for process managers.
 
+use crate::DomainEvent;
+use crate::EventEnvelope;
 use crate::command::{PlannedCommand, PlansCommands};
-use crate::envelope::EventEnvelope;
-use crate::event::DomainEvent;
 
 use super::diff::line_diff;
 

@@ -5,8 +5,8 @@ use std::fmt::Debug;
 use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::{Connection as _, FromRow, PgConnection};
 
-use crate::envelope::EventEnvelope;
-use crate::event::DomainEvent;
+use crate::DomainEvent;
+use crate::EventEnvelope;
 use crate::projection::{HandlerError, Handles, Projection};
 use crate::store::PgStore;
 

@@ -28,9 +28,9 @@ use rdkafka::error::KafkaError;
 use sqlx::PgConnection;
 use tokio::sync::watch;
 
+use crate::DomainEvent;
 use crate::codec::EventCodec;
 use crate::config::KafkaConfig;
-use crate::event::DomainEvent;
 use crate::projection::config::ProjectionConfig;
 use crate::projection::error::ProjectionError;
 use crate::projection::lag::WatermarkError;

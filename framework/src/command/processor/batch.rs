@@ -1,0 +1,278 @@
+//! Assembling a batch, without Kafka: how long to poll for it, how its records are
+//! split by partition, what becomes of each partition's share, and where to rewind
+//! the records that must be consumed again.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// How long to wait for the first record of a batch before looking at the stop and
+/// kill flags again.
+const FIRST_WAIT: Duration = Duration::from_millis(100);
+
+/// Collects one batch: waits up to [`FIRST_WAIT`] for a first record, then takes
+/// more until `max_batch` records, until `linger` has passed since the first, or
+/// until `poll` has nothing (`None`: a timeout or a consumer error). `poll` is given
+/// how long it may wait; `now` is the clock.
+pub(super) fn collect<M>(
+    max_batch: usize,
+    linger: Duration,
+    mut now: impl FnMut() -> Instant,
+    mut poll: impl FnMut(Duration) -> Option<M>,
+) -> Vec<M> {
+    let mut batch = Vec::new();
+    let mut deadline: Option<Instant> = None;
+    while batch.len() < max_batch {
+        let timeout = match deadline {
+            None => FIRST_WAIT,
+            Some(d) => d.saturating_duration_since(now()),
+        };
+        match poll(timeout) {
+            Some(record) => {
+                batch.push(record);
+                deadline.get_or_insert_with(|| now() + linger);
+            }
+            None => break,
+        }
+        if deadline.is_some_and(|d| now() >= d) {
+            break;
+        }
+    }
+    batch
+}
+
+/// Splits a batch by partition: the partitions in the order of their first record,
+/// each with its records in batch order.
+pub(super) fn by_partition<M>(batch: Vec<M>, partition: impl Fn(&M) -> i32) -> Vec<(i32, Vec<M>)> {
+    let mut out: Vec<(i32, Vec<M>)> = Vec::new();
+    for record in batch {
+        let p = partition(&record);
+        match out.iter_mut().find(|(q, _)| *q == p) {
+            Some((_, records)) => records.push(record),
+            None => out.push((p, vec![record])),
+        }
+    }
+    out
+}
+
+/// What becomes of one partition's share of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Route {
+    /// Processed in the partition's transaction.
+    Process,
+    /// Dropped: the partition was revoked meanwhile; its new owner processes them.
+    Skip,
+    /// Answered `unavailable`: the partition is quarantined.
+    Unavailable,
+    /// Consumed again after the partition is restored: it is assigned but has no
+    /// state (a failed transaction dropped it).
+    Restore,
+}
+
+/// Where a partition's records go, given whether this instance has its state, has
+/// it assigned, and has quarantined it.
+pub(super) fn route(owned: bool, assigned: bool, quarantined: bool) -> Route {
+    if owned {
+        Route::Process
+    } else if !assigned {
+        Route::Skip
+    } else if quarantined {
+        Route::Unavailable
+    } else {
+        Route::Restore
+    }
+}
+
+/// The offset to rewind each `(topic, partition)` to: the lowest of its given
+/// offsets, so that every record from there on is consumed again.
+pub(super) fn rewind_targets(
+    positions: impl IntoIterator<Item = (String, i32, i64)>,
+) -> HashMap<(String, i32), i64> {
+    let mut firsts: HashMap<(String, i32), i64> = HashMap::new();
+    for (topic, partition, offset) in positions {
+        firsts
+            .entry((topic, partition))
+            .and_modify(|o| *o = (*o).min(offset))
+            .or_insert(offset);
+    }
+    firsts
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::collections::VecDeque;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A source of records, each arriving `gap` after the previous one was taken,
+    /// on a fake clock (time since the start) that a poll advances by the time it
+    /// waited. It notes each poll's timeout.
+    struct Source {
+        pending: VecDeque<(Duration, u32)>,
+        timeouts: Vec<Duration>,
+    }
+
+    impl Source {
+        fn poll(&mut self, clock: &Cell<Duration>, timeout: Duration) -> Option<u32> {
+            self.timeouts.push(timeout);
+            match self.pending.front_mut() {
+                Some((gap, record)) if *gap <= timeout => {
+                    clock.set(clock.get() + *gap);
+                    let record = *record;
+                    self.pending.pop_front();
+                    Some(record)
+                }
+                Some((gap, _)) => {
+                    *gap -= timeout;
+                    clock.set(clock.get() + timeout);
+                    None
+                }
+                None => {
+                    clock.set(clock.get() + timeout);
+                    None
+                }
+            }
+        }
+    }
+
+    /// Collects a batch from records given as `(gap in ms, record)`.
+    fn run_collect(max_batch: usize, linger_ms: u64, records: &[(u64, u32)]) -> (Vec<u32>, Source) {
+        let mut source = Source {
+            pending: records
+                .iter()
+                .map(|&(gap_ms, r)| (Duration::from_millis(gap_ms), r))
+                .collect(),
+            timeouts: Vec::new(),
+        };
+        let start = Instant::now();
+        let clock = Cell::new(Duration::ZERO);
+        let batch = collect(
+            max_batch,
+            Duration::from_millis(linger_ms),
+            || start + clock.get(),
+            |timeout| source.poll(&clock, timeout),
+        );
+        (batch, source)
+    }
+
+    proptest! {
+        /// A batch is the records in arrival order, a prefix of what was there:
+        /// none lost, none repeated, never more than `max_batch`, and the rest is
+        /// left for the next batch.
+        #[test]
+        fn collect_takes_a_prefix_within_the_limit(
+            max_batch in 1..20usize,
+            linger_ms in 0..20u64,
+            records in proptest::collection::vec((0..10u64, any::<u32>()), 0..40),
+        ) {
+            let (batch, source) = run_collect(max_batch, linger_ms, &records);
+            prop_assert!(batch.len() <= max_batch);
+            let sent: Vec<u32> = records.iter().map(|&(_, r)| r).collect();
+            prop_assert_eq!(&batch[..], &sent[..batch.len()]);
+            let left: Vec<u32> = source.pending.iter().map(|&(_, r)| r).collect();
+            prop_assert_eq!(&left[..], &sent[batch.len()..]);
+            // After the first record, no poll waits past the linger.
+            for timeout in source.timeouts.iter().skip(1) {
+                prop_assert!(*timeout <= Duration::from_millis(linger_ms));
+            }
+        }
+
+        /// Records that are already there fill the batch up to `max_batch`.
+        #[test]
+        fn collect_fills_the_batch_from_queued_records(
+            max_batch in 1..20usize,
+            extra in 0..20usize,
+        ) {
+            let records: Vec<(u64, u32)> = (0..(max_batch + extra) as u32).map(|r| (0, r)).collect();
+            let (batch, _) = run_collect(max_batch, 5, &records);
+            prop_assert_eq!(batch, (0..max_batch as u32).collect::<Vec<_>>());
+        }
+
+        /// Splitting by partition loses and duplicates nothing, keeps each
+        /// partition's order, lists each partition once, in order of first record.
+        #[test]
+        fn by_partition_keeps_every_record_in_partition_order(
+            records in proptest::collection::vec((0..5i32, any::<u64>()), 0..60),
+        ) {
+            let indexed: Vec<(i32, usize)> =
+                records.iter().enumerate().map(|(i, &(p, _))| (p, i)).collect();
+            let groups = by_partition(indexed.clone(), |&(p, _)| p);
+            let partitions: Vec<i32> = groups.iter().map(|(p, _)| *p).collect();
+            let mut firsts: Vec<i32> = Vec::new();
+            for &(p, _) in &indexed {
+                if !firsts.contains(&p) {
+                    firsts.push(p);
+                }
+            }
+            prop_assert_eq!(partitions, firsts);
+            let mut total = 0;
+            for (p, group) in &groups {
+                prop_assert!(group.iter().all(|(q, _)| q == p));
+                let expected: Vec<(i32, usize)> =
+                    indexed.iter().copied().filter(|(q, _)| q == p).collect();
+                prop_assert_eq!(group, &expected);
+                total += group.len();
+            }
+            prop_assert_eq!(total, indexed.len());
+        }
+
+        /// Each partition rewinds to its lowest offset, and only partitions given
+        /// are rewound.
+        #[test]
+        fn rewind_targets_are_the_lowest_offsets(
+            positions in proptest::collection::vec((0..2usize, 0..4i32, 0..1000i64), 0..30),
+        ) {
+            let topics = ["commands", "other"];
+            let named: Vec<(String, i32, i64)> =
+                positions.iter().map(|&(t, p, o)| (topics[t].to_owned(), p, o)).collect();
+            let targets = rewind_targets(named.clone());
+            for ((topic, partition), offset) in &targets {
+                let lowest = named
+                    .iter()
+                    .filter(|(t, p, _)| t == topic && p == partition)
+                    .map(|(_, _, o)| *o)
+                    .min();
+                prop_assert_eq!(Some(*offset), lowest);
+            }
+            for (topic, partition, _) in &named {
+                prop_assert!(targets.contains_key(&(topic.clone(), *partition)));
+            }
+        }
+    }
+
+    #[test]
+    fn collect_waits_for_a_first_record_then_lingers_from_it() {
+        // The first record comes after 30 ms, the next two 4 ms apart, the last one
+        // 10 ms later: past a linger of 10 ms counted from the first.
+        let (batch, source) = run_collect(100, 10, &[(30, 1), (4, 2), (4, 3), (10, 4)]);
+        assert_eq!(batch, [1, 2, 3]);
+        assert_eq!(source.timeouts[0], FIRST_WAIT);
+        assert_eq!(source.timeouts[1], Duration::from_millis(10));
+        assert_eq!(source.timeouts[2], Duration::from_millis(6));
+        assert_eq!(source.timeouts[3], Duration::from_millis(2));
+        assert_eq!(source.pending.len(), 1);
+    }
+
+    #[test]
+    fn collect_returns_nothing_when_nothing_comes() {
+        let (batch, source) = run_collect(10, 5, &[(500, 1)]);
+        assert!(batch.is_empty());
+        assert_eq!(source.timeouts, [FIRST_WAIT]);
+        assert_eq!(source.pending.len(), 1);
+    }
+
+    #[test]
+    fn route_by_state_assignment_and_quarantine() {
+        for assigned in [false, true] {
+            for quarantined in [false, true] {
+                assert_eq!(route(true, assigned, quarantined), Route::Process);
+            }
+        }
+        assert_eq!(route(false, false, false), Route::Skip);
+        assert_eq!(route(false, false, true), Route::Skip);
+        assert_eq!(route(false, true, true), Route::Unavailable);
+        assert_eq!(route(false, true, false), Route::Restore);
+    }
+}

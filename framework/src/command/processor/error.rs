@@ -1,0 +1,109 @@
+//! Why a command processor could not start or stopped.
+
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+
+use crate::UpcasterError;
+use crate::store::StoreError;
+
+/// Why a processor could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProcessorError {
+    /// The topics are missing and cannot be created, or are misconfigured.
+    #[error(transparent)]
+    Topics(#[from] crate::command::topics::TopicError),
+    /// A Kafka client operation failed.
+    #[error("Kafka operation `{operation}` failed: {source}")]
+    Kafka {
+        /// What was being done.
+        operation: &'static str,
+        /// The client's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// Reading or writing snapshots failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The topic prefix is invalid.
+    #[error(transparent)]
+    Prefix(#[from] crate::codec::InvalidPrefix),
+    /// An upcaster could not be registered.
+    #[error(transparent)]
+    Upcaster(#[from] UpcasterError),
+    /// An event in the events topic cannot be read, so the state of its aggregate —
+    /// and of the partition — cannot be rebuilt. Deploy a version that can decode it.
+    #[error(
+        "cannot restore partition {partition}: event at offset {offset} is unreadable: {reason}"
+    )]
+    Unreadable {
+        /// Events partition.
+        partition: i32,
+        /// Offset of the event.
+        offset: i64,
+        /// Why.
+        reason: String,
+    },
+    /// The events partition breaks the one-writer invariant (a gap or a duplicate
+    /// sequence): something other than the processor wrote to it.
+    #[error(
+        "events partition {partition} is inconsistent at offset {offset}: aggregate `{aggregate_id}` is at version {version} but the event has sequence {sequence}"
+    )]
+    Inconsistent {
+        /// Events partition.
+        partition: i32,
+        /// Offset of the event.
+        offset: i64,
+        /// The aggregate.
+        aggregate_id: String,
+        /// Its version before the event.
+        version: u64,
+        /// The event's sequence.
+        sequence: u64,
+    },
+    /// Restoring a partition did not finish in time.
+    #[error(
+        "restoring partition {partition} timed out after {waited:?} at offset {position} of {end}"
+    )]
+    RestoreTimeout {
+        /// Events partition.
+        partition: i32,
+        /// How long it waited.
+        waited: Duration,
+        /// Where it got to.
+        position: i64,
+        /// Where it had to get to.
+        end: i64,
+    },
+    /// The partition was revoked while it was being restored.
+    #[error("the restore of partition {partition} was cancelled: the partition was revoked")]
+    RestoreCancelled {
+        /// Events partition.
+        partition: i32,
+    },
+    /// The processor thread panicked or could not be joined.
+    #[error("the processor thread ended abnormally: {0}")]
+    Thread(String),
+}
+
+impl ProcessorError {
+    /// Whether retrying later may succeed (broker or database unavailable).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Kafka { .. } | Self::Store(_) | Self::RestoreTimeout { .. }
+        )
+    }
+
+    /// Whether the error concerns one partition's events only (an unreadable event,
+    /// a broken sequence): the processor then quarantines that partition and goes on
+    /// serving its others.
+    pub fn is_partition_fault(&self) -> bool {
+        matches!(self, Self::Unreadable { .. } | Self::Inconsistent { .. })
+    }
+}
+
+pub(super) fn kafka(operation: &'static str) -> impl FnOnce(KafkaError) -> ProcessorError {
+    move |source| ProcessorError::Kafka { operation, source }
+}

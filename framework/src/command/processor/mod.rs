@@ -1,0 +1,390 @@
+//! Command processors: partition-owned single writers with one Kafka transaction per
+//! batch.
+//!
+//! One consumer group per aggregate type reads the commands topic. Owning commands
+//! partition `p` means owning every aggregate whose events go to events partition
+//! `p`. Each owned partition has its own transactional producer with the
+//! transactional id `{prefix}.{aggregate}.processor.{p}`: when a new owner
+//! initialises it, the broker fences the previous owner, whose next commit fails —
+//! a zombie cannot write (transactional-id fencing, which every Kafka version since
+//! 0.11 guarantees).
+//!
+//! Per batch and partition: begin → for each command: check its id against the seen
+//! window, run the handler, produce events (to partition `p`) and the outcome (to the
+//! outcomes topic, partition `p`) → `send_offsets_to_transaction` → commit. The
+//! replies are sent after the commit, by one non-transactional producer: a caller
+//! never hears of an outcome that did not commit. Snapshots are written after the
+//! commit.
+
+mod batch;
+mod commit;
+mod contexts;
+mod decide;
+mod error;
+mod partitions;
+mod producer;
+mod replay;
+mod restore;
+mod run;
+mod settings;
+mod snapshots;
+mod stats;
+#[cfg(test)]
+mod testing;
+mod transaction;
+
+pub use error::ProcessorError;
+pub use settings::ProcessorSettings;
+pub use stats::ProcessorStats;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use tracing::{error, info, warn};
+
+use super::snapshot;
+use super::topics::{TopicLayout, TopicSettings, ensure_topics};
+use crate::Upcaster;
+use crate::codec::EventCodec;
+use crate::config::KafkaConfig;
+use crate::store::PgStore;
+use crate::{Aggregate, Command, Handle};
+use contexts::RebalanceContext;
+use error::kafka;
+use partitions::Core;
+use producer::new_reply_producer;
+use run::run;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+type Decided<A> = Result<Vec<<A as Aggregate>::Event>, <A as Aggregate>::Error>;
+type DecideFn<A> = Box<dyn Fn(&A, &[u8]) -> Result<Decided<A>, serde_json::Error> + Send + Sync>;
+type FaultHook = Arc<dyn Fn(FaultPoint, i32) + Send + Sync>;
+
+/// A point in a batch's transaction where a test can inject a fault (freeze, crash,
+/// stall) with [`CommandProcessor::fault_hook`] (crate feature `fault-injection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FaultPoint {
+    /// The batch was polled; its transaction has not begun.
+    BeforeTransaction,
+    /// The batch's events and outcomes are produced inside the open transaction and
+    /// acknowledged by the broker (in the log, not yet committed); the consumed
+    /// offsets are not yet part of the transaction.
+    BeforeOffsets,
+    /// The offsets are part of the transaction; `commit_transaction` comes next.
+    BeforeCommit,
+    /// The transaction committed; its replies are not sent yet.
+    AfterCommit,
+}
+
+/// Builds and starts the command processor of aggregate type `A`.
+///
+/// ```no_run
+/// # async fn f<A: tributary::Aggregate>(store: tributary::PgStore) -> Result<(), tributary::command::ProcessorError> {
+/// # use tributary::{KafkaConfig, command::CommandProcessor};
+/// // let processor = CommandProcessor::<Order>::new(KafkaConfig::from_env(), "shop")?
+/// //     .handle::<PlaceOrder>()
+/// //     .handle::<CancelOrder>()
+/// //     .snapshots(store)
+/// //     .start()
+/// //     .await?;
+/// # Ok(()) }
+/// ```
+pub struct CommandProcessor<A: Aggregate> {
+    kafka: KafkaConfig,
+    codec: EventCodec<A::Event>,
+    handlers: HashMap<String, DecideFn<A>>,
+    store: Option<PgStore>,
+    settings: ProcessorSettings,
+    topics: TopicSettings,
+    fault_hook: Option<FaultHook>,
+}
+
+impl<A: Aggregate> std::fmt::Debug for CommandProcessor<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandProcessor")
+            .field("aggregate", &A::NAME)
+            .field("kafka", &self.kafka)
+            .field("prefix", &self.codec.prefix())
+            .field("commands", &self.handlers.keys().collect::<Vec<_>>())
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: Aggregate> CommandProcessor<A> {
+    /// A processor for topics under `prefix`.
+    pub fn new(kafka: KafkaConfig, prefix: &str) -> Result<Self, ProcessorError> {
+        Ok(Self {
+            kafka,
+            codec: EventCodec::new(prefix)?,
+            handlers: HashMap::new(),
+            store: None,
+            settings: ProcessorSettings::default(),
+            topics: TopicSettings::default(),
+            fault_hook: None,
+        })
+    }
+
+    /// Handles commands of type `C` with `A`'s [`Handle<C>`] implementation.
+    #[must_use]
+    pub fn handle<C>(mut self) -> Self
+    where
+        C: Command<Aggregate = A>,
+        A: Handle<C>,
+    {
+        self.handlers.insert(
+            format!("{}.{}", A::NAME, C::NAME),
+            decide::handler::<A, C>(),
+        );
+        self
+    }
+
+    /// Registers an upcaster for reading old event versions during restore.
+    pub fn with_upcaster(mut self, upcaster: Upcaster) -> Result<Self, ProcessorError> {
+        self.codec = self.codec.with_upcaster(upcaster)?;
+        Ok(self)
+    }
+
+    /// Keeps snapshots in `store` (every `A::SNAPSHOT_EVERY` events per aggregate,
+    /// every `flush_every` events per partition, and on revocation). Without a
+    /// store, a restore replays the whole events partition.
+    #[must_use]
+    pub fn snapshots(mut self, store: PgStore) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Processor tuning.
+    #[must_use]
+    pub fn settings(mut self, settings: ProcessorSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// How missing topics are created.
+    #[must_use]
+    pub fn topics(mut self, topics: TopicSettings) -> Self {
+        self.topics = topics;
+        self
+    }
+
+    /// Fault injection for tests: `hook` is called on the processing thread with
+    /// the point and the partition at each [`FaultPoint`] of every batch. Whatever
+    /// it does (block, sleep, exit the process) happens there, with the transaction
+    /// in that state.
+    #[cfg(feature = "fault-injection")]
+    #[must_use]
+    pub fn fault_hook(mut self, hook: impl Fn(FaultPoint, i32) + Send + Sync + 'static) -> Self {
+        self.fault_hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// Creates or validates the topics, joins the consumer group and starts
+    /// processing on a dedicated thread. Must be called within a Tokio runtime.
+    pub async fn start(self) -> Result<ProcessorHandle, ProcessorError> {
+        let layout = ensure_topics(&self.kafka, self.codec.prefix(), A::NAME, &self.topics).await?;
+        let runtime = tokio::runtime::Handle::current();
+        let stats = Arc::new(ProcessorStats::default());
+        let (written_tx, written) = std::sync::mpsc::channel();
+        let snapshot_tx = self
+            .store
+            .clone()
+            .map(|store| snapshot::spawn_writer(&runtime, store, A::NAME, written_tx));
+        let s = &self.settings;
+        let group = format!("{}.{}.processor", self.codec.prefix(), A::NAME);
+        #[cfg(feature = "fault-injection")]
+        let fail_reply_producer = Arc::new(AtomicBool::new(false));
+        let outcome_reader: BaseConsumer = self
+            .kafka
+            .client_config()
+            .set("group.id", format!("{group}.outcomes"))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            // One record at a time, answered at once (the fetch waits for nothing).
+            .set("fetch.wait.max.ms", "5")
+            .set("fetch.queue.backoff.ms", "10")
+            .set("fetch.error.backoff.ms", "10")
+            .create()
+            .map_err(kafka("create outcome reader"))?;
+        let shared = Arc::new(Shared {
+            group: group.clone(),
+            layout,
+            codec: self.codec,
+            handlers: self.handlers,
+            store: self.store,
+            settings: self.settings.clone(),
+            kafka: self.kafka.clone(),
+            runtime,
+            stats: Arc::clone(&stats),
+            fault_hook: self.fault_hook,
+            outcome_reader: Mutex::new(outcome_reader),
+            #[cfg(feature = "fault-injection")]
+            fail_reply_producer: Arc::clone(&fail_reply_producer),
+        });
+        // Replies are notifications of committed outcomes: sent after the commit by
+        // one idempotent, non-transactional producer (see `Core::finish`).
+        let reply_producer =
+            new_reply_producer(&self.kafka).map_err(kafka("create reply producer"))?;
+        let core = Arc::new(Mutex::new(Core {
+            shared: Arc::clone(&shared),
+            partitions: HashMap::new(),
+            snapshot_tx,
+            written,
+            quarantined: HashMap::new(),
+            restoring: HashMap::new(),
+            restore_retries: HashMap::new(),
+            restored: std::sync::mpsc::channel(),
+            reply_producer,
+            fatal: None,
+        }));
+        let consumer: BaseConsumer<RebalanceContext<A>> = self
+            .kafka
+            .client_config()
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("partition.assignment.strategy", "range")
+            .set(
+                "session.timeout.ms",
+                s.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "max.poll.interval.ms",
+                s.max_poll_interval.as_millis().to_string(),
+            )
+            // Latency: librdkafka waits up to 500 ms for fetch.min.bytes by default.
+            .set("fetch.wait.max.ms", "5")
+            .create_with_context(RebalanceContext {
+                core: Arc::clone(&core),
+            })
+            .map_err(kafka("create consumer"))?;
+        consumer
+            .subscribe(&[shared.layout.commands.as_str()])
+            .map_err(kafka("subscribe"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let kill = Arc::new(AtomicBool::new(false));
+        let (thread_stop, thread_kill) = (Arc::clone(&stop), Arc::clone(&kill));
+        let thread = std::thread::Builder::new()
+            .name(format!("tributary-{}", A::NAME))
+            .spawn(move || {
+                let result = run(consumer, core, thread_stop, thread_kill);
+                if let Err(error) = &result {
+                    // Nobody may call shutdown() for a while: say it now.
+                    error!(aggregate = A::NAME, %error, "command processor stopped");
+                }
+                result
+            })
+            .map_err(|e| ProcessorError::Thread(e.to_string()))?;
+        info!(aggregate = A::NAME, %group, "command processor started");
+        Ok(ProcessorHandle {
+            stop,
+            kill,
+            thread: Some(thread),
+            stats,
+            #[cfg(feature = "fault-injection")]
+            fail_reply_producer,
+        })
+    }
+}
+
+/// A running processor. Dropping it without [`ProcessorHandle::shutdown`] stops it
+/// at the next poll without the clean hand-over.
+#[derive(Debug)]
+pub struct ProcessorHandle {
+    stop: Arc<AtomicBool>,
+    kill: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<(), ProcessorError>>>,
+    stats: Arc<ProcessorStats>,
+    #[cfg(feature = "fault-injection")]
+    fail_reply_producer: Arc<AtomicBool>,
+}
+
+impl ProcessorHandle {
+    /// Tests (crate feature `fault-injection`): the processor treats its reply
+    /// producer as fatally failed at its next use, as if librdkafka had reported a
+    /// fatal error (which it offers no safe way to raise), and must replace it.
+    #[cfg(feature = "fault-injection")]
+    pub fn fail_reply_producer(&self) {
+        self.fail_reply_producer.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops at once, as a crash would: no snapshots, no hand-over beyond closing
+    /// the consumer. Whatever was not committed is processed again by the next owner.
+    pub async fn kill(mut self) {
+        self.kill.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+
+    /// The processor's counters.
+    pub fn stats(&self) -> &Arc<ProcessorStats> {
+        &self.stats
+    }
+
+    /// Whether the processor thread has ended (after an error or a shutdown).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Stops after the current batch: snapshots every owned partition, leaves the
+    /// group so the partitions move at once, and returns the error that stopped the
+    /// processor, if any.
+    pub async fn shutdown(mut self) -> Result<(), ProcessorError> {
+        self.stop.store(true, Ordering::SeqCst);
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(|e| ProcessorError::Thread(e.to_string()))?
+            .map_err(|_| ProcessorError::Thread("processor thread panicked".into()))?
+    }
+}
+
+impl Drop for ProcessorHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+struct Shared<A: Aggregate> {
+    group: String,
+    layout: TopicLayout,
+    codec: EventCodec<A::Event>,
+    handlers: HashMap<String, DecideFn<A>>,
+    store: Option<PgStore>,
+    settings: ProcessorSettings,
+    kafka: KafkaConfig,
+    runtime: tokio::runtime::Handle,
+    stats: Arc<ProcessorStats>,
+    fault_hook: Option<FaultHook>,
+    /// Reads single outcome records, for resends answered from restored entries of
+    /// the dedup window.
+    outcome_reader: Mutex<BaseConsumer>,
+    /// Tests: treat the reply producer as fatally failed at its next use.
+    #[cfg(feature = "fault-injection")]
+    fail_reply_producer: Arc<AtomicBool>,
+}
+
+/// Logs a step of a transaction that took long: a broker or coordinator moving, or
+/// unreachable.
+fn slow(step: &'static str, started: Instant) {
+    let took = started.elapsed();
+    if took > Duration::from_secs(1) {
+        warn!(
+            step,
+            took_ms = took.as_millis() as u64,
+            "slow transaction step"
+        );
+    }
+}

@@ -1,0 +1,275 @@
+//! One partition's batch in one Kafka transaction, command by command.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{Consumer, ConsumerGroupMetadata};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{Span, debug, error, info_span, warn};
+
+use crate::Aggregate;
+use crate::command::wire::{self, OutcomeWire, ReplyWire};
+use crate::kafka::EncodedRecordExt as _;
+use crate::kafka::record_ref;
+
+use super::decide::{Accepted, Decider, Decision, Prior, prior};
+use super::partitions::{NewSeen, PartitionState, PendingReply};
+use super::producer::{drain_deliveries, forward, send};
+use super::stats::ProcessorStats;
+use super::{FaultPoint, Shared, lock, slow};
+
+/// One partition's batch in one transaction: begin → decide every command →
+/// offsets → commit. Replies are collected in `part.replies` and sent by
+/// [`Core::finish`] once the commit succeeded.
+pub(super) fn transact<A: Aggregate>(
+    shared: &Shared<A>,
+    partition: i32,
+    part: &mut PartitionState<A>,
+    messages: &[OwnedMessage],
+    metadata: &ConsumerGroupMetadata,
+) -> KafkaResult<NewSeen> {
+    let first = messages.first().map_or(-1, Message::offset);
+    let last = messages.last().map_or(-1, Message::offset);
+    let span = info_span!(
+        "command_batch",
+        aggregate = A::NAME,
+        partition,
+        commands = messages.len(),
+        first_offset = first,
+        last_offset = last
+    );
+    let _enter = span.enter();
+    let timeout = shared.settings.transaction_timeout;
+    let fault = |point| {
+        if let Some(hook) = &shared.fault_hook {
+            hook(point, partition);
+        }
+    };
+    fault(FaultPoint::BeforeTransaction);
+    part.replies.clear();
+    let step = Instant::now();
+    part.producer.begin_transaction()?;
+    part.producer
+        .context()
+        .failed
+        .store(false, Ordering::SeqCst);
+    let mut new_seen: NewSeen = Vec::new();
+    for message in messages {
+        if let Some(entry) = handle_one(shared, partition, part, &new_seen, message)? {
+            new_seen.push(entry);
+        }
+    }
+    if shared.fault_hook.is_some() {
+        // Only under test: the records reach the log before the hook runs.
+        drain_deliveries(&part.producer, timeout);
+        fault(FaultPoint::BeforeOffsets);
+    }
+    slow("produce", step);
+    let mut offsets = TopicPartitionList::new();
+    offsets.add_partition_offset(&shared.layout.commands, partition, Offset::Offset(last + 1))?;
+    let step = Instant::now();
+    part.producer
+        .send_offsets_to_transaction(&offsets, metadata, timeout)?;
+    drain_deliveries(&part.producer, timeout);
+    slow("send offsets", step);
+    fault(FaultPoint::BeforeCommit);
+    let step = Instant::now();
+    part.producer.commit_transaction(timeout)?;
+    slow("commit", step);
+    Ok(new_seen)
+}
+
+/// Reads the outcome record at `offset` of the partition's outcomes, to answer a
+/// resend of a command decided before this instance restored the partition.
+pub(super) fn read_outcome<A: Aggregate>(
+    shared: &Shared<A>,
+    partition: i32,
+    offset: i64,
+) -> KafkaResult<Arc<Vec<u8>>> {
+    let consumer = lock(&shared.outcome_reader);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&shared.layout.outcomes, partition, Offset::Offset(offset))?;
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(20)) {
+            Some(Ok(message)) if message.offset() == offset => {
+                return Ok(Arc::new(message.payload().unwrap_or_default().to_vec()));
+            }
+            Some(Ok(message)) if message.offset() > offset => break,
+            _ => {}
+        }
+    }
+    warn!(
+        partition,
+        offset, "cannot read the outcome of a resent command; retrying the batch"
+    );
+    Err(KafkaError::MessageConsumption(
+        rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+    ))
+}
+
+/// Handles one command inside the open transaction. Returns the new seen entry.
+pub(super) fn handle_one<A: Aggregate>(
+    shared: &Shared<A>,
+    partition: i32,
+    part: &mut PartitionState<A>,
+    batch_seen: &[(String, Arc<Vec<u8>>)],
+    message: &OwnedMessage,
+) -> KafkaResult<Option<(String, Arc<Vec<u8>>)>> {
+    let record = record_ref(message);
+    let command = match wire::decode_command(&record) {
+        Ok(c) => c,
+        Err(error) => {
+            error!(%error, partition, offset = message.offset(),
+                "skipping a command record nobody can be answered for");
+            ProcessorStats::add(&shared.stats.failed, 1);
+            return Ok(None);
+        }
+    };
+    let span = info_span!(
+        "command",
+        command_id = command.command_id,
+        aggregate_id = command.aggregate_id,
+        command_type = command.command_type,
+        partition,
+        offset = message.offset(),
+        version = tracing::field::Empty,
+        outcome = tracing::field::Empty
+    );
+    let _enter = span.enter();
+
+    // One writer per aggregate rests on every command of an aggregate reaching the
+    // partition its id maps to. A producer with another partitioner (or none: a null
+    // key) can put it elsewhere; applying it here would make this instance a second
+    // writer of that aggregate. Forward it, inside this transaction, to the partition
+    // whose owner writes the aggregate.
+    let home = wire::partition_for(command.aggregate_id.as_bytes(), shared.layout.partitions);
+    if home != partition {
+        warn!(
+            home,
+            "command on the wrong commands partition (the producer does not use Kafka's default partitioner); forwarding it"
+        );
+        Span::current().record("outcome", "forwarded");
+        ProcessorStats::add(&shared.stats.forwarded, 1);
+        forward(shared, part, message, command.aggregate_id, home)?;
+        return Ok(None);
+    }
+    ProcessorStats::add(&shared.stats.commands, 1);
+
+    let earlier = match prior(&part.seen, batch_seen, command.command_id) {
+        Some(Prior::Reply(reply)) => Some(reply),
+        Some(Prior::Outcome(offset)) => Some(read_outcome(shared, partition, offset)?),
+        None => None,
+    };
+    let decider = Decider {
+        handlers: &shared.handlers,
+        codec: &shared.codec,
+        max_record_bytes: shared.layout.max_record_bytes,
+    };
+    let outcome = match decider.decide(&mut part.aggregates, &command, earlier) {
+        Decision::Duplicate(reply) => {
+            ProcessorStats::add(&shared.stats.duplicates, 1);
+            Span::current().record("outcome", "duplicate");
+            debug!("command id seen before; replying with the original outcome");
+            if let Some(rp) = command.reply_partition {
+                part.replies.push(PendingReply {
+                    reply_partition: rp,
+                    command_id: command.command_id.to_owned(),
+                    reply,
+                    correlation_id: command.correlation_id.map(str::to_owned),
+                });
+            }
+            return Ok(None);
+        }
+        Decision::Failed(reason) => {
+            ProcessorStats::add(&shared.stats.failed, 1);
+            OutcomeWire::Failed { reason }
+        }
+        Decision::Rejected(error) => {
+            ProcessorStats::add(&shared.stats.rejected, 1);
+            match error {
+                Ok(error) => OutcomeWire::Rejected { error },
+                Err(reason) => OutcomeWire::Failed { reason },
+            }
+        }
+        Decision::Accepted(accepted) => write_events(shared, partition, part, &command, accepted)?,
+    };
+    Span::current().record(
+        "outcome",
+        match &outcome {
+            OutcomeWire::Accepted { .. } => "accepted",
+            OutcomeWire::Rejected { .. } => "rejected",
+            OutcomeWire::Failed { .. } => "failed",
+            OutcomeWire::Unavailable { .. } => "unavailable",
+        },
+    );
+    let reply = ReplyWire {
+        command_id: command.command_id.to_owned(),
+        outcome,
+    };
+    let bytes = match serde_json::to_vec(&reply) {
+        Ok(b) => Arc::new(b),
+        Err(error) => {
+            error!(%error, "cannot serialize a reply");
+            return Ok(None);
+        }
+    };
+    send(
+        &part.producer,
+        &shared.layout.outcomes,
+        partition,
+        command.aggregate_id.as_bytes(),
+        &bytes,
+        command.correlation_id,
+    )?;
+    if let Some(rp) = command.reply_partition {
+        part.replies.push(PendingReply {
+            reply_partition: rp,
+            command_id: command.command_id.to_owned(),
+            reply: Arc::clone(&bytes),
+            correlation_id: command.correlation_id.map(str::to_owned),
+        });
+    }
+    Ok(Some((command.command_id.to_owned(), bytes)))
+}
+
+/// Produces an accepted command's events to the partition's events topic and, once
+/// the producer took them, applies them to the aggregate.
+fn write_events<A: Aggregate>(
+    shared: &Shared<A>,
+    partition: i32,
+    part: &mut PartitionState<A>,
+    command: &wire::IncomingCommand<'_>,
+    accepted: Accepted<A::Event>,
+) -> KafkaResult<OutcomeWire> {
+    for record in &accepted.records {
+        let base = BaseRecord::to(&shared.layout.events)
+            .partition(partition)
+            .key(record.key.as_slice())
+            .payload(record.value.as_slice())
+            .headers(record.owned_headers());
+        crate::kafka::send_retrying(&part.producer, base)?;
+    }
+    let count = accepted.envelopes.len() as u64;
+    if let Some(slot) = part.aggregates.get_mut(command.aggregate_id) {
+        accepted.apply_to(slot);
+    }
+    let version = accepted.version;
+    if count > 0 {
+        part.touched.insert(command.aggregate_id.to_owned());
+        part.dirty.insert(command.aggregate_id.to_owned());
+    }
+    part.events_since_flush += count;
+    ProcessorStats::add(&shared.stats.accepted, 1);
+    ProcessorStats::add(&shared.stats.events, count);
+    Span::current().record("version", version);
+    Ok(OutcomeWire::Accepted {
+        version,
+        events: accepted.wires,
+    })
+}
