@@ -399,3 +399,40 @@ async fn misconfigured_topics_are_refused_with_a_fix() {
         .expect("valid topics");
     assert_eq!(layout.partitions, 2);
 }
+
+/// Settings librdkafka would refuse, or that would overflow a deadline, are refused
+/// by name before the processor creates a topic or joins its group.
+#[tokio::test]
+async fn settings_out_of_range_are_refused_by_name() {
+    use tributary::command::{ProcessorError, ProcessorSettings};
+    use tributary_integration_tests::command_support::counter_processor;
+
+    let bootstrap = kafka_bootstrap();
+    let prefix = unique_prefix("cmd-settings");
+    for (settings, field) in [
+        (
+            ProcessorSettings {
+                max_batch: 0,
+                ..ProcessorSettings::default()
+            },
+            "max_batch",
+        ),
+        (
+            ProcessorSettings {
+                restore_timeout: Duration::MAX,
+                ..ProcessorSettings::default()
+            },
+            "restore_timeout",
+        ),
+    ] {
+        let started = counter_processor(&bootstrap, &prefix, 1)
+            .settings(settings)
+            .start()
+            .await;
+        match started {
+            Err(ProcessorError::Settings(e)) => assert_eq!(e.name, field),
+            Err(other) => panic!("expected a settings error for {field}, got {other}"),
+            Ok(_) => panic!("a processor with an invalid {field} started"),
+        }
+    }
+}

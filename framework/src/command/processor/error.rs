@@ -29,6 +29,9 @@ pub enum ProcessorError {
     /// The topic prefix is invalid.
     #[error(transparent)]
     Prefix(#[from] crate::codec::InvalidPrefix),
+    /// A setting is out of range (see [`ProcessorSettings::validate`](super::ProcessorSettings::validate)).
+    #[error(transparent)]
+    Settings(#[from] crate::InvalidSetting),
     /// An upcaster could not be registered.
     #[error(transparent)]
     Upcaster(#[from] UpcasterError),

@@ -189,6 +189,7 @@ impl<A: Aggregate> CommandProcessor<A> {
     /// Creates or validates the topics, joins the consumer group and starts
     /// processing on a dedicated thread. Must be called within a Tokio runtime.
     pub async fn start(self) -> Result<ProcessorHandle, ProcessorError> {
+        self.settings.validate()?;
         let layout = ensure_topics(&self.kafka, self.codec.prefix(), A::NAME, &self.topics).await?;
         let runtime = tokio::runtime::Handle::current();
         let stats = Arc::new(ProcessorStats::default());

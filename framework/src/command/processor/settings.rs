@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+use crate::settings::{
+    InvalidSetting, MAX_DURATION, MAX_SESSION_TIMEOUT, at_least, duration_within,
+};
+
 /// Tuning of a command processor.
 #[derive(Debug, Clone)]
 pub struct ProcessorSettings {
@@ -40,5 +44,126 @@ impl Default for ProcessorSettings {
             restore_timeout: Duration::from_secs(600),
             flush_every: 1000,
         }
+    }
+}
+
+/// The most librdkafka accepts for `max.poll.interval.ms`: one day.
+const MAX_POLL_INTERVAL: Duration = Duration::from_secs(86_400);
+
+impl ProcessorSettings {
+    /// Checks every value before a processor starts: `max_batch` and `flush_every`
+    /// of at least 1; `session_timeout` (1 ms to 1 hour), `max_poll_interval` (1 ms
+    /// to 1 day) and `transaction_timeout` (1 s to 2^31 - 1 ms) within what
+    /// librdkafka accepts; `batch_linger` at most an hour; and no other duration so
+    /// long that a deadline computed from it would overflow (at most a year).
+    ///
+    /// # Errors
+    /// The first [`InvalidSetting`], naming the field.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let ms = Duration::from_millis;
+        at_least("max_batch", self.max_batch, 1)?;
+        at_least("flush_every", self.flush_every, 1)?;
+        duration_within(
+            "batch_linger",
+            self.batch_linger,
+            Duration::ZERO,
+            Duration::from_secs(3600),
+        )?;
+        duration_within(
+            "session_timeout",
+            self.session_timeout,
+            ms(1),
+            MAX_SESSION_TIMEOUT,
+        )?;
+        duration_within(
+            "max_poll_interval",
+            self.max_poll_interval,
+            ms(1),
+            MAX_POLL_INTERVAL,
+        )?;
+        duration_within(
+            "transaction_timeout",
+            self.transaction_timeout,
+            Duration::from_secs(1),
+            ms(i32::MAX.unsigned_abs().into()),
+        )?;
+        duration_within(
+            "dedup_window",
+            self.dedup_window,
+            Duration::ZERO,
+            MAX_DURATION,
+        )?;
+        duration_within("restore_timeout", self.restore_timeout, ms(1), MAX_DURATION)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid_and_each_bad_value_is_named() {
+        assert_eq!(ProcessorSettings::default().validate(), Ok(()));
+        let bad = |s: ProcessorSettings| s.validate().expect_err("invalid").name;
+        let base = ProcessorSettings::default;
+        assert_eq!(
+            bad(ProcessorSettings {
+                max_batch: 0,
+                ..base()
+            }),
+            "max_batch"
+        );
+        assert_eq!(
+            bad(ProcessorSettings {
+                flush_every: 0,
+                ..base()
+            }),
+            "flush_every"
+        );
+        assert_eq!(
+            bad(ProcessorSettings {
+                batch_linger: Duration::MAX,
+                ..base()
+            }),
+            "batch_linger"
+        );
+        assert_eq!(
+            bad(ProcessorSettings {
+                session_timeout: Duration::from_secs(3601),
+                ..base()
+            }),
+            "session_timeout"
+        );
+        assert_eq!(
+            bad(ProcessorSettings {
+                max_poll_interval: Duration::ZERO,
+                ..base()
+            }),
+            "max_poll_interval"
+        );
+        assert_eq!(
+            bad(ProcessorSettings {
+                transaction_timeout: Duration::from_millis(999),
+                ..base()
+            }),
+            "transaction_timeout"
+        );
+        assert_eq!(
+            bad(ProcessorSettings {
+                dedup_window: Duration::MAX,
+                ..base()
+            }),
+            "dedup_window"
+        );
+        assert_eq!(
+            bad(ProcessorSettings {
+                restore_timeout: Duration::MAX,
+                ..base()
+            }),
+            "restore_timeout"
+        );
     }
 }
