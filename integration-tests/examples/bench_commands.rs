@@ -97,8 +97,8 @@ async fn framework_run(bootstrap: &str, callers: usize, commands: usize) -> Run 
             .expect("warm-up");
     }
     let (tx0, c0) = (
-        processor.stats().transactions.load(Ordering::Relaxed),
-        processor.stats().commands.load(Ordering::Relaxed),
+        processor.stats().counters().transactions,
+        processor.stats().counters().commands,
     );
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -132,8 +132,8 @@ async fn framework_run(bootstrap: &str, callers: usize, commands: usize) -> Run 
     }
     let elapsed = started.elapsed();
     latencies.sort_unstable();
-    let txns = processor.stats().transactions.load(Ordering::Relaxed) - tx0;
-    let cmds = processor.stats().commands.load(Ordering::Relaxed) - c0;
+    let txns = processor.stats().counters().transactions - tx0;
+    let cmds = processor.stats().counters().commands - c0;
     processor.shutdown().await.expect("shutdown");
     Run {
         callers,

@@ -12,7 +12,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tributary::kafka::EncodedRecordExt as _;
 
@@ -138,14 +137,12 @@ async fn restore(
     let handle = processor.start().await.expect("processor");
     // Restored and owned (a restore runs on its own thread; the partition is
     // served, and snapshotted on shutdown, once the processor took it over).
-    while handle.stats().restores.load(Ordering::Relaxed) == 0
-        || handle.stats().owned_partitions().is_empty()
-    {
+    while handle.stats().counters().restores == 0 || handle.stats().owned_partitions().is_empty() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let ms = handle.stats().restore_millis.load(Ordering::Relaxed);
-    let read = handle.stats().restore_records_read.load(Ordering::Relaxed);
-    let outcomes = handle.stats().restore_outcomes_read.load(Ordering::Relaxed);
+    let ms = handle.stats().counters().restore_millis;
+    let read = handle.stats().counters().restore_records_read;
+    let outcomes = handle.stats().counters().restore_outcomes_read;
     if graceful {
         handle.shutdown().await.expect("shutdown");
     } else {

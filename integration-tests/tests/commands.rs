@@ -178,13 +178,7 @@ async fn resent_command_ids_return_the_original_outcome_after_a_restart() {
         before_count,
         "resends wrote events"
     );
-    assert_eq!(
-        second
-            .stats()
-            .duplicates
-            .load(std::sync::atomic::Ordering::Relaxed),
-        100
-    );
+    assert_eq!(second.stats().counters().duplicates, 100);
     second.shutdown().await.expect("shutdown");
 }
 
@@ -232,7 +226,6 @@ async fn a_command_the_processor_does_not_handle_fails_loudly() {
 /// from all its events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restore_starts_from_the_snapshot_and_survives_a_bad_one() {
-    use std::sync::atomic::Ordering;
     const N: u64 = 10; // Counter's snapshot_every
 
     let bootstrap = kafka_bootstrap();
@@ -280,10 +273,7 @@ async fn restore_starts_from_the_snapshot_and_survives_a_bad_one() {
 
     let second = start().await.expect("processor");
     expect_value(&gateway, "s", total).await;
-    let applied = second
-        .stats()
-        .restore_events_applied
-        .load(Ordering::Relaxed);
+    let applied = second.stats().counters().restore_events_applied;
     assert!(
         applied <= N,
         "restore applied {applied} events past the snapshot, more than N = {N}"
@@ -293,10 +283,7 @@ async fn restore_starts_from_the_snapshot_and_survives_a_bad_one() {
     second.shutdown().await.expect("shutdown");
     let third = start().await.expect("processor");
     expect_value(&gateway, "s", total).await;
-    assert_eq!(
-        third.stats().restore_records_read.load(Ordering::Relaxed),
-        0
-    );
+    assert_eq!(third.stats().counters().restore_records_read, 0);
     third.kill().await;
 
     for corruption in [
@@ -307,12 +294,12 @@ async fn restore_starts_from_the_snapshot_and_survives_a_bad_one() {
         let next = start().await.expect("processor");
         expect_value(&gateway, "s", total).await;
         assert_eq!(
-            next.stats().snapshots_discarded.load(Ordering::Relaxed),
+            next.stats().counters().snapshots_discarded,
             1,
             "{corruption}"
         );
         assert_eq!(
-            next.stats().restore_events_applied.load(Ordering::Relaxed),
+            next.stats().counters().restore_events_applied,
             total,
             "{corruption}"
         );

@@ -146,12 +146,6 @@ async fn a_reply_producer_with_a_fatal_error_is_replaced() {
             tributary::command::CommandOutcome::Rejected(e) => panic!("{e}"),
         }
     }
-    assert_eq!(
-        processor
-            .stats()
-            .reply_producers_replaced
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(processor.stats().counters().reply_producers_replaced, 1);
     processor.shutdown().await.expect("shutdown");
 }

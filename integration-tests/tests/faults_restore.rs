@@ -138,7 +138,6 @@ async fn an_unreadable_event_quarantines_its_partition_and_the_others_go_on() {
 /// the large one's aggregate comes back at its version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restore_longer_than_the_poll_interval_keeps_the_instance_in_its_group() {
-    use std::sync::atomic::Ordering;
     use tributary::command::ProcessorSettings;
     use tributary::{EventCodec, EventEnvelope};
     use tributary_integration_tests::command_support::{Check, CounterEvent, test_settings};
@@ -193,11 +192,7 @@ async fn a_restore_longer_than_the_poll_interval_keeps_the_instance_in_its_group
     // The small partition is served while the large one is restored.
     assert_eq!(increment(&gateway, &small).await.unwrap(), 1);
     assert!(
-        processor
-            .stats()
-            .restore_events_applied
-            .load(Ordering::Relaxed)
-            < EVENTS,
+        processor.stats().counters().restore_events_applied < EVENTS,
         "the small partition waited for the large one's restore"
     );
     match gateway
@@ -212,13 +207,13 @@ async fn a_restore_longer_than_the_poll_interval_keeps_the_instance_in_its_group
         CommandOutcome::Rejected(e) => panic!("{e}"),
     }
     let stats = processor.stats();
-    let restore_ms = stats.restore_millis.load(Ordering::Relaxed);
+    let restore_ms = stats.counters().restore_millis;
     assert!(
         restore_ms > 6_000,
         "the restores took {restore_ms} ms in all, not longer than the poll interval: raise EVENTS so the test shows something"
     );
     assert_eq!(
-        stats.restores.load(Ordering::Relaxed),
+        stats.counters().restores,
         2,
         "partitions were restored more than once: the instance left its group"
     );
@@ -286,17 +281,12 @@ async fn a_restore_reads_only_the_outcomes_of_the_dedup_window() {
     // A resend from the window: answered with its original version, not applied.
     assert_eq!(send("new-2".into()).await, 63);
     let stats = second.stats();
-    let read = stats
-        .restore_outcomes_read
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let read = stats.counters().restore_outcomes_read;
     assert!(
         read <= 10,
         "the restore read {read} outcome records; the window holds 5 of 65"
     );
-    assert_eq!(
-        stats.duplicates.load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(stats.counters().duplicates, 1);
     assert_eq!(send("new-5".into()).await, 66);
     second.shutdown().await.expect("shutdown");
 }

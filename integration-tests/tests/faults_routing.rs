@@ -127,12 +127,6 @@ async fn a_command_on_the_wrong_partition_is_forwarded_to_its_aggregates_partiti
         CommandOutcome::Accepted { version, .. } => assert_eq!(version, 4),
         CommandOutcome::Rejected(e) => panic!("{e}"),
     }
-    assert_eq!(
-        processor
-            .stats()
-            .forwarded
-            .load(std::sync::atomic::Ordering::Relaxed),
-        2
-    );
+    assert_eq!(processor.stats().counters().forwarded, 2);
     processor.shutdown().await.expect("shutdown");
 }

@@ -13,7 +13,7 @@ pub mod wire;
 pub use gateway::{CommandGateway, CommandOutcome, GatewayError, SendOptions};
 pub use planned::{DispatchOutcome, PlannedCommand, PlansCommands};
 pub use processor::{
-    CommandProcessor, FaultPoint, ProcessorError, ProcessorHandle, ProcessorSettings,
-    ProcessorStats,
+    CommandProcessor, FaultPoint, ProcessorCounters, ProcessorError, ProcessorHandle,
+    ProcessorSettings, ProcessorStats,
 };
 pub use topics::{TopicError, TopicLayout, TopicSettings, ensure_topics};

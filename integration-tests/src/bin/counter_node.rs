@@ -59,7 +59,7 @@ async fn main() {
     // Run until killed, or until the processor stops by itself.
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if !reported && processor.stats().fenced.load(Ordering::Relaxed) > 0 {
+        if !reported && processor.stats().counters().fenced > 0 {
             reported = true;
             println!("fenced");
             let _ = std::io::stdout().flush();

@@ -35,7 +35,7 @@ mod transaction;
 
 pub use error::ProcessorError;
 pub use settings::ProcessorSettings;
-pub use stats::ProcessorStats;
+pub use stats::{ProcessorCounters, ProcessorStats};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
