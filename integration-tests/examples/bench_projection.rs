@@ -21,7 +21,7 @@ use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sqlx::PgConnection;
 use tributary::projection::{
-    HandlerError, Handles, Projection, ProjectionConfig, ProjectionWorker,
+    HandlerError, Handles, Projection, ProjectionSettings, ProjectionWorker,
 };
 use tributary::{EventCodec, EventEnvelope};
 use tributary_integration_tests::projection_support::{
@@ -383,11 +383,11 @@ async fn main() {
     // The projection: a full rebuild (reset, checkpoints deleted, replay).
     let worker = ProjectionWorker::new(Balances, store.clone(), kafka_config(&bootstrap))
         .subscribe(codec.clone())
-        .with_config(
-            ProjectionConfig::default()
-                .with_batch_size(args.batch_size)
-                .with_progress_interval(Duration::from_secs(5)),
-        );
+        .settings(ProjectionSettings {
+            batch_size: args.batch_size,
+            progress_interval: Duration::from_secs(5),
+            ..ProjectionSettings::default()
+        });
     let report = worker.rebuild().await.expect("rebuild");
     let projection_time = report.elapsed;
 

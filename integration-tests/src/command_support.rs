@@ -327,5 +327,5 @@ pub fn counter_log_worker(
         tributary::KafkaConfig::new(bootstrap),
     )
     .subscribe(EventCodec::<CounterEvent>::new(prefix).expect("valid prefix"))
-    .with_config(crate::projection_support::test_config())
+    .settings(crate::projection_support::test_config())
 }

@@ -16,7 +16,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use tokio::sync::Notify;
-use tributary::projection::{HandlerError, Handles, Projection, ProjectionConfig, RetryPolicy};
+use tributary::projection::{HandlerError, Handles, Projection, ProjectionSettings, RetryPolicy};
 use tributary::{DomainEvent, EncodedRecord, EventEnvelope, KafkaConfig, PgStore};
 
 pub use crate::database_url;
@@ -36,17 +36,19 @@ pub fn kafka_config(bootstrap: &str) -> KafkaConfig {
 
 /// Worker settings for tests: short session timeout (a killed worker's partitions
 /// move within seconds), small batches, fast retries.
-pub fn test_config() -> ProjectionConfig {
-    ProjectionConfig::default()
-        .with_session_timeout(Duration::from_secs(6))
-        .with_batch_size(200)
-        .with_max_wait(Duration::from_millis(20))
-        .with_retry(RetryPolicy {
+pub fn test_config() -> ProjectionSettings {
+    ProjectionSettings {
+        session_timeout: Duration::from_secs(6),
+        batch_size: 200,
+        max_wait: Duration::from_millis(20),
+        retry: RetryPolicy {
             max_attempts: 3,
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(50),
-        })
-        .with_progress_interval(Duration::from_millis(200))
+        },
+        progress_interval: Duration::from_millis(200),
+        ..ProjectionSettings::default()
+    }
 }
 
 /// The events of the test aggregate.

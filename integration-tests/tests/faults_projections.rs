@@ -52,7 +52,7 @@ async fn transient_postgres_errors_are_retried_not_parked() {
     config.outage_backoff = Duration::from_millis(100);
     let worker = ProjectionWorker::new(totals.clone(), store.clone(), kafka_config(&bootstrap))
         .subscribe(codec.clone())
-        .with_config(config);
+        .settings(config);
     let handle = worker.clone().spawn();
     produce(&bootstrap, &topic, deposits(&codec, &["racy", "calm"], 5)).await;
     wait_caught_up(&store, &bootstrap, &topic, Duration::from_secs(60)).await;
@@ -86,7 +86,7 @@ async fn a_panicking_handler_fails_its_event_not_the_worker() {
         .insert("always".into(), u32::MAX);
     let worker = ProjectionWorker::new(totals.clone(), store.clone(), kafka_config(&bootstrap))
         .subscribe(codec.clone())
-        .with_config(test_config());
+        .settings(test_config());
     let handle = worker.clone().spawn();
     let mut records = deposits(&codec, &["once", "ok"], 3);
     records.extend(deposits(&codec, &["always"], 1));
@@ -124,7 +124,7 @@ async fn a_rebuild_pauses_the_live_workers_and_can_be_cancelled() {
     let live = Totals::default();
     let worker = ProjectionWorker::new(live.clone(), store.clone(), kafka_config(&bootstrap))
         .subscribe(codec.clone())
-        .with_config(test_config());
+        .settings(test_config());
     let handle = worker.clone().spawn();
     wait_caught_up(&store, &bootstrap, &topic, Duration::from_secs(60)).await;
 
@@ -138,7 +138,7 @@ async fn a_rebuild_pauses_the_live_workers_and_can_be_cancelled() {
         kafka_config(&bootstrap),
     )
     .subscribe(codec.clone())
-    .with_config(test_config());
+    .settings(test_config());
     let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
     let rebuild = tokio::spawn({
         let rebuilder = rebuilder.clone();
@@ -220,7 +220,7 @@ async fn settings_out_of_range_are_refused_by_name() {
     let worker = |config| {
         ProjectionWorker::new(Totals::default(), store.clone(), kafka_config(&bootstrap))
             .subscribe(codec.clone())
-            .with_config(config)
+            .settings(config)
     };
     let mut config = test_config();
     config.batch_size = 0;
@@ -236,4 +236,32 @@ async fn settings_out_of_range_are_refused_by_name() {
     config.max_wait = Duration::MAX;
     let rebuild = worker(config).rebuild().await;
     assert_eq!(refused(rebuild.map(|_| ())), "max_wait");
+}
+
+/// Dropping a worker's handle stops the worker gracefully, as dropping a processor's
+/// handle stops the processor: no worker is left running that nothing can stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_handle_stops_the_worker() {
+    use tributary::projection::WorkerState;
+
+    let bootstrap = kafka_bootstrap();
+    let prefix = unique_prefix("fault-drop");
+    let codec = EventCodec::<AccountEvent>::new(&prefix).unwrap();
+    create_topic(&bootstrap, &codec.events_topic(), 1).await;
+    let store = test_store(&prefix).await;
+    let worker = ProjectionWorker::new(Totals::default(), store.clone(), kafka_config(&bootstrap))
+        .subscribe(codec.clone())
+        .settings(test_config());
+    let handle = worker.clone().spawn();
+    wait_until(Duration::from_secs(60), "the worker runs", || {
+        let running = worker.status().state == WorkerState::Running;
+        async move { running }
+    })
+    .await;
+    drop(handle);
+    wait_until(Duration::from_secs(30), "the worker stops", || {
+        let stopped = worker.status().state == WorkerState::Stopped;
+        async move { stopped }
+    })
+    .await;
 }

@@ -10,7 +10,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tributary::projection::ProjectionWorker;
+use tributary::projection::{ProjectionSettings, ProjectionWorker};
 use tributary::{EventCodec, EventEnvelope};
 use tributary_integration_tests::projection_support::{
     AccountEvent, RawRecord, Totals, expected_totals, kafka_config, produce_transactional,
@@ -95,7 +95,10 @@ async fn aborted_workers_apply_every_event_exactly_once() {
     let totals = Totals::default();
     let worker = ProjectionWorker::new(totals.clone(), store.clone(), kafka_config(&bootstrap))
         .subscribe(codec.clone())
-        .with_config(test_config().with_batch_size(100));
+        .settings(ProjectionSettings {
+            batch_size: 100,
+            ..test_config()
+        });
 
     let mut aborts_mid_batch = 0;
     for round in 0..ABORTS {

@@ -7,7 +7,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tributary::projection::ProjectionWorker;
+use tributary::projection::{ProjectionSettings, ProjectionWorker};
 use tributary::{EventCodec, EventEnvelope};
 use tributary_integration_tests::projection_support::{
     AccountEvent, RawRecord, Totals, expected_totals, kafka_config, produce, read_log, read_totals,
@@ -44,7 +44,10 @@ async fn the_survivor_continues_from_the_checkpoints_and_a_stale_commit_is_rejec
     let worker = |totals: &Totals| {
         ProjectionWorker::new(totals.clone(), store.clone(), kafka_config(&bootstrap))
             .subscribe(codec.clone())
-            .with_config(test_config().with_batch_size(50))
+            .settings(ProjectionSettings {
+                batch_size: 50,
+                ..test_config()
+            })
     };
     let (worker_a, worker_b) = (worker(&totals_a), worker(&totals_b));
     let a = worker_a.clone().spawn();

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use tributary::projection::{
-    PoisonPolicy, PoisonReason, ProjectionError, ProjectionWorker, WorkerState,
+    PoisonPolicy, PoisonReason, ProjectionError, ProjectionSettings, ProjectionWorker, WorkerState,
 };
 use tributary::{EventCodec, EventEnvelope};
 use tributary_integration_tests::projection_support::{
@@ -100,7 +100,7 @@ async fn poison_records_are_parked_and_the_projection_goes_on() {
     totals.failures.lock().unwrap().insert("flaky".into(), 2);
     let worker = ProjectionWorker::new(totals.clone(), store.clone(), kafka_config(&bootstrap))
         .subscribe(codec.clone())
-        .with_config(test_config());
+        .settings(test_config());
     let handle = worker.clone().spawn();
     wait_caught_up(&store, &bootstrap, &topic, Duration::from_secs(60)).await;
 
@@ -182,7 +182,10 @@ async fn halt_mode_stops_at_the_first_poison_record() {
     let store = test_store(&prefix).await;
     let worker = ProjectionWorker::new(Totals::default(), store.clone(), kafka_config(&bootstrap))
         .subscribe(codec.clone())
-        .with_config(test_config().with_poison_policy(PoisonPolicy::Halt));
+        .settings(ProjectionSettings {
+            poison: PoisonPolicy::Halt,
+            ..test_config()
+        });
     let result = tokio::time::timeout(Duration::from_secs(60), worker.clone().spawn().join())
         .await
         .expect("the worker did not halt");

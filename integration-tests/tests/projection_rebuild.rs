@@ -51,7 +51,7 @@ async fn a_rebuild_reproduces_the_read_model_and_reports_progress() {
     let store = test_store(&prefix).await;
     let worker = ProjectionWorker::new(Totals::default(), store.clone(), kafka_config(&bootstrap))
         .subscribe(codec.clone())
-        .with_config(test_config());
+        .settings(test_config());
     let handle = worker.clone().spawn();
     wait_caught_up(&store, &bootstrap, &topic, Duration::from_secs(60)).await;
     handle.shutdown().await.unwrap();

@@ -135,7 +135,7 @@ async fn v1_records_are_projected_as_v2() {
     let store = test_store(&prefix).await;
     let worker = ProjectionWorker::new(Payments, store.clone(), kafka_config(&bootstrap))
         .subscribe(codec)
-        .with_config(test_config());
+        .settings(test_config());
     let handle = worker.clone().spawn();
     wait_caught_up(&store, &bootstrap, &topic, Duration::from_secs(60)).await;
     handle.shutdown().await.unwrap();

@@ -35,7 +35,7 @@ async fn a_worker_started_before_its_topic_consumes_once_the_topic_exists() {
     let worker = ProjectionWorker::new(Totals::default(), store.clone(), kafka_config(&bootstrap))
         .subscribe(present.clone())
         .subscribe(codec.clone())
-        .with_config(test_config());
+        .settings(test_config());
     let handle = worker.clone().spawn();
 
     // No topic yet: the worker says what it waits for.

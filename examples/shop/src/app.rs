@@ -12,7 +12,7 @@ use tributary::command::{
     ProcessorSettings, TopicSettings,
 };
 use tributary::projection::{
-    Handles, PartitionLag, Projection, ProjectionConfig, ProjectionError, ProjectionHandle,
+    Handles, PartitionLag, Projection, ProjectionError, ProjectionHandle, ProjectionSettings,
     ProjectionWorker, RetryPolicy, WorkerState,
 };
 use tributary::{DomainEvent, EventCodec, InvalidPrefix, KafkaConfig, PgStore, StoreError};
@@ -169,10 +169,12 @@ impl ShopConfig {
         )
     }
 
-    fn projection_config(&self) -> ProjectionConfig {
-        ProjectionConfig::default()
-            .with_session_timeout(self.session_timeout)
-            .with_max_wait(Duration::from_millis(10))
+    fn projection_settings(&self) -> ProjectionSettings {
+        ProjectionSettings {
+            session_timeout: self.session_timeout,
+            max_wait: Duration::from_millis(10),
+            ..ProjectionSettings::default()
+        }
     }
 
     /// A worker of `projection` reading the events of `E`.
@@ -184,7 +186,7 @@ impl ShopConfig {
         Ok(
             ProjectionWorker::new(projection, store.clone(), self.kafka.clone())
                 .subscribe(EventCodec::<E>::new(self.prefix.clone())?)
-                .with_config(self.projection_config()),
+                .settings(self.projection_settings()),
         )
     }
 
@@ -220,16 +222,19 @@ impl ShopConfig {
         store: &PgStore,
         gateway: CommandGateway,
     ) -> Result<ProjectionWorker<Fulfilment>, ShopError> {
-        let config = self.projection_config().with_retry(RetryPolicy {
-            max_attempts: u32::MAX,
-            initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(5),
-        });
+        let settings = ProjectionSettings {
+            retry: RetryPolicy {
+                max_attempts: u32::MAX,
+                initial_backoff: Duration::from_millis(200),
+                max_backoff: Duration::from_secs(5),
+            },
+            ..self.projection_settings()
+        };
         Ok(
             ProjectionWorker::new(Fulfilment::new(gateway), store.clone(), self.kafka.clone())
                 .subscribe(EventCodec::<OrderEvent>::new(self.prefix.clone())?)
                 .subscribe(EventCodec::<InventoryEvent>::new(self.prefix.clone())?)
-                .with_config(config),
+                .settings(settings),
         )
     }
 }

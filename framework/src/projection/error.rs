@@ -178,7 +178,7 @@ pub enum ProjectionError {
         /// The decoder's or handler's error.
         error: String,
     },
-    /// A setting is out of range (see [`ProjectionConfig::validate`](crate::projection::ProjectionConfig::validate)).
+    /// A setting is out of range (see [`ProjectionSettings::validate`](crate::projection::ProjectionSettings::validate)).
     #[error("projection `{projection}`: {source}")]
     Settings {
         /// The projection.

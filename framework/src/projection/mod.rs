@@ -56,10 +56,10 @@
 //! See `docs/projections.md` for the guarantees, failure modes and tuning.
 
 mod checkpoint;
-mod config;
 mod dead_letter;
 mod error;
 mod lag;
+mod settings;
 mod source;
 mod status;
 mod topics;
@@ -72,10 +72,10 @@ use sqlx::PgConnection;
 use crate::DomainEvent;
 use crate::EventEnvelope;
 
-pub use config::{PoisonPolicy, ProjectionConfig, RetryPolicy};
 pub use dead_letter::{DeadLetter, ReplaySummary};
 pub use error::{PoisonReason, PoisonReport, ProjectionError};
 pub use lag::PartitionLag;
+pub use settings::{PoisonPolicy, ProjectionSettings, RetryPolicy};
 pub use status::{ProjectionHandle, ProjectionStatus, RebuildProgress, RebuildReport, WorkerState};
 pub use worker::ProjectionWorker;
 

@@ -80,13 +80,17 @@ pub struct ProjectionStatus {
 
 /// A worker started with [`crate::projection::ProjectionWorker::spawn`].
 ///
-/// Dropping the handle does not stop the worker; call [`ProjectionHandle::shutdown`]
-/// (graceful) or [`ProjectionHandle::abort`] (abrupt; safe, the open batch's
-/// transaction is rolled back by Postgres).
+/// Stop it with [`ProjectionHandle::shutdown`] (graceful: the batch being applied
+/// commits, then the worker leaves its group) or [`ProjectionHandle::abort`]
+/// (abrupt, as a crash; safe: Postgres rolls the open batch's transaction back).
+/// Dropping the handle asks for the same graceful stop as `shutdown` without
+/// waiting for it, like dropping a
+/// [`ProcessorHandle`](crate::command::ProcessorHandle).
 #[derive(Debug)]
 pub struct ProjectionHandle {
     pub(crate) projection: &'static str,
-    pub(crate) task: JoinHandle<Result<(), ProjectionError>>,
+    /// `None` once joined.
+    pub(crate) task: Option<JoinHandle<Result<(), ProjectionError>>>,
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) status: watch::Receiver<ProjectionStatus>,
 }
@@ -110,23 +114,35 @@ impl ProjectionHandle {
 
     /// Stops the worker abruptly (aborts its task), as a crash would.
     pub fn abort(&self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 
     /// Whether the worker has ended.
     pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
+        self.task.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
     /// Waits for the worker to end (after a halt, an error, or a shutdown).
-    pub async fn join(self) -> Result<(), ProjectionError> {
-        match self.task.await {
+    pub async fn join(mut self) -> Result<(), ProjectionError> {
+        let Some(task) = self.task.take() else {
+            return Ok(());
+        };
+        match task.await {
             Ok(result) => result,
             Err(err) => Err(ProjectionError::Task {
                 projection: self.projection,
                 detail: err.to_string(),
             }),
         }
+    }
+}
+
+impl Drop for ProjectionHandle {
+    fn drop(&mut self) {
+        // Nothing to stop once joined; a worker that ended ignores it.
+        let _ = self.shutdown.send(true);
     }
 }
 

@@ -297,8 +297,11 @@ impl<A: Aggregate> CommandProcessor<A> {
     }
 }
 
-/// A running processor. Dropping it without [`ProcessorHandle::shutdown`] stops it
-/// at the next poll without the clean hand-over.
+/// A running processor. Stop it with [`ProcessorHandle::shutdown`] (graceful:
+/// snapshots, then the partitions are handed over at once) or
+/// [`ProcessorHandle::kill`] (as a crash). Dropping the handle asks for the same
+/// graceful stop as `shutdown` without waiting for it or reporting its error, like
+/// dropping a [`ProjectionHandle`](crate::projection::ProjectionHandle).
 #[derive(Debug)]
 pub struct ProcessorHandle {
     stop: Arc<AtomicBool>,

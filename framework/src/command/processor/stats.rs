@@ -171,6 +171,9 @@ mod tests {
         ProcessorStats::add(&stats.accepted, 3);
         ProcessorStats::add(&stats.fenced, 1);
         let counters = stats.counters();
-        assert_eq!((counters.accepted, counters.fenced, counters.rejected), (3, 1, 0));
+        assert_eq!(
+            (counters.accepted, counters.fenced, counters.rejected),
+            (3, 1, 0)
+        );
     }
 }

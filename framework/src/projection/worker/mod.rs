@@ -31,9 +31,9 @@ use tokio::sync::watch;
 use crate::DomainEvent;
 use crate::codec::EventCodec;
 use crate::config::KafkaConfig;
-use crate::projection::config::ProjectionConfig;
 use crate::projection::error::ProjectionError;
 use crate::projection::lag::WatermarkError;
+use crate::projection::settings::ProjectionSettings;
 use crate::projection::source::{CodecSource, Source};
 use crate::projection::status::{ProjectionHandle, ProjectionStatus, Shutdown, WorkerState};
 use crate::projection::topics;
@@ -61,7 +61,7 @@ pub struct ProjectionWorker<P: Projection> {
     store: PgStore,
     kafka: KafkaConfig,
     sources: Vec<Arc<dyn Source<P>>>,
-    config: ProjectionConfig,
+    config: ProjectionSettings,
     status: Arc<watch::Sender<ProjectionStatus>>,
 }
 
@@ -100,7 +100,7 @@ impl<P: Projection> ProjectionWorker<P> {
             store,
             kafka,
             sources: Vec::new(),
-            config: ProjectionConfig::default(),
+            config: ProjectionSettings::default(),
             status: Arc::new(status),
         }
     }
@@ -117,16 +117,12 @@ impl<P: Projection> ProjectionWorker<P> {
         self
     }
 
-    /// Replaces the settings.
+    /// Replaces the settings (checked when the worker starts: see
+    /// [`ProjectionSettings::validate`]).
     #[must_use]
-    pub fn with_config(mut self, config: ProjectionConfig) -> Self {
-        self.config = config;
+    pub fn settings(mut self, settings: ProjectionSettings) -> Self {
+        self.config = settings;
         self
-    }
-
-    /// The settings.
-    pub fn config(&self) -> &ProjectionConfig {
-        &self.config
     }
 
     /// The projection.
@@ -139,7 +135,7 @@ impl<P: Projection> ProjectionWorker<P> {
         self.sources.iter().map(|s| s.topic().to_owned()).collect()
     }
 
-    /// The consumer group id: [`ProjectionConfig::group_id`] or
+    /// The consumer group id: [`ProjectionSettings::group_id`] or
     /// `tributary.{schema}.{projection}`.
     pub fn group_id(&self) -> String {
         self.config
@@ -210,14 +206,12 @@ impl<P: Projection> ProjectionWorker<P> {
         let (shutdown, mut signal) = watch::channel(false);
         let status = self.status.subscribe();
         let task = tokio::spawn(self.run(async move {
-            if signal.wait_for(|stop| *stop).await.is_err() {
-                // The handle is gone: nobody can ask for a shutdown any more.
-                std::future::pending::<()>().await;
-            }
+            // Asked to stop, or the handle is gone (its drop asks to stop too).
+            let _ = signal.wait_for(|stop| *stop).await;
         }));
         ProjectionHandle {
             projection: P::NAME,
-            task,
+            task: Some(task),
             shutdown,
             status,
         }

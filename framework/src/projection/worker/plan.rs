@@ -25,8 +25,8 @@ use std::ops::Range;
 use std::time::Duration;
 
 use crate::codec::DecodeError;
-use crate::projection::config::{PoisonPolicy, RetryPolicy};
 use crate::projection::error::PoisonReason;
+use crate::projection::settings::{PoisonPolicy, RetryPolicy};
 
 /// How a transaction calls the handlers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,7 +20,7 @@ impl<P: Projection> ProjectionWorker<P> {
     /// and dead letters (one transaction), then replays every topic from the start
     /// until it reaches the high-water marks read when the rebuild began. Progress
     /// (done/total, rate, ETA) is logged every
-    /// [`ProjectionConfig::progress_interval`](crate::projection::ProjectionConfig::progress_interval)
+    /// [`ProjectionSettings::progress_interval`](crate::projection::ProjectionSettings::progress_interval)
     /// and published in
     /// [`ProjectionStatus::rebuild`](crate::projection::ProjectionStatus::rebuild).
     ///

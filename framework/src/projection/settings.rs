@@ -49,9 +49,10 @@ impl RetryPolicy {
 }
 
 /// Settings of a [`crate::projection::ProjectionWorker`]. Build with
-/// `ProjectionConfig::default()` and the `with_*` methods.
+/// `ProjectionSettings { batch_size: 200, ..Default::default() }`, like
+/// [`ProcessorSettings`](crate::command::ProcessorSettings).
 #[derive(Debug, Clone)]
-pub struct ProjectionConfig {
+pub struct ProjectionSettings {
     /// Most records applied in one Postgres transaction (per partition). Default 1000.
     pub batch_size: usize,
     /// How long a batch waits for more records after its first one. Default 50 ms:
@@ -74,7 +75,7 @@ pub struct ProjectionConfig {
     pub outage_backoff: Duration,
 }
 
-impl Default for ProjectionConfig {
+impl Default for ProjectionSettings {
     fn default() -> Self {
         Self {
             batch_size: 1000,
@@ -89,58 +90,7 @@ impl Default for ProjectionConfig {
     }
 }
 
-impl ProjectionConfig {
-    /// Sets [`ProjectionConfig::batch_size`] (at least 1).
-    #[must_use]
-    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
-        self.batch_size = batch_size.max(1);
-        self
-    }
-
-    /// Sets [`ProjectionConfig::max_wait`].
-    #[must_use]
-    pub fn with_max_wait(mut self, max_wait: Duration) -> Self {
-        self.max_wait = max_wait;
-        self
-    }
-
-    /// Sets [`ProjectionConfig::session_timeout`].
-    #[must_use]
-    pub fn with_session_timeout(mut self, session_timeout: Duration) -> Self {
-        self.session_timeout = session_timeout;
-        self
-    }
-
-    /// Sets [`ProjectionConfig::retry`].
-    #[must_use]
-    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
-        self
-    }
-
-    /// Sets [`ProjectionConfig::poison`].
-    #[must_use]
-    pub fn with_poison_policy(mut self, poison: PoisonPolicy) -> Self {
-        self.poison = poison;
-        self
-    }
-
-    /// Sets [`ProjectionConfig::group_id`].
-    #[must_use]
-    pub fn with_group_id(mut self, group_id: impl Into<String>) -> Self {
-        self.group_id = Some(group_id.into());
-        self
-    }
-
-    /// Sets [`ProjectionConfig::progress_interval`].
-    #[must_use]
-    pub fn with_progress_interval(mut self, interval: Duration) -> Self {
-        self.progress_interval = interval;
-        self
-    }
-}
-
-impl ProjectionConfig {
+impl ProjectionSettings {
     /// Checks every value before a worker starts: `batch_size` and
     /// `retry.max_attempts` of at least 1, a `session_timeout` librdkafka accepts
     /// (1 ms to 1 hour), and no duration so long that a deadline computed from it
@@ -215,32 +165,32 @@ mod tests {
 
     #[test]
     fn the_defaults_are_valid_and_each_bad_value_is_named() {
-        assert_eq!(ProjectionConfig::default().validate(), Ok(()));
-        let bad = |config: ProjectionConfig| config.validate().expect_err("invalid").name;
-        let base = ProjectionConfig::default;
+        assert_eq!(ProjectionSettings::default().validate(), Ok(()));
+        let bad = |config: ProjectionSettings| config.validate().expect_err("invalid").name;
+        let base = ProjectionSettings::default;
         assert_eq!(
-            bad(ProjectionConfig {
+            bad(ProjectionSettings {
                 batch_size: 0,
                 ..base()
             }),
             "batch_size"
         );
         assert_eq!(
-            bad(ProjectionConfig {
+            bad(ProjectionSettings {
                 max_wait: Duration::MAX,
                 ..base()
             }),
             "max_wait"
         );
         assert_eq!(
-            bad(ProjectionConfig {
+            bad(ProjectionSettings {
                 session_timeout: Duration::ZERO,
                 ..base()
             }),
             "session_timeout"
         );
         assert_eq!(
-            bad(ProjectionConfig {
+            bad(ProjectionSettings {
                 session_timeout: Duration::from_secs(3601),
                 ..base()
             }),
@@ -251,11 +201,11 @@ mod tests {
             ..RetryPolicy::default()
         };
         assert_eq!(
-            bad(ProjectionConfig { retry, ..base() }),
+            bad(ProjectionSettings { retry, ..base() }),
             "retry.max_attempts"
         );
         assert_eq!(
-            bad(ProjectionConfig {
+            bad(ProjectionSettings {
                 outage_backoff: Duration::MAX,
                 ..base()
             }),
