@@ -115,6 +115,17 @@ pub enum TopicError {
         "topic `{0}` did not appear in the cluster metadata with a leader for every partition within 30 s after creation; check the brokers' logs"
     )]
     NotVisible(String),
+    /// The thread that asked the cluster ended abnormally (it panicked or its
+    /// runtime shut down): a bug or a shutdown, not a cluster problem.
+    #[error(
+        "Kafka admin operation `{operation}` did not finish: its thread ended abnormally: {detail}"
+    )]
+    Thread {
+        /// What was being done.
+        operation: &'static str,
+        /// The panic or cancellation.
+        detail: String,
+    },
 }
 
 fn kafka(operation: &'static str) -> impl FnOnce(KafkaError) -> TopicError {
@@ -180,10 +191,9 @@ async fn cluster_view(config: &KafkaConfig) -> Result<ClusterView, TopicError> {
     })
     .await
     .unwrap_or_else(|join_error| {
-        tracing::error!(%join_error, "the metadata thread panicked");
-        Err(TopicError::Kafka {
+        Err(TopicError::Thread {
             operation: "fetch metadata",
-            source: KafkaError::Canceled,
+            detail: join_error.to_string(),
         })
     })
 }

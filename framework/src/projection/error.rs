@@ -186,8 +186,10 @@ pub enum ProjectionError {
         /// The setting and its allowed range.
         source: crate::InvalidSetting,
     },
-    /// The worker task panicked or was aborted.
-    #[error("projection `{projection}`: the worker task ended abnormally: {detail}")]
+    /// The worker task, or a thread it started, panicked or was aborted.
+    #[error(
+        "projection `{projection}`: the worker or one of its threads ended abnormally: {detail}"
+    )]
     Task {
         /// The projection.
         projection: &'static str,

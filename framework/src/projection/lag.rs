@@ -28,6 +28,8 @@ pub(crate) type Watermarks = Vec<(String, i32, i64, i64)>;
 pub(crate) enum WatermarkError {
     MissingTopic(String),
     Kafka(&'static str, KafkaError),
+    /// The blocking thread ended abnormally (a panic, or the runtime shutting down).
+    Thread(String),
 }
 
 /// Reads partitions and watermarks on a blocking thread.
@@ -67,10 +69,6 @@ pub(crate) async fn watermarks(
     .await;
     match joined {
         Ok(result) => result,
-        Err(err) => Err(WatermarkError::Kafka(
-            "watermark request",
-            KafkaError::Canceled,
-        ))
-        .inspect_err(|_| tracing::error!(error = %err, "watermark thread failed")),
+        Err(err) => Err(WatermarkError::Thread(err.to_string())),
     }
 }

@@ -21,6 +21,14 @@ use super::stats::ProcessorStats;
 use super::transaction::transact;
 use super::{FaultPoint, lock, slow};
 
+/// Why a partition's transaction did not commit.
+pub(super) enum TxFailure {
+    /// A Kafka client call failed (including a commit the broker refused).
+    Kafka(KafkaError),
+    /// A command handler panicked on the transaction's thread.
+    HandlerPanicked,
+}
+
 pub(super) enum BatchFailure {
     /// The transaction aborted; state was rebuilt; consume the batch again.
     Retry,
@@ -103,17 +111,18 @@ impl<A: Aggregate> Core<A> {
             match done_rx.recv_timeout(left) {
                 Ok((partition, part, result)) => {
                     let first = running.remove(&partition).unwrap_or_default();
-                    let result = result.unwrap_or_else(|_| {
-                        // A panicking handler: a failed transaction (aborted,
-                        // partition restored, commands retried).
-                        error!(
-                            partition,
-                            "a command handler panicked; the batch is retried"
-                        );
-                        Err(KafkaError::MessageProduction(
-                            rdkafka::types::RDKafkaErrorCode::Fail,
-                        ))
-                    });
+                    // A panicking handler fails the transaction (aborted, the
+                    // partition restored, its commands retried).
+                    let result = match result {
+                        Ok(result) => result.map_err(TxFailure::Kafka),
+                        Err(_) => {
+                            error!(
+                                partition,
+                                "a command handler panicked; the batch is retried"
+                            );
+                            Err(TxFailure::HandlerPanicked)
+                        }
+                    };
                     self.partitions.insert(partition, part);
                     out.push((partition, first, self.finish(partition, result)));
                 }
@@ -139,7 +148,7 @@ impl<A: Aggregate> Core<A> {
     pub(super) fn finish(
         &mut self,
         partition: i32,
-        result: KafkaResult<NewSeen>,
+        result: Result<NewSeen, TxFailure>,
     ) -> Result<(), BatchFailure> {
         let shared = Arc::clone(&self.shared);
         let Some(part) = self.partitions.get_mut(&partition) else {
@@ -178,7 +187,16 @@ impl<A: Aggregate> Core<A> {
                 self.after_commit(partition);
                 Ok(())
             }
-            Err(error) => {
+            Err(TxFailure::HandlerPanicked) => {
+                let step = Instant::now();
+                let _ = part.producer.abort_transaction(ABORT_TIMEOUT);
+                slow("abort", step);
+                ProcessorStats::add(&shared.stats.aborted, 1);
+                self.partitions.remove(&partition);
+                lock(&shared.stats.owned).retain(|p| *p != partition);
+                Err(BatchFailure::Retry)
+            }
+            Err(TxFailure::Kafka(error)) => {
                 use rdkafka::types::RDKafkaErrorCode as Code;
                 let code = error.rdkafka_error_code();
                 let fenced = matches!(&error, KafkaError::Transaction(e) if e.is_fatal())

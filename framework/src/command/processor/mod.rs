@@ -152,8 +152,10 @@ impl<A: Aggregate> CommandProcessor<A> {
         Ok(self)
     }
 
-    /// Keeps snapshots in `store` (every `A::SNAPSHOT_EVERY` events per aggregate,
-    /// every `flush_every` events per partition, and on revocation). Without a
+    /// Keeps snapshots in `store`: for an aggregate type with `snapshot_every`
+    /// (`A::SNAPSHOT_EVERY`), every that many events per aggregate and every
+    /// [`ProcessorSettings::flush_every`] events per partition; for every aggregate
+    /// type, when a partition is revoked or the processor shuts down. Without a
     /// store, a restore replays the whole events partition.
     #[must_use]
     pub fn snapshots(mut self, store: PgStore) -> Self {

@@ -28,7 +28,9 @@ pub struct ProcessorSettings {
     /// Give up restoring a partition after this long.
     pub restore_timeout: Duration,
     /// Snapshot every changed aggregate of a partition (and advance the partition's
-    /// restore watermark) every this many events in the partition.
+    /// restore watermark) every this many events in the partition. Only for
+    /// aggregate types with `snapshot_every`; others are snapshotted when their
+    /// partition is revoked or the processor shuts down.
     pub flush_every: u64,
 }
 

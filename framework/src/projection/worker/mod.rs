@@ -181,6 +181,10 @@ impl<P: Projection> ProjectionWorker<P> {
                 operation,
                 source,
             },
+            WatermarkError::Thread(detail) => ProjectionError::Task {
+                projection: P::NAME,
+                detail: format!("watermark request: {detail}"),
+            },
         }
     }
 
