@@ -196,10 +196,18 @@ fn mismatch<T: Debug + ?Sized, U: Debug + ?Sized>(
     expected: &T,
     actual: &U,
 ) -> String {
-    let expected = format!("{expected:#?}");
-    let actual = format!("{actual:#?}");
-    let mut out = format!("unexpected {what}\ncommand: {command}\ndiff (- expected, + actual):\n");
-    for change in similar::TextDiff::from_lines(&expected, &actual).iter_all_changes() {
+    line_diff(
+        &format!("unexpected {what}\ncommand: {command}"),
+        &format!("{expected:#?}"),
+        &format!("{actual:#?}"),
+    )
+}
+
+/// `header`, then a unified line diff of two texts (`-` expected, `+` actual): the
+/// report every test kit panics with on a mismatch.
+pub fn line_diff(header: &str, expected: &str, actual: &str) -> String {
+    let mut out = format!("{header}\ndiff (- expected, + actual):\n");
+    for change in similar::TextDiff::from_lines(expected, actual).iter_all_changes() {
         let sign = match change.tag() {
             similar::ChangeTag::Delete => '-',
             similar::ChangeTag::Insert => '+',
@@ -212,4 +220,18 @@ fn mismatch<T: Debug + ?Sized, U: Debug + ?Sized>(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::line_diff;
+
+    #[test]
+    fn marks_removed_and_added_lines() {
+        let report = line_diff("unexpected rows", "a\nb\n", "a\nc\n");
+        assert_eq!(
+            report,
+            "unexpected rows\ndiff (- expected, + actual):\n  a\n- b\n+ c\n"
+        );
+    }
 }

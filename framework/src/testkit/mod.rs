@@ -24,8 +24,6 @@
 pub use tributary_core::testkit::*;
 
 #[cfg(feature = "testkit")]
-mod diff;
-#[cfg(feature = "testkit")]
 mod envelope;
 #[cfg(feature = "testkit")]
 mod process_manager;

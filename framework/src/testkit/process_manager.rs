@@ -4,7 +4,7 @@ use crate::DomainEvent;
 use crate::EventEnvelope;
 use crate::command::{PlannedCommand, PlansCommands};
 
-use super::diff::line_diff;
+use tributary_core::testkit::line_diff;
 
 /// Runs a process manager's decisions ([`PlansCommands`]) on given events and
 /// compares the commands it plans, ids, correlation and trace context included. No

@@ -10,7 +10,7 @@ use crate::EventEnvelope;
 use crate::projection::{HandlerError, Handles, Projection};
 use crate::store::PgStore;
 
-use super::diff::line_diff;
+use tributary_core::testkit::line_diff;
 
 /// A schema name no other test (or earlier run) uses: `{test}_{10 random hex
 /// digits}`, lowercased, with `-` as `_`, cut to Postgres's 63 characters. Give each

@@ -188,10 +188,7 @@ impl<A: Aggregate> Core<A> {
                 Ok(())
             }
             Err(TxFailure::HandlerPanicked) => {
-                let step = Instant::now();
-                let _ = part.producer.abort_transaction(ABORT_TIMEOUT);
-                slow("abort", step);
-                ProcessorStats::add(&shared.stats.aborted, 1);
+                abort(part, &shared.stats);
                 self.partitions.remove(&partition);
                 lock(&shared.stats.owned).retain(|p| *p != partition);
                 Err(BatchFailure::Retry)
@@ -221,16 +218,10 @@ impl<A: Aggregate> Core<A> {
                     error!(%error, partition,
                         "commit refused: this instance lost its consumer group membership; aborting and dropping the partition");
                     ProcessorStats::add(&shared.stats.deposed, 1);
-                    let step = Instant::now();
-                    let _ = part.producer.abort_transaction(ABORT_TIMEOUT);
-                    slow("abort", step);
-                    ProcessorStats::add(&shared.stats.aborted, 1);
+                    abort(part, &shared.stats);
                 } else {
                     warn!(%error, partition, "transaction failed; aborting it and restoring the partition");
-                    let step = Instant::now();
-                    let _ = part.producer.abort_transaction(ABORT_TIMEOUT);
-                    slow("abort", step);
-                    ProcessorStats::add(&shared.stats.aborted, 1);
+                    abort(part, &shared.stats);
                 }
                 // The in-memory state saw the events of the failed transaction: drop
                 // it. The partition is restored when its commands are consumed again,
@@ -245,4 +236,12 @@ impl<A: Aggregate> Core<A> {
             }
         }
     }
+}
+
+/// Aborts the open transaction of `part` (bounded by [`ABORT_TIMEOUT`]) and counts it.
+fn abort<A: Aggregate>(part: &PartitionState<A>, stats: &ProcessorStats) {
+    let step = Instant::now();
+    let _ = part.producer.abort_transaction(ABORT_TIMEOUT);
+    slow("abort", step);
+    ProcessorStats::add(&stats.aborted, 1);
 }
