@@ -4,6 +4,26 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 
 use crate::codec::{EncodedRecord, RecordRef};
 
+/// A Kafka client operation that failed: which one, and the client's error. Every
+/// error type of the runtime carries this for its Kafka failures.
+#[derive(Debug, thiserror::Error)]
+#[error("Kafka operation `{operation}` failed: {source}")]
+pub struct KafkaOpError {
+    /// What was being done (`create consumer`, `commit transaction`, …).
+    pub operation: &'static str,
+    /// The client's error.
+    #[source]
+    pub source: rdkafka::error::KafkaError,
+}
+
+/// The one error-mapping closure for a failed Kafka client call:
+/// `client.call().map_err(op("what"))?`.
+pub(crate) fn op(
+    operation: &'static str,
+) -> impl FnOnce(rdkafka::error::KafkaError) -> KafkaOpError {
+    move |source| KafkaOpError { operation, source }
+}
+
 /// A borrowed [`RecordRef`] of any rdkafka message (borrowed or owned), ready for
 /// [`crate::EventCodec::decode`].
 pub fn record_ref<M: Message>(message: &M) -> RecordRef<'_> {
@@ -199,4 +219,22 @@ pub(crate) async fn missing_topics(
     })
     .await
     .unwrap_or(Err(rdkafka::error::KafkaError::Canceled))
+}
+
+#[cfg(test)]
+mod op_tests {
+    use super::op;
+
+    #[test]
+    fn an_operation_error_names_the_operation_and_keeps_the_cause() {
+        let error = op("commit transaction")(rdkafka::error::KafkaError::Canceled);
+        assert_eq!(error.operation, "commit transaction");
+        assert!(
+            error
+                .to_string()
+                .starts_with("Kafka operation `commit transaction` failed: "),
+            "{error}"
+        );
+        assert!(std::error::Error::source(&error).is_some());
+    }
 }

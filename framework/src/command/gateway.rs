@@ -97,14 +97,8 @@ pub enum GatewayError {
         reason: String,
     },
     /// Setting up the gateway failed.
-    #[error("Kafka operation `{operation}` failed: {source}")]
-    Kafka {
-        /// What was being done.
-        operation: &'static str,
-        /// The client's error.
-        #[source]
-        source: KafkaError,
-    },
+    #[error(transparent)]
+    Kafka(#[from] crate::kafka::KafkaOpError),
     /// The replies topic is missing and cannot be created.
     #[error(transparent)]
     Topics(#[from] TopicError),
@@ -242,10 +236,6 @@ impl std::fmt::Debug for CommandGateway {
     }
 }
 
-fn setup(operation: &'static str) -> impl FnOnce(KafkaError) -> GatewayError {
-    move |source| GatewayError::Kafka { operation, source }
-}
-
 impl CommandGateway {
     /// Connects with a default outcome timeout of 10 s.
     pub async fn connect(kafka: &KafkaConfig, prefix: &str) -> Result<Self, GatewayError> {
@@ -273,7 +263,7 @@ impl CommandGateway {
             .set("isolation.level", "read_committed")
             .set("fetch.wait.max.ms", "5")
             .create()
-            .map_err(setup("create reply consumer"))?;
+            .map_err(crate::kafka::op("create reply consumer"))?;
         // Start at the current end explicitly, so no reply produced after this point
         // can be missed (Offset::End would be resolved later).
         // read_uncommitted: the last stable offset can lag (or read 0 on some
@@ -282,20 +272,20 @@ impl CommandGateway {
             .client_config()
             .set("isolation.level", "read_uncommitted")
             .create()
-            .map_err(setup("create watermark client"))?;
+            .map_err(crate::kafka::op("create watermark client"))?;
         let (_, high) = crate::kafka::watermarks_within(
             &watermarks,
             &replies,
             reply_partition,
             Duration::from_secs(30),
         )
-        .map_err(setup("fetch reply watermarks"))?;
+        .map_err(crate::kafka::op("fetch reply watermarks"))?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&replies, reply_partition, Offset::Offset(high))
-            .map_err(setup("assign reply partition"))?;
+            .map_err(crate::kafka::op("assign reply partition"))?;
         consumer
             .assign(&tpl)
-            .map_err(setup("assign reply partition"))?;
+            .map_err(crate::kafka::op("assign reply partition"))?;
 
         let producer: FutureProducer = kafka
             .client_config()
@@ -307,7 +297,7 @@ impl CommandGateway {
             .set("linger.ms", "1")
             .set("message.timeout.ms", timeout.as_millis().max(1).to_string())
             .create()
-            .map_err(setup("create producer"))?;
+            .map_err(crate::kafka::op("create producer"))?;
 
         let pending: Arc<Pending> = Arc::default();
         let listener = tokio::spawn(listen(consumer, Arc::clone(&pending)));

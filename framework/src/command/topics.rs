@@ -3,10 +3,10 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use crate::kafka::op as kafka;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::wire;
@@ -100,16 +100,8 @@ pub enum TopicError {
         code: RDKafkaErrorCode,
     },
     /// The cluster could not be asked.
-    #[error(
-        "Kafka admin operation `{operation}` failed: {source}; is the cluster reachable at the configured bootstrap.servers?"
-    )]
-    Kafka {
-        /// What was being done.
-        operation: &'static str,
-        /// The client's error.
-        #[source]
-        source: KafkaError,
-    },
+    #[error("{0}; is the cluster reachable at the configured bootstrap.servers?")]
+    Kafka(#[from] crate::kafka::KafkaOpError),
     /// A topic did not appear in the metadata after creation.
     #[error(
         "topic `{0}` did not appear in the cluster metadata with a leader for every partition within 30 s after creation; check the brokers' logs"
@@ -126,10 +118,6 @@ pub enum TopicError {
         /// The panic or cancellation.
         detail: String,
     },
-}
-
-fn kafka(operation: &'static str) -> impl FnOnce(KafkaError) -> TopicError {
-    move |source| TopicError::Kafka { operation, source }
 }
 
 /// What `ensure_topics` found or made.

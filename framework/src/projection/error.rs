@@ -2,8 +2,6 @@
 
 use std::fmt;
 
-use rdkafka::error::KafkaError;
-
 /// Why a record could not be applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PoisonReason {
@@ -76,16 +74,14 @@ impl fmt::Display for PoisonReport {
 pub enum ProjectionError {
     /// A Kafka client call failed.
     #[error(
-        "projection `{projection}`: Kafka {operation} failed: {source}; check KAFKA_BOOTSTRAP_SERVERS and that the broker is up"
+        "projection `{projection}`: {source}; check KAFKA_BOOTSTRAP_SERVERS and that the broker is up"
     )]
     Kafka {
         /// The projection.
         projection: &'static str,
-        /// What was being done.
-        operation: &'static str,
-        /// The client's error.
+        /// The operation and the client's error.
         #[source]
-        source: KafkaError,
+        source: crate::kafka::KafkaOpError,
     },
     /// A Postgres query of the framework failed.
     #[error("projection `{projection}`: Postgres {operation} failed: {source}")]

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 
 /// How far a projection is behind on one partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +26,7 @@ pub(crate) type Watermarks = Vec<(String, i32, i64, i64)>;
 
 pub(crate) enum WatermarkError {
     MissingTopic(String),
-    Kafka(&'static str, KafkaError),
+    Kafka(crate::kafka::KafkaOpError),
     /// The blocking thread ended abnormally (a panic, or the runtime shutting down).
     Thread(String),
 }
@@ -40,13 +39,13 @@ pub(crate) async fn watermarks(
     let joined = tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = config
             .create()
-            .map_err(|e| WatermarkError::Kafka("client creation", e))?;
+            .map_err(|e| WatermarkError::Kafka(crate::kafka::op("client creation")(e)))?;
         let timeout = Duration::from_secs(10);
         let mut out = Vec::new();
         for topic in topics {
             let metadata = consumer
                 .fetch_metadata(Some(&topic), timeout)
-                .map_err(|e| WatermarkError::Kafka("metadata request", e))?;
+                .map_err(|e| WatermarkError::Kafka(crate::kafka::op("metadata request")(e)))?;
             let partitions: Vec<i32> = metadata
                 .topics()
                 .iter()
@@ -59,7 +58,9 @@ pub(crate) async fn watermarks(
             for partition in partitions {
                 let (low, high) =
                     crate::kafka::watermarks_within(&consumer, &topic, partition, timeout)
-                        .map_err(|e| WatermarkError::Kafka("watermark request", e))?;
+                        .map_err(|e| {
+                            WatermarkError::Kafka(crate::kafka::op("watermark request")(e))
+                        })?;
                 out.push((topic.clone(), partition, low, high));
             }
         }

@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use rdkafka::error::KafkaError;
-
 use crate::UpcasterError;
 use crate::store::StoreError;
 
@@ -15,14 +13,8 @@ pub enum ProcessorError {
     #[error(transparent)]
     Topics(#[from] crate::command::topics::TopicError),
     /// A Kafka client operation failed.
-    #[error("Kafka operation `{operation}` failed: {source}")]
-    Kafka {
-        /// What was being done.
-        operation: &'static str,
-        /// The client's error.
-        #[source]
-        source: KafkaError,
-    },
+    #[error(transparent)]
+    Kafka(#[from] crate::kafka::KafkaOpError),
     /// Reading or writing snapshots failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -95,7 +87,7 @@ impl ProcessorError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::Kafka { .. } | Self::Store(_) | Self::RestoreTimeout { .. }
+            Self::Kafka(_) | Self::Store(_) | Self::RestoreTimeout { .. }
         )
     }
 
@@ -105,8 +97,4 @@ impl ProcessorError {
     pub fn is_partition_fault(&self) -> bool {
         matches!(self, Self::Unreadable { .. } | Self::Inconsistent { .. })
     }
-}
-
-pub(super) fn kafka(operation: &'static str) -> impl FnOnce(KafkaError) -> ProcessorError {
-    move |source| ProcessorError::Kafka { operation, source }
 }

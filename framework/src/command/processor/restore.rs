@@ -20,11 +20,12 @@ use crate::command::wire::{self};
 use crate::kafka::record_ref;
 
 use super::contexts::{DeliveryContext, RestoreContext};
-use super::error::{ProcessorError, kafka};
+use super::error::ProcessorError;
 use super::partitions::{PartitionState, Slot};
 use super::replay::Replay;
 use super::stats::ProcessorStats;
 use super::{Shared, slow};
+use crate::kafka::op as kafka;
 
 /// How far (at most; a tenth of the window if less) before the dedup window a
 /// restore starts reading outcomes, for owners whose clocks were behind.

@@ -165,8 +165,7 @@ impl<P: Projection> ProjectionWorker<P> {
     fn kafka_err(operation: &'static str) -> impl FnOnce(KafkaError) -> ProjectionError {
         move |source| ProjectionError::Kafka {
             projection: P::NAME,
-            operation,
-            source,
+            source: crate::kafka::KafkaOpError { operation, source },
         }
     }
 
@@ -176,9 +175,8 @@ impl<P: Projection> ProjectionWorker<P> {
                 projection: P::NAME,
                 topic,
             },
-            WatermarkError::Kafka(operation, source) => ProjectionError::Kafka {
+            WatermarkError::Kafka(source) => ProjectionError::Kafka {
                 projection: P::NAME,
-                operation,
                 source,
             },
             WatermarkError::Thread(detail) => ProjectionError::Task {
