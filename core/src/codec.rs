@@ -364,7 +364,7 @@ impl<E: DomainEvent> EventCodec<E> {
 
     /// The events topic: `{prefix}.{aggregate}.events`.
     pub fn events_topic(&self) -> String {
-        format!("{}.{}.events", self.prefix, E::AGGREGATE)
+        crate::topics::events_topic(&self.prefix, E::AGGREGATE)
     }
 
     /// Encodes an envelope as a record.

@@ -21,6 +21,7 @@ pub mod codec;
 mod envelope;
 mod event;
 pub mod testkit;
+pub mod topics;
 mod upcast;
 
 pub use aggregate::{Aggregate, AggregateId, Apply, Command, Handle};

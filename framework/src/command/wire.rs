@@ -14,27 +14,7 @@ use crate::codec::{self, CONTENT_TYPE, EncodedRecord, RecordRef, SPEC_VERSION, h
 /// Header naming the replies-topic partition the sender listens on.
 pub const REPLY_PARTITION: &str = "tributary_replypartition";
 
-/// The commands topic of an aggregate type: `{prefix}.{aggregate}.commands`.
-pub fn commands_topic(prefix: &str, aggregate: &str) -> String {
-    format!("{prefix}.{aggregate}.commands")
-}
-
-/// The events topic of an aggregate type: `{prefix}.{aggregate}.events`.
-pub fn events_topic(prefix: &str, aggregate: &str) -> String {
-    format!("{prefix}.{aggregate}.events")
-}
-
-/// The outcomes topic of an aggregate type: `{prefix}.{aggregate}.outcomes`. One
-/// record per processed command, co-partitioned with the commands topic; the
-/// processor rebuilds its window of seen command ids from it.
-pub fn outcomes_topic(prefix: &str, aggregate: &str) -> String {
-    format!("{prefix}.{aggregate}.outcomes")
-}
-
-/// The replies topic shared by all aggregate types: `{prefix}.replies`.
-pub fn replies_topic(prefix: &str) -> String {
-    format!("{prefix}.replies")
-}
+pub use tributary_core::topics::{commands_topic, events_topic, outcomes_topic, replies_topic};
 
 /// The partition of an aggregate's commands, events and outcomes: Kafka's default
 /// partitioner for keyed records (Java client `BuiltInPartitioner`, librdkafka
