@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::aggregate::AggregateId;
 use crate::envelope::{EventEnvelope, Metadata};
 use crate::event::{DomainEvent, EventType, PayloadError};
-use crate::upcast::{UpcastError, UpcastFailure, Upcaster, UpcasterError, Upcasters};
+use crate::upcast::{RegisterUpcasterError, UpcastError, UpcastFailure, Upcaster, Upcasters};
 
 /// Header names of the wire format.
 pub mod headers {
@@ -329,9 +329,9 @@ impl<E: DomainEvent> EventCodec<E> {
 
     /// Registers an upcaster. Fails if the event type is unknown, the step does not
     /// lead towards the current version, or the step is already registered.
-    pub fn with_upcaster(mut self, upcaster: Upcaster) -> Result<Self, UpcasterError> {
+    pub fn with_upcaster(mut self, upcaster: Upcaster) -> Result<Self, RegisterUpcasterError> {
         let Some(current) = E::event_type_named(upcaster.event()) else {
-            return Err(UpcasterError::UnknownEvent {
+            return Err(RegisterUpcasterError::UnknownEvent {
                 event: upcaster.event().to_owned(),
                 aggregate: E::AGGREGATE,
                 known: E::EVENT_TYPES
@@ -342,7 +342,7 @@ impl<E: DomainEvent> EventCodec<E> {
             });
         };
         if upcaster.from_version() == 0 || upcaster.from_version() >= current.version {
-            return Err(UpcasterError::NotOlder {
+            return Err(RegisterUpcasterError::NotOlder {
                 event: upcaster.event().to_owned(),
                 from_version: upcaster.from_version(),
                 current: current.version,

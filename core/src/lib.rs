@@ -28,7 +28,7 @@ pub use aggregate::{Aggregate, AggregateId, Apply, Command, Handle};
 pub use codec::{DecodeError, EncodeError, EncodedRecord, EventCodec, InvalidPrefix, RecordRef};
 pub use envelope::{EventEnvelope, Metadata};
 pub use event::{DomainEvent, EventType, PayloadError};
-pub use upcast::{UpcastError, Upcaster, UpcasterError};
+pub use upcast::{RegisterUpcasterError, UpcastError, Upcaster};
 
 #[cfg(feature = "derive")]
 pub use tributary_derive::{Aggregate, Command, DomainEvent};

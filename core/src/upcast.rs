@@ -83,7 +83,7 @@ impl fmt::Debug for Upcaster {
 /// Why an upcaster could not be registered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum UpcasterError {
+pub enum RegisterUpcasterError {
     /// The event type name is not one of the event enum's types.
     #[error(
         "cannot register an upcaster for `{event}`: it is not an event type of `{aggregate}` (known: {known})"
@@ -126,10 +126,10 @@ pub(crate) struct Upcasters {
 }
 
 impl Upcasters {
-    pub(crate) fn insert(&mut self, upcaster: Upcaster) -> Result<(), UpcasterError> {
+    pub(crate) fn insert(&mut self, upcaster: Upcaster) -> Result<(), RegisterUpcasterError> {
         let key = (upcaster.event.clone(), upcaster.from_version);
         if self.steps.contains_key(&key) {
-            return Err(UpcasterError::Duplicate {
+            return Err(RegisterUpcasterError::Duplicate {
                 event: key.0,
                 from_version: key.1,
             });

@@ -36,8 +36,18 @@ pub use store::{PgStore, StoreError};
 pub use tributary_core::{
     Aggregate, AggregateId, Apply, Command, DecodeError, DomainEvent, EncodeError, EncodedRecord,
     EventCodec, EventEnvelope, EventType, Handle, InvalidPrefix, Metadata, PayloadError, RecordRef,
-    UpcastError, Upcaster, UpcasterError,
+    RegisterUpcasterError, UpcastError, Upcaster,
 };
+
+/// The [rdkafka](https://docs.rs/rdkafka/0.39) crate this runtime is built on,
+/// re-exported on purpose: a few of its types appear in Tributary's public API
+/// (`KafkaConfig::client_config` returns an `rdkafka::ClientConfig`,
+/// [`kafka::KafkaOpError`] carries an `rdkafka::error::KafkaError`,
+/// [`kafka::record_ref`] reads any `rdkafka::Message`). Name them through
+/// `tributary::rdkafka` so that they always match the version Tributary was built
+/// with (0.39, librdkafka 2.12); a minor release of Tributary may move to a newer
+/// rdkafka. The domain crate `tributary-core` exposes no rdkafka type.
+pub use rdkafka;
 
 #[doc(hidden)]
 pub use tributary_core::__private;

@@ -280,23 +280,23 @@ fn refuses_bad_upcaster_registrations() {
     assert!(matches!(
         c().with_upcaster(Upcaster::new("order.shipped", 1, id))
             .unwrap_err(),
-        UpcasterError::UnknownEvent { .. }
+        RegisterUpcasterError::UnknownEvent { .. }
     ));
     assert!(matches!(
         c().with_upcaster(Upcaster::new("order.placed", 1, id))
             .unwrap_err(),
-        UpcasterError::NotOlder { current: 1, .. }
+        RegisterUpcasterError::NotOlder { current: 1, .. }
     ));
     assert!(matches!(
         c().with_upcaster(Upcaster::new("order.cancelled", 0, id))
             .unwrap_err(),
-        UpcasterError::NotOlder { .. }
+        RegisterUpcasterError::NotOlder { .. }
     ));
     assert!(matches!(
         codec()
             .with_upcaster(Upcaster::new("order.cancelled", 2, id))
             .unwrap_err(),
-        UpcasterError::Duplicate {
+        RegisterUpcasterError::Duplicate {
             from_version: 2,
             ..
         }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::UpcasterError;
+use crate::RegisterUpcasterError;
 use crate::store::StoreError;
 
 /// Why a processor could not start or stopped.
@@ -26,7 +26,7 @@ pub enum ProcessorError {
     Settings(#[from] crate::InvalidSetting),
     /// An upcaster could not be registered.
     #[error(transparent)]
-    Upcaster(#[from] UpcasterError),
+    Upcaster(#[from] RegisterUpcasterError),
     /// An event in the events topic cannot be read, so the state of its aggregate —
     /// and of the partition — cannot be rebuilt. Deploy a version that can decode it.
     #[error(
