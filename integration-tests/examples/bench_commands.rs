@@ -80,7 +80,7 @@ async fn framework_run(bootstrap: &str, callers: usize, commands: usize) -> Run 
             .await
             .expect("processor");
     let gateway = CommandGateway::connect_with_timeout(
-        &KafkaConfig::new(bootstrap),
+        KafkaConfig::new(bootstrap),
         &prefix,
         Duration::from_secs(60),
     )

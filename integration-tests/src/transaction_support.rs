@@ -30,7 +30,7 @@ pub fn events_topic(prefix: &str) -> String {
 /// A gateway that waits up to 20 s for the processor's topics.
 pub async fn gateway(bootstrap: &str, prefix: &str) -> CommandGateway {
     CommandGateway::connect_with_timeout(
-        &KafkaConfig::new(bootstrap),
+        KafkaConfig::new(bootstrap),
         prefix,
         Duration::from_secs(20),
     )

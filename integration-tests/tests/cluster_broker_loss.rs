@@ -88,7 +88,7 @@ async fn losing_a_partition_leader_then_the_controller_loses_nothing() {
         .await
         .expect("processor");
     let gateway = CommandGateway::connect_with_timeout(
-        &KafkaConfig::new(&bootstrap),
+        KafkaConfig::new(&bootstrap),
         &prefix,
         Duration::from_secs(10),
     )
@@ -143,7 +143,7 @@ async fn losing_two_brokers_fails_commands_clearly_and_service_resumes() {
         .await
         .expect("processor");
     let gateway = CommandGateway::connect_with_timeout(
-        &KafkaConfig::new(&bootstrap),
+        KafkaConfig::new(&bootstrap),
         &prefix,
         Duration::from_secs(8),
     )

@@ -17,7 +17,7 @@ use tributary_integration_tests::{kafka_bootstrap, unique_prefix};
 
 async fn gateway(bootstrap: &str, prefix: &str) -> CommandGateway {
     CommandGateway::connect_with_timeout(
-        &KafkaConfig::new(bootstrap),
+        KafkaConfig::new(bootstrap),
         prefix,
         Duration::from_secs(30),
     )

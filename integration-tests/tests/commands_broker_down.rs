@@ -38,7 +38,7 @@ async fn send_fails_fast_while_the_broker_is_down_and_recovers_after() {
         .expect("processor");
     const TIMEOUT: Duration = Duration::from_secs(3);
     let gateway =
-        CommandGateway::connect_with_timeout(&KafkaConfig::new(&bootstrap), &prefix, TIMEOUT)
+        CommandGateway::connect_with_timeout(KafkaConfig::new(&bootstrap), &prefix, TIMEOUT)
             .await
             .expect("gateway");
 

@@ -31,7 +31,7 @@ async fn a_killed_processor_loses_nothing_and_applies_nothing_twice() {
     let _b = spawn_node(&bootstrap, &prefix);
     // The gateway creates the replies topic; the nodes create the others.
     let gateway = CommandGateway::connect_with_timeout(
-        &KafkaConfig::new(&bootstrap),
+        KafkaConfig::new(&bootstrap),
         &prefix,
         Duration::from_secs(8),
     )
@@ -154,7 +154,7 @@ async fn a_processor_that_lost_its_partition_cannot_commit() {
         &[("TRIBUTARY_PAUSE_FILE", release.to_str().unwrap())],
     );
     let gateway = CommandGateway::connect_with_timeout(
-        &KafkaConfig::new(&bootstrap),
+        KafkaConfig::new(&bootstrap),
         &prefix,
         Duration::from_secs(60),
     )

@@ -63,9 +63,10 @@ async fn a_garbled_reply_is_bad_reply_not_a_timeout() {
     )
     .await
     .unwrap();
-    let gateway = CommandGateway::connect_with_timeout(&kafka, &prefix, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let gateway =
+        CommandGateway::connect_with_timeout(kafka.clone(), &prefix, Duration::from_secs(30))
+            .await
+            .unwrap();
     let started = Instant::now();
     let send = tokio::spawn({
         let gateway = gateway.clone();
@@ -124,7 +125,7 @@ async fn a_reply_producer_with_a_fatal_error_is_replaced() {
         .await
         .expect("processor");
     let gateway = CommandGateway::connect_with_timeout(
-        &KafkaConfig::new(&bootstrap),
+        KafkaConfig::new(&bootstrap),
         &prefix,
         Duration::from_secs(20),
     )

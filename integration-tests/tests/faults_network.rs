@@ -40,7 +40,7 @@ async fn commands_in_flight_through_a_network_cut_take_effect_exactly_once() {
         .await
         .expect("processor");
     let gateway = CommandGateway::connect_with_timeout(
-        &KafkaConfig::new(&bootstrap),
+        KafkaConfig::new(&bootstrap),
         &prefix,
         Duration::from_secs(4),
     )
@@ -202,7 +202,7 @@ async fn a_crash_between_commit_and_reply_is_answered_from_the_outcomes() {
     let gateway = loop {
         // The node creates the topics; the gateway needs the replies topic.
         match CommandGateway::connect_with_timeout(
-            &KafkaConfig::new(&bootstrap),
+            KafkaConfig::new(&bootstrap),
             &prefix,
             Duration::from_secs(5),
         )

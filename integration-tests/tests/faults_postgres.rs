@@ -71,7 +71,7 @@ async fn a_postgres_outage_loses_nothing_and_recovers_on_its_own() {
     let worker = counter_log_worker(&bootstrap, &prefix, store.clone());
     let projection = worker.clone().spawn();
     let gateway = CommandGateway::connect_with_timeout(
-        &KafkaConfig::new(&bootstrap),
+        KafkaConfig::new(&bootstrap),
         &prefix,
         Duration::from_secs(20),
     )

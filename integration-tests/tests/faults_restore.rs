@@ -82,7 +82,7 @@ async fn an_unreadable_event_quarantines_its_partition_and_the_others_go_on() {
         .await
         .expect("processor");
     let gateway = CommandGateway::connect_with_timeout(
-        &KafkaConfig::new(&bootstrap),
+        KafkaConfig::new(&bootstrap),
         &prefix,
         Duration::from_secs(20),
     )
@@ -183,7 +183,7 @@ async fn a_restore_longer_than_the_poll_interval_keeps_the_instance_in_its_group
         .await
         .expect("processor");
     let gateway = CommandGateway::connect_with_timeout(
-        &KafkaConfig::new(&bootstrap),
+        KafkaConfig::new(&bootstrap),
         &prefix,
         Duration::from_secs(120),
     )
@@ -239,7 +239,7 @@ async fn a_restore_reads_only_the_outcomes_of_the_dedup_window() {
     };
     let first = start().await.expect("processor");
     let gateway = CommandGateway::connect_with_timeout(
-        &KafkaConfig::new(&bootstrap),
+        KafkaConfig::new(&bootstrap),
         &prefix,
         Duration::from_secs(30),
     )

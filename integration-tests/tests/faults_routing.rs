@@ -71,7 +71,7 @@ async fn a_command_on_the_wrong_partition_is_forwarded_to_its_aggregates_partiti
         .await
         .expect("processor");
     let gateway = CommandGateway::connect_with_timeout(
-        &KafkaConfig::new(&bootstrap),
+        KafkaConfig::new(&bootstrap),
         &prefix,
         Duration::from_secs(30),
     )

@@ -58,7 +58,7 @@ async fn oversized_commands_events_and_outcomes_fail_clearly_and_the_partition_g
         .await
         .expect("processor");
     let gateway = CommandGateway::connect_with_timeout(
-        &KafkaConfig::new(&bootstrap),
+        KafkaConfig::new(&bootstrap),
         &prefix,
         Duration::from_secs(30),
     )

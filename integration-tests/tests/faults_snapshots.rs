@@ -48,7 +48,7 @@ async fn a_lost_snapshot_write_never_lets_the_watermark_pass_its_aggregate() {
     };
     let first = start().await.expect("processor");
     let gateway = CommandGateway::connect_with_timeout(
-        &KafkaConfig::new(&bootstrap),
+        KafkaConfig::new(&bootstrap),
         &prefix,
         Duration::from_secs(30),
     )

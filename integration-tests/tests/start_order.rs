@@ -113,7 +113,7 @@ async fn a_gateway_started_before_the_processors_refuses_clearly_and_creates_not
     let bootstrap = kafka_bootstrap();
     let prefix = unique_prefix("gw-start");
     let gateway = CommandGateway::connect_with_timeout(
-        &KafkaConfig::new(&bootstrap),
+        KafkaConfig::new(&bootstrap),
         &prefix,
         Duration::from_secs(10),
     )

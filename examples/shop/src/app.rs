@@ -108,10 +108,12 @@ impl ShopConfig {
 
     /// A command gateway for the API, the demo or the process manager.
     pub async fn gateway(&self) -> Result<CommandGateway, ShopError> {
-        Ok(
-            CommandGateway::connect_with_timeout(&self.kafka, &self.prefix, self.command_timeout)
-                .await?,
+        Ok(CommandGateway::connect_with_timeout(
+            self.kafka.clone(),
+            &self.prefix,
+            self.command_timeout,
         )
+        .await?)
     }
 
     fn processor_settings(&self) -> ProcessorSettings {

@@ -237,14 +237,15 @@ impl std::fmt::Debug for CommandGateway {
 }
 
 impl CommandGateway {
-    /// Connects with a default outcome timeout of 10 s.
-    pub async fn connect(kafka: &KafkaConfig, prefix: &str) -> Result<Self, GatewayError> {
+    /// Connects with a default outcome timeout of 10 s. Like every component that
+    /// keeps its Kafka settings, the gateway takes them by value.
+    pub async fn connect(kafka: KafkaConfig, prefix: &str) -> Result<Self, GatewayError> {
         Self::connect_with_timeout(kafka, prefix, Duration::from_secs(10)).await
     }
 
     /// Connects; `send` waits at most `timeout` for an outcome.
     pub async fn connect_with_timeout(
-        kafka: &KafkaConfig,
+        kafka: KafkaConfig,
         prefix: &str,
         timeout: Duration,
     ) -> Result<Self, GatewayError> {
@@ -252,7 +253,7 @@ impl CommandGateway {
             .map_err(|e| GatewayError::InvalidCommand(e.to_string()))?;
         let replies = wire::replies_topic(prefix);
         let reply_partitions =
-            ensure_replies_topic(kafka, prefix, &TopicSettings::default()).await?;
+            ensure_replies_topic(&kafka, prefix, &TopicSettings::default()).await?;
         let reply_partition =
             (uuid::Uuid::new_v4().as_u128() % reply_partitions.max(1) as u128) as i32;
 
@@ -301,10 +302,11 @@ impl CommandGateway {
 
         let pending: Arc<Pending> = Arc::default();
         let listener = tokio::spawn(listen(consumer, Arc::clone(&pending)));
+        let max_record_bytes = super::topics::client_max_record_bytes(&kafka);
         Ok(Self {
             inner: Arc::new(Inner {
-                kafka: kafka.clone(),
-                max_record_bytes: super::topics::client_max_record_bytes(kafka),
+                kafka,
+                max_record_bytes,
                 producer,
                 prefix: prefix.to_owned(),
                 reply_partition,
