@@ -146,7 +146,8 @@ async fn restore(
     if graceful {
         handle.shutdown().await.expect("shutdown");
     } else {
-        handle.kill().await;
+        handle.abort();
+        let _ = handle.join().await;
     }
     (ms, read, outcomes)
 }

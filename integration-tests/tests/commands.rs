@@ -253,7 +253,8 @@ async fn restore_starts_from_the_snapshot_and_survives_a_bad_one() {
         );
     }
     // Crash: no snapshot on revoke; the per-aggregate snapshot at version 50 exists.
-    first.kill().await;
+    first.abort();
+    let _ = first.join().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let v: Option<i64> =
@@ -284,7 +285,8 @@ async fn restore_starts_from_the_snapshot_and_survives_a_bad_one() {
     let third = start().await.expect("processor");
     expect_value(&gateway, "s", total).await;
     assert_eq!(third.stats().counters().restore_records_read, 0);
-    third.kill().await;
+    third.abort();
+    let _ = third.join().await;
 
     for corruption in [
         "UPDATE tributary_snapshots SET state = '{\"value\": \"not a number\"}' WHERE aggregate_id = 's'",

@@ -168,7 +168,8 @@ async fn a_postgres_outage_loses_nothing_and_recovers_on_its_own() {
     .await;
 
     // A crash and a restart restore every aggregate at its last version.
-    processor.kill().await;
+    processor.abort();
+    let _ = processor.join().await;
     let again = start().await.expect("processor");
     for (id, version) in &versions {
         match gateway

@@ -275,7 +275,8 @@ async fn a_restore_reads_only_the_outcomes_of_the_dedup_window() {
     for i in 0..5 {
         send(format!("new-{i}")).await;
     }
-    first.kill().await;
+    first.abort();
+    let _ = first.join().await;
 
     let second = start().await.expect("processor");
     // A resend from the window: answered with its original version, not applied.

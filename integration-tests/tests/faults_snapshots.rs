@@ -113,7 +113,8 @@ async fn a_lost_snapshot_write_never_lets_the_watermark_pass_its_aggregate() {
     }
 
     // Crash, restart: `a` is still at version 10, and its next command is 11.
-    first.kill().await;
+    first.abort();
+    let _ = first.join().await;
     let second = start().await.expect("processor");
     match gateway
         .send(Check {

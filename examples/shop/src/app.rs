@@ -735,7 +735,8 @@ impl Running {
                 Task::Dead(_) | Task::Stopped => return false,
             }
         };
-        processor.kill().await;
+        processor.abort();
+        let _ = processor.join().await;
         tracing::warn!(component = component.name(), "killed");
         true
     }

@@ -112,7 +112,8 @@ impl ProjectionHandle {
         self.join().await
     }
 
-    /// Stops the worker abruptly (aborts its task), as a crash would.
+    /// Stops the worker abruptly (aborts its task), as a crash would. Returns at
+    /// once; [`ProjectionHandle::join`] waits for the worker to end.
     pub fn abort(&self) {
         if let Some(task) = &self.task {
             task.abort();

@@ -301,7 +301,7 @@ impl<A: Aggregate> CommandProcessor<A> {
 
 /// A running processor. Stop it with [`ProcessorHandle::shutdown`] (graceful:
 /// snapshots, then the partitions are handed over at once) or
-/// [`ProcessorHandle::kill`] (as a crash). Dropping the handle asks for the same
+/// [`ProcessorHandle::abort`] (as a crash), then [`ProcessorHandle::join`]. Dropping the handle asks for the same
 /// graceful stop as `shutdown` without waiting for it or reporting its error, like
 /// dropping a [`ProjectionHandle`](crate::projection::ProjectionHandle).
 #[derive(Debug)]
@@ -323,13 +323,24 @@ impl ProcessorHandle {
         self.fail_reply_producer.store(true, Ordering::SeqCst);
     }
 
-    /// Stops at once, as a crash would: no snapshots, no hand-over beyond closing
-    /// the consumer. Whatever was not committed is processed again by the next owner.
-    pub async fn kill(mut self) {
+    /// Stops abruptly, as a crash would: no snapshots, no hand-over beyond closing
+    /// the consumer; whatever was not committed is processed again by the next
+    /// owner. Returns at once; [`ProcessorHandle::join`] waits for the processor
+    /// to end.
+    pub fn abort(&self) {
         self.kill.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
+    }
+
+    /// Waits for the processor to end (after [`ProcessorHandle::abort`] or an
+    /// error) and returns the error that stopped it, if any.
+    pub async fn join(mut self) -> Result<(), ProcessorError> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(|e| ProcessorError::Thread(e.to_string()))?
+            .map_err(|_| ProcessorError::Thread("processor thread panicked".into()))?
     }
 
     /// The processor's counters.
@@ -345,15 +356,9 @@ impl ProcessorHandle {
     /// Stops after the current batch: snapshots every owned partition, leaves the
     /// group so the partitions move at once, and returns the error that stopped the
     /// processor, if any.
-    pub async fn shutdown(mut self) -> Result<(), ProcessorError> {
+    pub async fn shutdown(self) -> Result<(), ProcessorError> {
         self.stop.store(true, Ordering::SeqCst);
-        let Some(thread) = self.thread.take() else {
-            return Ok(());
-        };
-        tokio::task::spawn_blocking(move || thread.join())
-            .await
-            .map_err(|e| ProcessorError::Thread(e.to_string()))?
-            .map_err(|_| ProcessorError::Thread("processor thread panicked".into()))?
+        self.join().await
     }
 }
 
