@@ -274,23 +274,7 @@ pub async fn ensure_topics(
     .collect();
 
     if !wanted.is_empty() {
-        let admin: AdminClient<DefaultClientContext> = config
-            .client_config()
-            .create()
-            .map_err(kafka("create admin client"))?;
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        for result in admin
-            .create_topics(&wanted, &options)
-            .await
-            .map_err(kafka("create topics"))?
-        {
-            match result {
-                Ok(topic) => tracing::info!(%topic, "created topic"),
-                // Another instance created it first: fine, validated below.
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => return Err(TopicError::Create { topic, code }),
-            }
-        }
+        create_topics(config, &wanted).await?;
         let names: Vec<&str> = wanted.iter().map(|t| t.name).collect();
         counts = await_topics(config, &names).await?.counts;
     }
@@ -406,6 +390,28 @@ async fn validate_events_config(config: &KafkaConfig, events: &str) -> Result<()
     Ok(())
 }
 
+/// Creates `topics`. One that another instance created first is fine: callers
+/// validate what they find afterwards.
+async fn create_topics(config: &KafkaConfig, topics: &[NewTopic<'_>]) -> Result<(), TopicError> {
+    let admin: AdminClient<DefaultClientContext> = config
+        .client_config()
+        .create()
+        .map_err(kafka("create admin client"))?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin
+        .create_topics(topics, &options)
+        .await
+        .map_err(kafka("create topics"))?
+    {
+        match result {
+            Ok(topic) => tracing::info!(%topic, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(TopicError::Create { topic, code }),
+        }
+    }
+    Ok(())
+}
+
 /// Creates the shared replies topic if missing; returns its partition count.
 pub(crate) async fn ensure_replies_topic(
     config: &KafkaConfig,
@@ -421,10 +427,6 @@ pub(crate) async fn ensure_replies_topic(
     let replication = settings
         .replication_factor
         .unwrap_or_else(|| i32::try_from(brokers.clamp(1, 3)).unwrap_or(1));
-    let admin: AdminClient<DefaultClientContext> = config
-        .client_config()
-        .create()
-        .map_err(kafka("create admin client"))?;
     let retention = settings.reply_retention.as_millis().to_string();
     let topic = NewTopic::new(
         &replies,
@@ -433,17 +435,7 @@ pub(crate) async fn ensure_replies_topic(
     )
     .set("cleanup.policy", "delete")
     .set("retention.ms", &retention);
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    for result in admin
-        .create_topics(&[topic], &options)
-        .await
-        .map_err(kafka("create topics"))?
-    {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(TopicError::Create { topic, code }),
-        }
-    }
+    create_topics(config, &[topic]).await?;
     let view = await_topics(config, &[replies.as_str()]).await?;
     let n = view.counts.get(&replies).copied().unwrap_or_default();
     Ok(i32::try_from(n).unwrap_or(i32::MAX))
