@@ -187,54 +187,64 @@ impl<A: Aggregate> Core<A> {
                 self.after_commit(partition);
                 Ok(())
             }
-            Err(TxFailure::HandlerPanicked) => {
-                abort(part, &shared.stats);
-                self.partitions.remove(&partition);
-                lock(&shared.stats.owned).retain(|p| *p != partition);
-                Err(BatchFailure::Retry)
-            }
-            Err(TxFailure::Kafka(error)) => {
-                use rdkafka::types::RDKafkaErrorCode as Code;
-                let code = error.rdkafka_error_code();
-                let fenced = matches!(&error, KafkaError::Transaction(e) if e.is_fatal())
-                    || code.is_some_and(|c| {
-                        matches!(
-                            c,
-                            Code::Fenced | Code::ProducerFenced | Code::InvalidProducerEpoch
-                        )
-                    });
-                // KIP-447: the group coordinator refused the offsets because this
-                // member is no longer in the group (or in an older generation).
-                let deposed = code.is_some_and(|c| {
-                    matches!(
-                        c,
-                        Code::UnknownMemberId | Code::IllegalGeneration | Code::FencedInstanceId
-                    )
-                });
-                if fenced {
-                    error!(%error, partition, "commit refused: another processor owns this partition now; dropping it");
-                    ProcessorStats::add(&shared.stats.fenced, 1);
-                } else if deposed {
-                    error!(%error, partition,
-                        "commit refused: this instance lost its consumer group membership; aborting and dropping the partition");
-                    ProcessorStats::add(&shared.stats.deposed, 1);
-                    abort(part, &shared.stats);
-                } else {
-                    warn!(%error, partition, "transaction failed; aborting it and restoring the partition");
-                    abort(part, &shared.stats);
-                }
+            Err(failure) => {
+                let failure = match failure {
+                    TxFailure::HandlerPanicked => {
+                        abort(part, &shared.stats);
+                        BatchFailure::Retry
+                    }
+                    TxFailure::Kafka(error) => refused(&error, partition, part, &shared.stats),
+                };
                 // The in-memory state saw the events of the failed transaction: drop
                 // it. The partition is restored when its commands are consumed again,
                 // if it is still (or again) assigned to this instance then.
                 self.partitions.remove(&partition);
                 lock(&shared.stats.owned).retain(|p| *p != partition);
-                Err(if fenced || deposed {
-                    BatchFailure::Fenced
-                } else {
-                    BatchFailure::Retry
-                })
+                Err(failure)
             }
         }
+    }
+}
+
+/// A transaction that Kafka refused or that failed: fenced by a new owner (nothing
+/// to abort), deposed from the group (KIP-447) or failed otherwise (both aborted).
+fn refused<A: Aggregate>(
+    error: &KafkaError,
+    partition: i32,
+    part: &PartitionState<A>,
+    stats: &ProcessorStats,
+) -> BatchFailure {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    let code = error.rdkafka_error_code();
+    let fenced = matches!(error, KafkaError::Transaction(e) if e.is_fatal())
+        || code.is_some_and(|c| {
+            matches!(
+                c,
+                Code::Fenced | Code::ProducerFenced | Code::InvalidProducerEpoch
+            )
+        });
+    // KIP-447: the group coordinator refused the offsets because this member is no
+    // longer in the group (or in an older generation).
+    let deposed = code.is_some_and(|c| {
+        matches!(
+            c,
+            Code::UnknownMemberId | Code::IllegalGeneration | Code::FencedInstanceId
+        )
+    });
+    if fenced {
+        error!(%error, partition, "commit refused: another processor owns this partition now; dropping it");
+        ProcessorStats::add(&stats.fenced, 1);
+        BatchFailure::Fenced
+    } else if deposed {
+        error!(%error, partition,
+            "commit refused: this instance lost its consumer group membership; aborting and dropping the partition");
+        ProcessorStats::add(&stats.deposed, 1);
+        abort(part, stats);
+        BatchFailure::Fenced
+    } else {
+        warn!(%error, partition, "transaction failed; aborting it and restoring the partition");
+        abort(part, stats);
+        BatchFailure::Retry
     }
 }
 
