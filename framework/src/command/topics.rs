@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use crate::kafka::op as kafka;
+use crate::kafka::op;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -154,10 +154,10 @@ struct ClusterView {
 async fn cluster_view(config: &KafkaConfig) -> Result<ClusterView, TopicError> {
     let client_config = config.client_config();
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = client_config.create().map_err(kafka("create client"))?;
+        let consumer: BaseConsumer = client_config.create().map_err(op("create client"))?;
         let metadata = consumer
             .fetch_metadata(None, Duration::from_secs(10))
-            .map_err(kafka("fetch metadata"))?;
+            .map_err(op("fetch metadata"))?;
         let topics = metadata.topics().iter().filter(|t| t.error().is_none());
         let counts = topics
             .clone()
@@ -348,7 +348,7 @@ async fn validate_events_config(config: &KafkaConfig, events: &str) -> Result<()
     let admin: AdminClient<DefaultClientContext> = config
         .client_config()
         .create()
-        .map_err(kafka("create admin client"))?;
+        .map_err(op("create admin client"))?;
     let described = match admin
         .describe_configs(
             &[ResourceSpecifier::Topic(events)],
@@ -396,12 +396,12 @@ async fn create_topics(config: &KafkaConfig, topics: &[NewTopic<'_>]) -> Result<
     let admin: AdminClient<DefaultClientContext> = config
         .client_config()
         .create()
-        .map_err(kafka("create admin client"))?;
+        .map_err(op("create admin client"))?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     for result in admin
         .create_topics(topics, &options)
         .await
-        .map_err(kafka("create topics"))?
+        .map_err(op("create topics"))?
     {
         match result {
             Ok(topic) => tracing::info!(%topic, "created topic"),

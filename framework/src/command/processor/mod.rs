@@ -50,7 +50,7 @@ use super::topics::{TopicLayout, TopicSettings, ensure_topics};
 use crate::Upcaster;
 use crate::codec::EventCodec;
 use crate::config::KafkaConfig;
-use crate::kafka::op as kafka;
+use crate::kafka::op;
 use crate::store::PgStore;
 use crate::{Aggregate, Command, Handle};
 use contexts::RebalanceContext;
@@ -215,7 +215,7 @@ impl<A: Aggregate> CommandProcessor<A> {
             .set("fetch.queue.backoff.ms", "10")
             .set("fetch.error.backoff.ms", "10")
             .create()
-            .map_err(kafka("create outcome reader"))?;
+            .map_err(op("create outcome reader"))?;
         let shared = Arc::new(Shared {
             group: group.clone(),
             layout,
@@ -234,7 +234,7 @@ impl<A: Aggregate> CommandProcessor<A> {
         // Replies are notifications of committed outcomes: sent after the commit by
         // one idempotent, non-transactional producer (see `Core::finish`).
         let reply_producer =
-            new_reply_producer(&self.kafka).map_err(kafka("create reply producer"))?;
+            new_reply_producer(&self.kafka).map_err(op("create reply producer"))?;
         let core = Arc::new(Mutex::new(Core {
             shared: Arc::clone(&shared),
             partitions: HashMap::new(),
@@ -269,10 +269,10 @@ impl<A: Aggregate> CommandProcessor<A> {
             .create_with_context(RebalanceContext {
                 core: Arc::clone(&core),
             })
-            .map_err(kafka("create consumer"))?;
+            .map_err(op("create consumer"))?;
         consumer
             .subscribe(&[shared.layout.commands.as_str()])
-            .map_err(kafka("subscribe"))?;
+            .map_err(op("subscribe"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let kill = Arc::new(AtomicBool::new(false));
         let (thread_stop, thread_kill) = (Arc::clone(&stop), Arc::clone(&kill));

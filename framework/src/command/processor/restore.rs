@@ -25,7 +25,7 @@ use super::partitions::{PartitionState, Slot};
 use super::replay::Replay;
 use super::stats::ProcessorStats;
 use super::{Shared, slow};
-use crate::kafka::op as kafka;
+use crate::kafka::op;
 
 /// How far (at most; a tenth of the window if less) before the dedup window a
 /// restore starts reading outcomes, for owners whose clocks were behind.
@@ -64,7 +64,7 @@ impl<A: Aggregate> Restorer<A> {
             .set("fetch.error.backoff.ms", "10")
             .set("enable.partition.eof", "true")
             .create_with_context(RestoreContext)
-            .map_err(kafka("create restore consumer"))?;
+            .map_err(op("create restore consumer"))?;
         let watermark_consumer: BaseConsumer = shared
             .kafka
             .client_config()
@@ -72,7 +72,7 @@ impl<A: Aggregate> Restorer<A> {
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_uncommitted")
             .create()
-            .map_err(kafka("create watermark consumer"))?;
+            .map_err(op("create watermark consumer"))?;
         Ok(Self {
             shared,
             restore_consumer,
@@ -121,14 +121,14 @@ impl<A: Aggregate> Restorer<A> {
                 max_offset: AtomicI64::new(-1),
                 failed: AtomicBool::new(false),
             })
-            .map_err(kafka("create transactional producer"))?;
+            .map_err(op("create transactional producer"))?;
         // Fences the previous owner and completes or aborts its open transaction;
         // not if the partition was revoked meanwhile (it would fence the new owner).
         self.check_cancelled(partition)?;
         let step = Instant::now();
         producer
             .init_transactions(settings.transaction_timeout)
-            .map_err(kafka("init transactions"))?;
+            .map_err(op("init transactions"))?;
         slow("init transactions", step);
         let fenced_ms = step.elapsed().as_millis() as u64;
 
@@ -242,7 +242,7 @@ impl<A: Aggregate> Restorer<A> {
             partition,
             Duration::from_secs(30),
         )
-        .map_err(kafka("fetch events watermarks"))?;
+        .map_err(op("fetch events watermarks"))?;
         let start = start.max(low);
         let mut read = 0u64;
         let mut replay = Replay::new(aggregates);
@@ -310,7 +310,7 @@ impl<A: Aggregate> Restorer<A> {
             partition,
             Duration::from_secs(30),
         )
-        .map_err(kafka("fetch outcomes watermarks"))?;
+        .map_err(op("fetch outcomes watermarks"))?;
         // Start a little before the window, in case the clocks of earlier owners
         // were behind; the timestamps filter exactly below.
         let lookup = since
@@ -395,11 +395,11 @@ impl<A: Aggregate> Restorer<A> {
     ) -> Result<Option<i64>, ProcessorError> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, Offset::Offset(ms))
-            .map_err(kafka("look up outcomes by time"))?;
+            .map_err(op("look up outcomes by time"))?;
         let found = self
             .watermark_consumer
             .offsets_for_times(tpl, Duration::from_secs(30))
-            .map_err(kafka("look up outcomes by time"))?;
+            .map_err(op("look up outcomes by time"))?;
         Ok(found
             .find_partition(topic, partition)
             .and_then(|e| e.offset().to_raw())
@@ -418,10 +418,10 @@ impl<A: Aggregate> Restorer<A> {
         let consumer = &self.restore_consumer;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, Offset::Offset(start))
-            .map_err(kafka("assign restore partition"))?;
+            .map_err(op("assign restore partition"))?;
         consumer
             .assign(&tpl)
-            .map_err(kafka("assign restore partition"))?;
+            .map_err(op("assign restore partition"))?;
         let started = Instant::now();
         let mut position = start;
         // Read up to the high watermark taken before. After `init_transactions` no
