@@ -14,7 +14,6 @@ use super::parts::{Group, Part};
 use super::plan::{Mode, Outcome, Planner, Poison, Step, Unreadable};
 use super::rebuild::rebuild_running;
 use crate::codec::DecodeError;
-use crate::projection::checkpoint;
 use crate::projection::dead_letter;
 use crate::projection::error::{PoisonReport, ProjectionError};
 use crate::projection::source::{Decoded, Source};
@@ -266,16 +265,10 @@ impl<P: Projection> ProjectionWorker<P> {
                     }
                 }
             }
-            let advanced = checkpoint::advance(
-                &mut tx,
-                P::NAME,
-                &part.topic,
-                part.partition,
-                part.checkpoint,
-                last + 1,
-            )
-            .await
-            .map_err(infra("update checkpoint"))?;
+            let advanced = part
+                .advance_checkpoint(&mut tx, P::NAME, last + 1)
+                .await
+                .map_err(infra("update checkpoint"))?;
             if !advanced {
                 let _ = tx.rollback().await;
                 return Err(TryError::Conflict);
@@ -341,16 +334,10 @@ impl<P: Projection> ProjectionWorker<P> {
             .await
             .map_err(infra("insert dead letter"))?;
         let next = message.offset() + 1;
-        if !checkpoint::advance(
-            &mut tx,
-            P::NAME,
-            &part.topic,
-            part.partition,
-            part.checkpoint,
-            next,
-        )
-        .await
-        .map_err(infra("update checkpoint"))?
+        if !part
+            .advance_checkpoint(&mut tx, P::NAME, next)
+            .await
+            .map_err(infra("update checkpoint"))?
         {
             let _ = tx.rollback().await;
             return Err(Failure::Conflict);

@@ -27,6 +27,28 @@ pub(super) struct Part {
     pub(super) live: bool,
 }
 
+impl Part {
+    /// Moves this partition's checkpoint row from [`Self::checkpoint`] to `next`
+    /// within `tx`, for projection `projection`. `false`: the row was not at
+    /// `checkpoint` any more (another worker or a rebuild moved it); nothing changed.
+    pub(super) async fn advance_checkpoint(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        projection: &str,
+        next: i64,
+    ) -> Result<bool, sqlx::Error> {
+        crate::projection::checkpoint::advance(
+            tx,
+            projection,
+            &self.topic,
+            self.partition,
+            self.checkpoint,
+            next,
+        )
+        .await
+    }
+}
+
 /// Records of one partition received under one assignment, decoded on arrival.
 pub(super) struct Group {
     /// [`Part::id`].

@@ -394,15 +394,7 @@ impl<P: Projection> Runner<'_, P> {
             }
             let result = async {
                 let mut tx = worker.store.pool().begin().await?;
-                let advanced = checkpoint::advance(
-                    &mut tx,
-                    P::NAME,
-                    &part.topic,
-                    part.partition,
-                    part.checkpoint,
-                    at,
-                )
-                .await?;
+                let advanced = part.advance_checkpoint(&mut tx, P::NAME, at).await?;
                 if advanced {
                     tx.commit().await?;
                 }
