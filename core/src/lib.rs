@@ -25,9 +25,10 @@ pub mod topics;
 mod upcast;
 
 pub use aggregate::{Aggregate, AggregateId, Apply, Command, Handle};
-pub use codec::{DecodeError, EncodeError, EncodedRecord, EventCodec, InvalidPrefix, RecordRef};
+pub use codec::{DecodeError, EncodeError, EncodedRecord, EventCodec, RecordRef};
 pub use envelope::{EventEnvelope, Metadata};
 pub use event::{DomainEvent, EventType, PayloadError};
+pub use topics::InvalidPrefix;
 pub use upcast::{RegisterUpcasterError, UpcastError, Upcaster};
 
 #[cfg(feature = "derive")]

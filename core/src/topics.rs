@@ -1,5 +1,41 @@
-//! Topic names: the one place that spells them. Every topic of an application
-//! starts with its prefix (checked by [`crate::codec::validate_prefix`]).
+//! Topic names and event sources: the one place that spells them. Every topic of an
+//! application starts with its prefix (checked by [`validate_prefix`]).
+
+/// Why a topic prefix was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid topic prefix {prefix:?}: use 1 to 200 ASCII letters, digits, '_' or '-' (dots separate the prefix from the aggregate name)"
+)]
+pub struct InvalidPrefix {
+    /// The prefix given.
+    pub prefix: String,
+}
+
+/// Checks a topic prefix: it becomes part of Kafka topic names. The gateway,
+/// processors and workers call it before they build any topic name.
+///
+/// # Errors
+/// [`InvalidPrefix`] unless the prefix is 1 to 200 ASCII letters, digits, `_` or
+/// `-`.
+pub fn validate_prefix(prefix: &str) -> Result<(), InvalidPrefix> {
+    let ok = !prefix.is_empty()
+        && prefix.len() <= 200
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidPrefix {
+            prefix: prefix.to_owned(),
+        })
+    }
+}
+
+/// The CloudEvents `ce_source` of an aggregate type's events: `/{prefix}/{aggregate}`.
+pub fn event_source(prefix: &str, aggregate: &str) -> String {
+    format!("/{prefix}/{aggregate}")
+}
 
 /// The commands topic of an aggregate type: `{prefix}.{aggregate}.commands`.
 pub fn commands_topic(prefix: &str, aggregate: &str) -> String {
@@ -33,5 +69,14 @@ mod tests {
         assert_eq!(events_topic("shop", "order"), "shop.order.events");
         assert_eq!(outcomes_topic("shop", "order"), "shop.order.outcomes");
         assert_eq!(replies_topic("shop"), "shop.replies");
+        assert_eq!(event_source("shop", "order"), "/shop/order");
+    }
+
+    #[test]
+    fn a_prefix_is_letters_digits_underscores_and_dashes() {
+        assert_eq!(validate_prefix("shop-prod_1"), Ok(()));
+        for bad in ["", "shop.prod", "shop prod", "shöp", &"x".repeat(201)] {
+            assert!(validate_prefix(bad).is_err(), "{bad:?}");
+        }
     }
 }

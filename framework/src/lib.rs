@@ -19,7 +19,7 @@
 // `tributary::codec::EventCodec` and `tributary_core::codec::EventCodec` are one type.
 // `testkit` is the runtime's own module: it re-exports the core's aggregate kit and
 // adds the projection and process-manager kits (feature `testkit`).
-pub use tributary_core::codec;
+pub use tributary_core::{codec, topics};
 
 pub mod command;
 mod config;

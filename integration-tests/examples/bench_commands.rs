@@ -17,8 +17,9 @@ use tributary::kafka::EncodedRecordExt as _;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use tributary::command::{CommandGateway, ProcessorSettings, TopicSettings};
-use tributary::{EventCodec, EventEnvelope, KafkaConfig};
+use tributary::{EventEnvelope, KafkaConfig};
 use tributary_integration_tests::command_support::{Counter, CounterEvent, Increment};
+use tributary_integration_tests::projection_support::EventsTopic;
 use tributary_integration_tests::{create_topic, kafka_bootstrap, unique_prefix};
 
 const AGGREGATES: usize = 1000;
@@ -221,14 +222,12 @@ async fn main() {
         "| callers | commands/s | p50 ms | p99 ms | max ms | commands/txn | raw records/s | raw commands/s equiv. | framework / raw |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    let codec = EventCodec::<CounterEvent>::new("bench").unwrap();
-    let sample = codec
-        .encode(&EventEnvelope::new(
-            "agg-123",
-            42,
-            CounterEvent::Incremented { by: 1 },
-        ))
-        .unwrap();
+    let codec = EventsTopic::<CounterEvent>::new("bench");
+    let sample = codec.encode(&EventEnvelope::new(
+        "agg-123",
+        42,
+        CounterEvent::Incremented { by: 1 },
+    ));
     for callers in [1, 10, 100] {
         let n = if callers == 1 {
             commands / 10

@@ -20,12 +20,12 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sqlx::PgConnection;
+use tributary::EventEnvelope;
 use tributary::projection::{
     HandlerError, Handles, Projection, ProjectionSettings, ProjectionWorker,
 };
-use tributary::{EventCodec, EventEnvelope};
 use tributary_integration_tests::projection_support::{
-    AccountEvent, RawRecord, database_url, kafka_config, produce, test_store,
+    AccountEvent, EventsTopic, RawRecord, database_url, kafka_config, produce, test_store,
 };
 use tributary_integration_tests::{create_topic, kafka_bootstrap, unique_prefix};
 
@@ -179,8 +179,8 @@ async fn main() {
         .init();
     let bootstrap = kafka_bootstrap();
     let prefix = unique_prefix("bench").replace("it-", "");
-    let codec = EventCodec::<AccountEvent>::new(&prefix).expect("prefix");
-    let topic = codec.events_topic();
+    let codec = EventsTopic::<AccountEvent>::new(&prefix);
+    let topic = codec.name.clone();
     let store = test_store(&prefix.replace('-', "_")).await;
     let pg_version: String = sqlx::query_scalar("SHOW server_version")
         .fetch_one(store.pool())
@@ -236,7 +236,6 @@ async fn main() {
                     seq[account],
                     event,
                 ))
-                .expect("encode")
                 .into()
         })
         .collect();
@@ -382,7 +381,7 @@ async fn main() {
 
     // The projection: a full rebuild (reset, checkpoints deleted, replay).
     let worker = ProjectionWorker::new(Balances, store.clone(), kafka_config(&bootstrap))
-        .subscribe(codec.clone())
+        .subscribe(&codec.prefix, codec.codec.clone())
         .settings(ProjectionSettings {
             batch_size: args.batch_size,
             progress_interval: Duration::from_secs(5),

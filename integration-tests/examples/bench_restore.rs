@@ -17,8 +17,9 @@ use tributary::kafka::EncodedRecordExt as _;
 
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use tributary::{EventCodec, EventEnvelope};
+use tributary::EventEnvelope;
 use tributary_integration_tests::command_support::{CounterEvent, counter_processor};
+use tributary_integration_tests::projection_support::EventsTopic;
 use tributary_integration_tests::{kafka_bootstrap, pg_store, unique_prefix};
 
 const AGGREGATES: u64 = 100;
@@ -34,8 +35,8 @@ fn arg(name: &str, default: u64) -> u64 {
 
 /// Writes `events` counter events round-robin over 100 aggregates into partition 0.
 fn write_history(bootstrap: &str, prefix: &str, events: u64) {
-    let codec = EventCodec::<CounterEvent>::new(prefix).unwrap();
-    let topic = codec.events_topic();
+    let codec = EventsTopic::<CounterEvent>::new(prefix);
+    let topic = codec.name.clone();
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "5")
@@ -48,7 +49,7 @@ fn write_history(bootstrap: &str, prefix: &str, events: u64) {
             i / AGGREGATES + 1,
             CounterEvent::Incremented { by: 1 },
         );
-        let record = codec.encode(&envelope).unwrap();
+        let record = codec.encode(&envelope);
         let mut r = BaseRecord::to(&topic)
             .partition(0)
             .key(record.key.as_slice())

@@ -178,8 +178,8 @@ pub fn read_events<E: DomainEvent>(
     bootstrap: &str,
     prefix: &str,
 ) -> BTreeMap<String, Vec<EventEnvelope<E>>> {
-    let codec = EventCodec::<E>::new(prefix).expect("valid prefix");
-    let topic = codec.events_topic();
+    let codec = crate::projection_support::EventsTopic::<E>::new(prefix);
+    let topic = codec.name.clone();
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("{prefix}-verify"))
@@ -223,6 +223,7 @@ pub fn read_events<E: DomainEvent>(
             if let Some(message) = consumer.poll(Duration::from_millis(200)) {
                 let message = message.expect("consume");
                 let envelope = codec
+                    .codec
                     .decode(&kafka::record_ref(&message))
                     .expect("decodable event");
                 out.entry(envelope.aggregate_id.to_string())
@@ -326,6 +327,6 @@ pub fn counter_log_worker(
         store,
         tributary::KafkaConfig::new(bootstrap),
     )
-    .subscribe(EventCodec::<CounterEvent>::new(prefix).expect("valid prefix"))
+    .subscribe(prefix, EventCodec::<CounterEvent>::new())
     .settings(crate::projection_support::test_config())
 }

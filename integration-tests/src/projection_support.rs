@@ -17,9 +17,50 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use tokio::sync::Notify;
 use tributary::projection::{HandlerError, Handles, Projection, ProjectionSettings, RetryPolicy};
-use tributary::{DomainEvent, EncodedRecord, EventEnvelope, KafkaConfig, PgStore};
+use tributary::{
+    DomainEvent, EncodedRecord, EventCodec, EventEnvelope, KafkaConfig, PgStore, topics,
+};
 
 pub use crate::database_url;
+
+/// One aggregate type's events topic under a test prefix, with a codec and the
+/// `ce_source` the command processor writes: the tests produce events to it as the
+/// framework would.
+#[derive(Debug, Clone)]
+pub struct EventsTopic<E> {
+    /// The codec (with any upcasters), as a projection subscribes with it.
+    pub codec: EventCodec<E>,
+    /// The topic prefix.
+    pub prefix: String,
+    /// `{prefix}.{aggregate}.events`.
+    pub name: String,
+    /// `/{prefix}/{aggregate}`.
+    pub source: String,
+}
+
+impl<E: DomainEvent> EventsTopic<E> {
+    /// `E`'s events topic under `prefix`, with a codec without upcasters.
+    pub fn new(prefix: &str) -> Self {
+        Self::with_codec(prefix, EventCodec::new())
+    }
+
+    /// `E`'s events topic under `prefix`, encoding and decoding with `codec`.
+    pub fn with_codec(prefix: &str, codec: EventCodec<E>) -> Self {
+        Self {
+            codec,
+            prefix: prefix.to_owned(),
+            name: topics::events_topic(prefix, E::AGGREGATE),
+            source: topics::event_source(prefix, E::AGGREGATE),
+        }
+    }
+
+    /// `envelope` as the processor would write it to this topic.
+    pub fn encode(&self, envelope: &EventEnvelope<E>) -> EncodedRecord {
+        self.codec
+            .encode(envelope, &self.source)
+            .unwrap_or_else(|e| panic!("test event does not encode: {e}"))
+    }
+}
 
 /// A store in a schema of its own, named after the test prefix.
 pub async fn test_store(prefix: &str) -> PgStore {

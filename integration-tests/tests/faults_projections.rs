@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 
 use tributary::projection::{ProjectionError, ProjectionWorker};
 use tributary::{EventCodec, EventEnvelope};
+use tributary_integration_tests::projection_support::EventsTopic;
 use tributary_integration_tests::projection_support::{
     AccountEvent, RawRecord, Totals, expected_totals, kafka_config, produce, read_log, read_totals,
     test_config, test_store, wait_caught_up, wait_until,
@@ -18,13 +19,13 @@ use tributary_integration_tests::projection_support::{
 use tributary_integration_tests::{create_topic, kafka_bootstrap, unique_prefix};
 
 /// `n` deposits of 10 on each of `accounts`, interleaved, on partition 0.
-fn deposits(codec: &EventCodec<AccountEvent>, accounts: &[&str], n: u64) -> Vec<RawRecord> {
+fn deposits(codec: &EventsTopic<AccountEvent>, accounts: &[&str], n: u64) -> Vec<RawRecord> {
     let mut records = Vec::new();
     for seq in 1..=n {
         for account in accounts {
             let envelope =
                 EventEnvelope::new(*account, seq, AccountEvent::Deposited { amount: 10 });
-            let mut record: RawRecord = codec.encode(&envelope).unwrap().into();
+            let mut record: RawRecord = codec.encode(&envelope).into();
             record.partition = Some(0);
             records.push(record);
         }
@@ -36,8 +37,8 @@ fn deposits(codec: &EventCodec<AccountEvent>, accounts: &[&str], n: u64) -> Vec<
 async fn transient_postgres_errors_are_retried_not_parked() {
     let bootstrap = kafka_bootstrap();
     let prefix = unique_prefix("fault-pg");
-    let codec = EventCodec::<AccountEvent>::new(&prefix).unwrap();
-    let topic = codec.events_topic();
+    let codec = EventsTopic::<AccountEvent>::new(&prefix);
+    let topic = codec.name.clone();
     create_topic(&bootstrap, &topic, 1).await;
     let store = test_store(&prefix).await;
     let totals = Totals::default();
@@ -51,7 +52,7 @@ async fn transient_postgres_errors_are_retried_not_parked() {
     let mut config = test_config();
     config.outage_backoff = Duration::from_millis(100);
     let worker = ProjectionWorker::new(totals.clone(), store.clone(), kafka_config(&bootstrap))
-        .subscribe(codec.clone())
+        .subscribe(&codec.prefix, codec.codec.clone())
         .settings(config);
     let handle = worker.clone().spawn();
     produce(&bootstrap, &topic, deposits(&codec, &["racy", "calm"], 5)).await;
@@ -72,8 +73,8 @@ async fn transient_postgres_errors_are_retried_not_parked() {
 async fn a_panicking_handler_fails_its_event_not_the_worker() {
     let bootstrap = kafka_bootstrap();
     let prefix = unique_prefix("fault-panic");
-    let codec = EventCodec::<AccountEvent>::new(&prefix).unwrap();
-    let topic = codec.events_topic();
+    let codec = EventsTopic::<AccountEvent>::new(&prefix);
+    let topic = codec.name.clone();
     create_topic(&bootstrap, &topic, 1).await;
     let store = test_store(&prefix).await;
     let totals = Totals::default();
@@ -85,7 +86,7 @@ async fn a_panicking_handler_fails_its_event_not_the_worker() {
         .unwrap()
         .insert("always".into(), u32::MAX);
     let worker = ProjectionWorker::new(totals.clone(), store.clone(), kafka_config(&bootstrap))
-        .subscribe(codec.clone())
+        .subscribe(&codec.prefix, codec.codec.clone())
         .settings(test_config());
     let handle = worker.clone().spawn();
     let mut records = deposits(&codec, &["once", "ok"], 3);
@@ -110,8 +111,8 @@ async fn a_panicking_handler_fails_its_event_not_the_worker() {
 async fn a_rebuild_pauses_the_live_workers_and_can_be_cancelled() {
     let bootstrap = kafka_bootstrap();
     let prefix = unique_prefix("fault-rebuild");
-    let codec = EventCodec::<AccountEvent>::new(&prefix).unwrap();
-    let topic = codec.events_topic();
+    let codec = EventsTopic::<AccountEvent>::new(&prefix);
+    let topic = codec.name.clone();
     create_topic(&bootstrap, &topic, 1).await;
     let store = test_store(&prefix).await;
     // 300 deposits, with one event of account `gate` in the middle: the rebuild's
@@ -123,7 +124,7 @@ async fn a_rebuild_pauses_the_live_workers_and_can_be_cancelled() {
 
     let live = Totals::default();
     let worker = ProjectionWorker::new(live.clone(), store.clone(), kafka_config(&bootstrap))
-        .subscribe(codec.clone())
+        .subscribe(&codec.prefix, codec.codec.clone())
         .settings(test_config());
     let handle = worker.clone().spawn();
     wait_caught_up(&store, &bootstrap, &topic, Duration::from_secs(60)).await;
@@ -137,7 +138,7 @@ async fn a_rebuild_pauses_the_live_workers_and_can_be_cancelled() {
         store.clone(),
         kafka_config(&bootstrap),
     )
-    .subscribe(codec.clone())
+    .subscribe(&codec.prefix, codec.codec.clone())
     .settings(test_config());
     let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
     let rebuild = tokio::spawn({
@@ -215,11 +216,11 @@ async fn a_rebuild_pauses_the_live_workers_and_can_be_cancelled() {
 async fn settings_out_of_range_are_refused_by_name() {
     let bootstrap = kafka_bootstrap();
     let prefix = unique_prefix("fault-settings");
-    let codec = EventCodec::<AccountEvent>::new(&prefix).unwrap();
+    let codec = EventsTopic::<AccountEvent>::new(&prefix);
     let store = test_store(&prefix).await;
     let worker = |config| {
         ProjectionWorker::new(Totals::default(), store.clone(), kafka_config(&bootstrap))
-            .subscribe(codec.clone())
+            .subscribe(&codec.prefix, codec.codec.clone())
             .settings(config)
     };
     let mut config = test_config();
@@ -238,6 +239,24 @@ async fn settings_out_of_range_are_refused_by_name() {
     assert_eq!(refused(rebuild.map(|_| ())), "max_wait");
 }
 
+/// A prefix that cannot be part of a topic name is refused when the worker starts,
+/// naming the prefix, before it reads anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_prefix_is_refused_at_start() {
+    let bootstrap = kafka_bootstrap();
+    let prefix = unique_prefix("fault-prefix");
+    let store = test_store(&prefix).await;
+    let worker = ProjectionWorker::new(Totals::default(), store, kafka_config(&bootstrap))
+        .subscribe(&prefix, EventCodec::<AccountEvent>::new())
+        .subscribe("shop.prod", EventCodec::<AccountEvent>::new())
+        .settings(test_config());
+    let run = worker.run(std::future::pending());
+    match tokio::time::timeout(Duration::from_secs(30), run).await {
+        Ok(Err(ProjectionError::Prefix { source, .. })) => assert_eq!(source.prefix, "shop.prod"),
+        other => panic!("expected a prefix error, got {other:?}"),
+    }
+}
+
 /// Dropping a worker's handle stops the worker gracefully, as dropping a processor's
 /// handle stops the processor: no worker is left running that nothing can stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,11 +265,11 @@ async fn dropping_the_handle_stops_the_worker() {
 
     let bootstrap = kafka_bootstrap();
     let prefix = unique_prefix("fault-drop");
-    let codec = EventCodec::<AccountEvent>::new(&prefix).unwrap();
-    create_topic(&bootstrap, &codec.events_topic(), 1).await;
+    let codec = EventsTopic::<AccountEvent>::new(&prefix);
+    create_topic(&bootstrap, &codec.name.clone(), 1).await;
     let store = test_store(&prefix).await;
     let worker = ProjectionWorker::new(Totals::default(), store.clone(), kafka_config(&bootstrap))
-        .subscribe(codec.clone())
+        .subscribe(&codec.prefix, codec.codec.clone())
         .settings(test_config());
     let handle = worker.clone().spawn();
     wait_until(Duration::from_secs(60), "the worker runs", || {

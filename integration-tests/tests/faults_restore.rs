@@ -12,6 +12,7 @@ use tributary::KafkaConfig;
 use tributary::command::wire::partition_for;
 use tributary::command::{CommandGateway, CommandOutcome, GatewayError};
 use tributary_integration_tests::command_support::{Increment, counter_processor};
+use tributary_integration_tests::projection_support::EventsTopic;
 use tributary_integration_tests::{kafka_bootstrap, unique_prefix};
 
 /// An aggregate id whose commands and events go to `partition` of `partitions`.
@@ -138,8 +139,8 @@ async fn an_unreadable_event_quarantines_its_partition_and_the_others_go_on() {
 /// the large one's aggregate comes back at its version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restore_longer_than_the_poll_interval_keeps_the_instance_in_its_group() {
+    use tributary::EventEnvelope;
     use tributary::command::ProcessorSettings;
-    use tributary::{EventCodec, EventEnvelope};
     use tributary_integration_tests::command_support::{Check, CounterEvent, test_settings};
     use tributary_integration_tests::projection_support::{RawRecord, produce};
 
@@ -162,7 +163,7 @@ async fn a_restore_longer_than_the_poll_interval_keeps_the_instance_in_its_group
         .await
         .expect("processor");
     first.shutdown().await.expect("shutdown");
-    let codec = EventCodec::<CounterEvent>::new(&prefix).unwrap();
+    let codec = EventsTopic::<CounterEvent>::new(&prefix);
     let records: Vec<RawRecord> = (1..=EVENTS)
         .map(|sequence| {
             let envelope = EventEnvelope::new(
@@ -170,12 +171,12 @@ async fn a_restore_longer_than_the_poll_interval_keeps_the_instance_in_its_group
                 sequence,
                 CounterEvent::Incremented { by: 1 },
             );
-            let mut record: RawRecord = codec.encode(&envelope).unwrap().into();
+            let mut record: RawRecord = codec.encode(&envelope).into();
             record.partition = Some(0);
             record
         })
         .collect();
-    produce(&bootstrap, &codec.events_topic(), records).await;
+    produce(&bootstrap, &codec.name.clone(), records).await;
 
     let processor = counter_processor(&bootstrap, &prefix, 2)
         .settings(settings)

@@ -10,8 +10,9 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tributary::EventEnvelope;
 use tributary::projection::{ProjectionSettings, ProjectionWorker};
-use tributary::{EventCodec, EventEnvelope};
+use tributary_integration_tests::projection_support::EventsTopic;
 use tributary_integration_tests::projection_support::{
     AccountEvent, RawRecord, Totals, expected_totals, kafka_config, produce_transactional,
     read_log, read_totals, test_config, test_store, wait_caught_up, wait_until,
@@ -37,8 +38,8 @@ impl Rng {
 async fn aborted_workers_apply_every_event_exactly_once() {
     let bootstrap = kafka_bootstrap();
     let prefix = unique_prefix("proj-crash");
-    let codec = EventCodec::<AccountEvent>::new(&prefix).unwrap();
-    let topic = codec.events_topic();
+    let codec = EventsTopic::<AccountEvent>::new(&prefix);
+    let topic = codec.name.clone();
     create_topic(&bootstrap, &topic, 3).await;
     let store = test_store(&prefix).await;
 
@@ -62,7 +63,7 @@ async fn aborted_workers_apply_every_event_exactly_once() {
                 AccountEvent::Deposited { amount }
             };
             let envelope = EventEnvelope::new(format!("acc-{account}"), sequences[account], event);
-            codec.encode(&envelope).unwrap().into()
+            codec.encode(&envelope).into()
         })
         .collect();
 
@@ -94,7 +95,7 @@ async fn aborted_workers_apply_every_event_exactly_once() {
 
     let totals = Totals::default();
     let worker = ProjectionWorker::new(totals.clone(), store.clone(), kafka_config(&bootstrap))
-        .subscribe(codec.clone())
+        .subscribe(&codec.prefix, codec.codec.clone())
         .settings(ProjectionSettings {
             batch_size: 100,
             ..test_config()
@@ -161,7 +162,10 @@ async fn aborted_workers_apply_every_event_exactly_once() {
                 .into_iter()
                 .collect();
         for record in &log {
-            let event = codec.decode(&tributary::kafka::record_ref(record)).unwrap();
+            let event = codec
+                .codec
+                .decode(&tributary::kafka::record_ref(record))
+                .unwrap();
             if !applied.contains(&event.id) {
                 eprintln!(
                     "missing: partition {} offset {} ({})",

@@ -7,15 +7,16 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tributary::EventEnvelope;
 use tributary::projection::{ProjectionSettings, ProjectionWorker};
-use tributary::{EventCodec, EventEnvelope};
+use tributary_integration_tests::projection_support::EventsTopic;
 use tributary_integration_tests::projection_support::{
     AccountEvent, RawRecord, Totals, expected_totals, kafka_config, produce, read_log, read_totals,
     test_config, test_store, wait_caught_up, wait_until,
 };
 use tributary_integration_tests::{create_topic, kafka_bootstrap, unique_prefix};
 
-fn deposits(codec: &EventCodec<AccountEvent>, from: usize, count: usize) -> Vec<RawRecord> {
+fn deposits(codec: &EventsTopic<AccountEvent>, from: usize, count: usize) -> Vec<RawRecord> {
     (from..from + count)
         .map(|i| {
             let envelope = EventEnvelope::new(
@@ -25,7 +26,7 @@ fn deposits(codec: &EventCodec<AccountEvent>, from: usize, count: usize) -> Vec<
                     amount: (i % 100) as i64 + 1,
                 },
             );
-            codec.encode(&envelope).unwrap().into()
+            codec.encode(&envelope).into()
         })
         .collect()
 }
@@ -34,8 +35,8 @@ fn deposits(codec: &EventCodec<AccountEvent>, from: usize, count: usize) -> Vec<
 async fn the_survivor_continues_from_the_checkpoints_and_a_stale_commit_is_rejected() {
     let bootstrap = kafka_bootstrap();
     let prefix = unique_prefix("proj-failover");
-    let codec = EventCodec::<AccountEvent>::new(&prefix).unwrap();
-    let topic = codec.events_topic();
+    let codec = EventsTopic::<AccountEvent>::new(&prefix);
+    let topic = codec.name.clone();
     create_topic(&bootstrap, &topic, 4).await;
     let store = test_store(&prefix).await;
 
@@ -43,7 +44,7 @@ async fn the_survivor_continues_from_the_checkpoints_and_a_stale_commit_is_rejec
     let totals_b = Totals::default();
     let worker = |totals: &Totals| {
         ProjectionWorker::new(totals.clone(), store.clone(), kafka_config(&bootstrap))
-            .subscribe(codec.clone())
+            .subscribe(&codec.prefix, codec.codec.clone())
             .settings(ProjectionSettings {
                 batch_size: 50,
                 ..test_config()
@@ -113,7 +114,7 @@ async fn the_survivor_continues_from_the_checkpoints_and_a_stale_commit_is_rejec
     // When B wakes up, its commit must be refused and its writes rolled back.
     totals_b.gate.armed.store(true, Ordering::SeqCst);
     let gate = EventEnvelope::new("gate", 1, AccountEvent::Deposited { amount: 1000 });
-    let mut gate_record: RawRecord = codec.encode(&gate).unwrap().into();
+    let mut gate_record: RawRecord = codec.encode(&gate).into();
     gate_record.partition = Some(0);
     produce(&bootstrap, &topic, vec![gate_record]).await;
     tokio::time::timeout(Duration::from_secs(30), totals_b.gate.entered.notified())

@@ -6,13 +6,13 @@
 
 use std::time::Duration;
 
+use tributary::EventEnvelope;
 use tributary::projection::{
     PoisonPolicy, PoisonReason, ProjectionError, ProjectionSettings, ProjectionWorker, WorkerState,
 };
-use tributary::{EventCodec, EventEnvelope};
 use tributary_integration_tests::projection_support::{
-    AccountEvent, RawRecord, Totals, kafka_config, produce, read_log_ids, read_totals, test_config,
-    test_store, wait_caught_up,
+    AccountEvent, EventsTopic, RawRecord, Totals, kafka_config, produce, read_log_ids, read_totals,
+    test_config, test_store, wait_caught_up,
 };
 use tributary_integration_tests::{create_topic, kafka_bootstrap, unique_prefix};
 use uuid::Uuid;
@@ -24,7 +24,7 @@ struct Load {
 }
 
 /// 5 valid events, then each kind of poison followed by 5 valid events.
-fn load(codec: &EventCodec<AccountEvent>) -> Load {
+fn load(codec: &EventsTopic<AccountEvent>) -> Load {
     let mut records = Vec::new();
     let mut valid = Vec::new();
     let mut seq = 0;
@@ -32,11 +32,11 @@ fn load(codec: &EventCodec<AccountEvent>) -> Load {
         seq += 1;
         let envelope = EventEnvelope::new(id, seq, AccountEvent::Deposited { amount: 10 });
         valid.push(envelope.id);
-        records.push(codec.encode(&envelope).unwrap().into());
+        records.push(codec.encode(&envelope).into());
     };
     let valid_record = |id: &str| -> RawRecord {
         let envelope = EventEnvelope::new(id, 1, AccountEvent::Deposited { amount: 7 });
-        codec.encode(&envelope).unwrap().into()
+        codec.encode(&envelope).into()
     };
     for _ in 0..5 {
         good(&mut records, "ok");
@@ -83,8 +83,8 @@ fn load(codec: &EventCodec<AccountEvent>) -> Load {
 async fn poison_records_are_parked_and_the_projection_goes_on() {
     let bootstrap = kafka_bootstrap();
     let prefix = unique_prefix("proj-poison");
-    let codec = EventCodec::<AccountEvent>::new(&prefix).unwrap();
-    let topic = codec.events_topic();
+    let codec = EventsTopic::<AccountEvent>::new(&prefix);
+    let topic = codec.name.clone();
     create_topic(&bootstrap, &topic, 1).await;
     let load = load(&codec);
     let total = load.records.len() as i64;
@@ -99,7 +99,7 @@ async fn poison_records_are_parked_and_the_projection_goes_on() {
         .insert("boom".into(), u32::MAX);
     totals.failures.lock().unwrap().insert("flaky".into(), 2);
     let worker = ProjectionWorker::new(totals.clone(), store.clone(), kafka_config(&bootstrap))
-        .subscribe(codec.clone())
+        .subscribe(&codec.prefix, codec.codec.clone())
         .settings(test_config());
     let handle = worker.clone().spawn();
     wait_caught_up(&store, &bootstrap, &topic, Duration::from_secs(60)).await;
@@ -173,15 +173,15 @@ async fn poison_records_are_parked_and_the_projection_goes_on() {
 async fn halt_mode_stops_at_the_first_poison_record() {
     let bootstrap = kafka_bootstrap();
     let prefix = unique_prefix("proj-halt");
-    let codec = EventCodec::<AccountEvent>::new(&prefix).unwrap();
-    let topic = codec.events_topic();
+    let codec = EventsTopic::<AccountEvent>::new(&prefix);
+    let topic = codec.name.clone();
     create_topic(&bootstrap, &topic, 1).await;
     let load = load(&codec);
     produce(&bootstrap, &topic, load.records).await;
 
     let store = test_store(&prefix).await;
     let worker = ProjectionWorker::new(Totals::default(), store.clone(), kafka_config(&bootstrap))
-        .subscribe(codec.clone())
+        .subscribe(&codec.prefix, codec.codec.clone())
         .settings(ProjectionSettings {
             poison: PoisonPolicy::Halt,
             ..test_config()

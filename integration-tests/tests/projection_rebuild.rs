@@ -6,8 +6,9 @@
 
 use std::time::Duration;
 
+use tributary::EventEnvelope;
 use tributary::projection::{ProjectionWorker, RebuildProgress};
-use tributary::{EventCodec, EventEnvelope};
+use tributary_integration_tests::projection_support::EventsTopic;
 use tributary_integration_tests::projection_support::{
     AccountEvent, RawRecord, Totals, expected_totals, kafka_config, produce_transactional,
     read_log, read_log_ids, read_totals, test_config, test_store, wait_caught_up,
@@ -18,8 +19,8 @@ use tributary_integration_tests::{create_topic, kafka_bootstrap, unique_prefix};
 async fn a_rebuild_reproduces_the_read_model_and_reports_progress() {
     let bootstrap = kafka_bootstrap();
     let prefix = unique_prefix("proj-rebuild");
-    let codec = EventCodec::<AccountEvent>::new(&prefix).unwrap();
-    let topic = codec.events_topic();
+    let codec = EventsTopic::<AccountEvent>::new(&prefix);
+    let topic = codec.name.clone();
     create_topic(&bootstrap, &topic, 3).await;
     let records: Vec<RawRecord> = (0..3000)
         .map(|i| {
@@ -34,7 +35,6 @@ async fn a_rebuild_reproduces_the_read_model_and_reports_progress() {
                     (i / 53 + 1) as u64,
                     event,
                 ))
-                .unwrap()
                 .into()
         })
         .collect();
@@ -50,7 +50,7 @@ async fn a_rebuild_reproduces_the_read_model_and_reports_progress() {
 
     let store = test_store(&prefix).await;
     let worker = ProjectionWorker::new(Totals::default(), store.clone(), kafka_config(&bootstrap))
-        .subscribe(codec.clone())
+        .subscribe(&codec.prefix, codec.codec.clone())
         .settings(test_config());
     let handle = worker.clone().spawn();
     wait_caught_up(&store, &bootstrap, &topic, Duration::from_secs(60)).await;

@@ -10,7 +10,7 @@ use sqlx::PgConnection;
 use tributary::projection::{HandlerError, Handles, Projection, ProjectionWorker};
 use tributary::{DomainEvent, EventCodec, EventEnvelope, Upcaster};
 use tributary_integration_tests::projection_support::{
-    RawRecord, kafka_config, produce, test_config, test_store, wait_caught_up,
+    EventsTopic, RawRecord, kafka_config, produce, test_config, test_store, wait_caught_up,
 };
 use tributary_integration_tests::{create_topic, kafka_bootstrap, unique_prefix};
 
@@ -73,8 +73,8 @@ impl Handles<PaymentEvent> for Payments {
 async fn v1_records_are_projected_as_v2() {
     let bootstrap = kafka_bootstrap();
     let prefix = unique_prefix("proj-upcast");
-    let old_codec = EventCodec::<v1::PaymentEvent>::new(&prefix).unwrap();
-    let topic = old_codec.events_topic();
+    let old_codec = EventsTopic::<v1::PaymentEvent>::new(&prefix);
+    let topic = old_codec.name.clone();
     create_topic(&bootstrap, &topic, 1).await;
 
     // Written by the old application: v1 records.
@@ -85,12 +85,11 @@ async fn v1_records_are_projected_as_v2() {
                 1,
                 v1::PaymentEvent::Received { amount: i * 10 },
             );
-            old_codec.encode(&envelope).unwrap().into()
+            old_codec.encode(&envelope).into()
         })
         .collect();
     // And one by the new application.
-    let codec = EventCodec::<PaymentEvent>::new(&prefix)
-        .unwrap()
+    let codec = EventCodec::<PaymentEvent>::new()
         .with_upcaster(Upcaster::new("payment.received", 1, |payload| {
             let amount = payload["amount"]
                 .as_i64()
@@ -98,6 +97,7 @@ async fn v1_records_are_projected_as_v2() {
             Ok(serde_json::json!({ "cents": amount * 100, "currency": "EUR" }))
         }))
         .unwrap();
+    let codec = EventsTopic::with_codec(&prefix, codec);
     let envelope = EventEnvelope::new(
         "p4",
         1,
@@ -106,7 +106,7 @@ async fn v1_records_are_projected_as_v2() {
             currency: "USD".into(),
         },
     );
-    records.push(codec.encode(&envelope).unwrap().into());
+    records.push(codec.encode(&envelope).into());
     let headers: Vec<String> = records
         .iter()
         .map(|r| {
@@ -134,7 +134,7 @@ async fn v1_records_are_projected_as_v2() {
 
     let store = test_store(&prefix).await;
     let worker = ProjectionWorker::new(Payments, store.clone(), kafka_config(&bootstrap))
-        .subscribe(codec)
+        .subscribe(&prefix, codec.codec)
         .settings(test_config());
     let handle = worker.clone().spawn();
     wait_caught_up(&store, &bootstrap, &topic, Duration::from_secs(60)).await;

@@ -59,7 +59,7 @@ use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tributary::EventCodec;
+use tributary::{DomainEvent, topics};
 use tributary_integration_tests::command_support::{assert_gapless, read_events};
 use tributary_integration_tests::node::Node;
 use tributary_integration_tests::{database_url, kafka_bootstrap, pg_store, unique_prefix};
@@ -148,12 +148,8 @@ async fn separate_processes_started_in_any_order_with_a_processor_killed_keep_ev
     //    start). The projections process starts: the fulfilment worker reads both,
     //    and with one of them missing it used to subscribe without it and never see
     //    it.
-    let order_events = EventCodec::<OrderEvent>::new(prefix.clone())
-        .unwrap()
-        .events_topic();
-    let inventory_events = EventCodec::<InventoryEvent>::new(prefix.clone())
-        .unwrap()
-        .events_topic();
+    let order_events = topics::events_topic(&prefix, OrderEvent::AGGREGATE);
+    let inventory_events = topics::events_topic(&prefix, InventoryEvent::AGGREGATE);
     wait_for_topic(&bootstrap, &order_events).await;
     assert!(
         !topic_exists(&bootstrap, &inventory_events).await,

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use tributary::command::{CommandGateway, GatewayError};
 use tributary::projection::{ProjectionWorker, WorkerState};
-use tributary::{EventCodec, EventEnvelope, KafkaConfig};
+use tributary::{EventEnvelope, KafkaConfig};
 use tributary_integration_tests::command_support::{Increment, counter_processor};
 use tributary_integration_tests::projection_support::{
-    AccountEvent, RawRecord, Totals, kafka_config, produce, read_totals, test_config, test_store,
-    wait_until,
+    AccountEvent, EventsTopic, RawRecord, Totals, kafka_config, produce, read_totals, test_config,
+    test_store, wait_until,
 };
 use tributary_integration_tests::{create_topic, kafka_bootstrap, unique_prefix};
 
@@ -24,17 +24,17 @@ use tributary_integration_tests::{create_topic, kafka_bootstrap, unique_prefix};
 async fn a_worker_started_before_its_topic_consumes_once_the_topic_exists() {
     let bootstrap = kafka_bootstrap();
     let prefix = unique_prefix("proj-start");
-    let codec = EventCodec::<AccountEvent>::new(&prefix).unwrap();
-    let topic = codec.events_topic();
+    let codec = EventsTopic::<AccountEvent>::new(&prefix);
+    let topic = codec.name.clone();
     let store = test_store(&prefix).await;
     // One topic of the worker exists, the other not yet: with none missing or all
     // missing librdkafka notices soon enough, with some missing it did not.
-    let present = EventCodec::<AccountEvent>::new(format!("{prefix}-present")).unwrap();
-    create_topic(&bootstrap, &present.events_topic(), 3).await;
+    let present = EventsTopic::<AccountEvent>::new(&format!("{prefix}-present"));
+    create_topic(&bootstrap, &present.name.clone(), 3).await;
 
     let worker = ProjectionWorker::new(Totals::default(), store.clone(), kafka_config(&bootstrap))
-        .subscribe(present.clone())
-        .subscribe(codec.clone())
+        .subscribe(&present.prefix, present.codec.clone())
+        .subscribe(&codec.prefix, codec.codec.clone())
         .settings(test_config());
     let handle = worker.clone().spawn();
 
@@ -66,7 +66,7 @@ async fn a_worker_started_before_its_topic_consumes_once_the_topic_exists() {
                 i.div_ceil(3),
                 AccountEvent::Deposited { amount: 1 },
             );
-            codec.encode(&envelope).unwrap().into()
+            codec.encode(&envelope).into()
         })
         .collect();
     produce(&bootstrap, &topic, records).await;

@@ -13,7 +13,8 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
-use tributary::{AggregateId, DomainEvent, EventCodec, EventEnvelope, Metadata, kafka};
+use tributary::{AggregateId, DomainEvent, EventEnvelope, Metadata, kafka};
+use tributary_integration_tests::projection_support::EventsTopic;
 use tributary_integration_tests::{create_topic, kafka_bootstrap, unique_prefix};
 use uuid::Uuid;
 
@@ -41,8 +42,8 @@ enum OrderEvent {
 async fn produced_record_matches_the_wire_format_byte_for_byte() {
     let bootstrap = kafka_bootstrap();
     let prefix = unique_prefix("wire");
-    let codec = EventCodec::<OrderEvent>::new(&prefix).unwrap();
-    let topic = codec.events_topic();
+    let codec = EventsTopic::<OrderEvent>::new(&prefix);
+    let topic = codec.name.clone();
     create_topic(&bootstrap, &topic, 1).await;
 
     let envelope = EventEnvelope {
@@ -65,7 +66,7 @@ async fn produced_record_matches_the_wire_format_byte_for_byte() {
             }],
         },
     };
-    let record = codec.encode(&envelope).unwrap();
+    let record = codec.encode(&envelope);
 
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
@@ -141,7 +142,7 @@ async fn produced_record_matches_the_wire_format_byte_for_byte() {
     assert_eq!(headers, expected);
 
     // And the codec reads it back as the same envelope.
-    let decoded = codec.decode(&kafka::record_ref(&message)).unwrap();
+    let decoded = codec.codec.decode(&kafka::record_ref(&message)).unwrap();
     assert_eq!(decoded, envelope);
     assert_eq!(decoded.event_type().ce_type, "order.placed.v1");
     assert_eq!(OrderEvent::EVENT_TYPES[1].ce_type, "order.cancelled.v2");

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::event::derive_support;
+use crate::upcast::UpcastError;
 
 /// Hand-written `DomainEvent` (what the derive generates), so the codec is tested
 /// independently of the macros.
@@ -81,9 +82,11 @@ impl DomainEvent for ShopEvent {
     }
 }
 
+/// The `ce_source` these tests write.
+const SOURCE: &str = "/shop/order";
+
 fn codec() -> EventCodec<ShopEvent> {
-    EventCodec::new("shop")
-        .unwrap()
+    EventCodec::new()
         .with_upcaster(Upcaster::new("order.cancelled", 1, |mut v| {
             // v1 had `why`; v2 renamed it to `reason`.
             let why = v
@@ -142,7 +145,7 @@ fn decode(record: &EncodedRecord) -> Result<EventEnvelope<ShopEvent>, DecodeErro
 
 #[test]
 fn encodes_every_header_in_order() {
-    let record = codec().encode(&sample()).unwrap();
+    let record = codec().encode(&sample(), SOURCE).unwrap();
     let names: Vec<&str> = record.headers.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
@@ -180,7 +183,7 @@ fn encodes_every_header_in_order() {
 #[test]
 fn optional_metadata_headers_are_omitted() {
     let envelope = sample().with_metadata(Metadata::default());
-    let record = codec().encode(&envelope).unwrap();
+    let record = codec().encode(&envelope, SOURCE).unwrap();
     assert_eq!(record.headers.len(), 8);
     assert_eq!(decode(&record).unwrap(), envelope);
 }
@@ -197,14 +200,17 @@ fn round_trips_every_variant_shape() {
         ShopEvent::Noted("hello".into()),
     ] {
         let envelope = EventEnvelope { event, ..sample() };
-        let record = codec().encode(&envelope).unwrap();
+        let record = codec().encode(&envelope, SOURCE).unwrap();
         assert_eq!(decode(&record).unwrap(), envelope);
     }
     let unit = codec()
-        .encode(&EventEnvelope {
-            event: ShopEvent::Pinged,
-            ..sample()
-        })
+        .encode(
+            &EventEnvelope {
+                event: ShopEvent::Pinged,
+                ..sample()
+            },
+            SOURCE,
+        )
         .unwrap();
     assert_eq!(unit.value, b"{}");
 }
@@ -218,7 +224,7 @@ fn upcasts_old_versions_step_by_step() {
         },
         ..sample()
     };
-    let record = codec().encode(&current).unwrap();
+    let record = codec().encode(&current, SOURCE).unwrap();
     let mut v1 = with_header(&record, "ce_type", Some(b"order.cancelled.v1"));
     v1.value = br#"{"why":"late"}"#.to_vec();
     assert_eq!(decode(&v1).unwrap(), current);
@@ -230,13 +236,16 @@ fn upcasts_old_versions_step_by_step() {
 #[test]
 fn reports_a_missing_or_failing_upcaster() {
     let record = codec()
-        .encode(&EventEnvelope {
-            event: ShopEvent::Cancelled {
-                reason: "x".into(),
-                by_customer: false,
+        .encode(
+            &EventEnvelope {
+                event: ShopEvent::Cancelled {
+                    reason: "x".into(),
+                    by_customer: false,
+                },
+                ..sample()
             },
-            ..sample()
-        })
+            SOURCE,
+        )
         .unwrap();
     let mut v1 = with_header(&record, "ce_type", Some(b"order.cancelled.v1"));
     v1.value = br#"{"reason":"x"}"#.to_vec();
@@ -252,7 +261,7 @@ fn reports_a_missing_or_failing_upcaster() {
         "{err}"
     );
 
-    let bare = EventCodec::<ShopEvent>::new("shop").unwrap();
+    let bare = EventCodec::<ShopEvent>::new();
     let err = bare.decode(&v1.as_record()).unwrap_err();
     assert!(
         matches!(
@@ -275,7 +284,7 @@ fn reports_a_missing_or_failing_upcaster() {
 
 #[test]
 fn refuses_bad_upcaster_registrations() {
-    let c = || EventCodec::<ShopEvent>::new("shop").unwrap();
+    let c = || EventCodec::<ShopEvent>::new();
     let id = |v: Value| Ok(v);
     assert!(matches!(
         c().with_upcaster(Upcaster::new("order.shipped", 1, id))
@@ -305,7 +314,7 @@ fn refuses_bad_upcaster_registrations() {
 
 #[test]
 fn names_the_missing_header() {
-    let record = codec().encode(&sample()).unwrap();
+    let record = codec().encode(&sample(), SOURCE).unwrap();
     for name in [
         "ce_specversion",
         "ce_id",
@@ -324,8 +333,7 @@ fn names_the_missing_header() {
     }
     // A header present with a null value counts as missing.
     let mut null_type = with_header(&record, "ce_type", None);
-    let err = EventCodec::<ShopEvent>::new("shop")
-        .unwrap()
+    let err = EventCodec::<ShopEvent>::new()
         .decode(&RecordRef {
             headers: {
                 let mut h = null_type.as_record().headers;
@@ -344,7 +352,7 @@ fn names_the_missing_header() {
 
 #[test]
 fn optional_headers_may_be_absent() {
-    let record = codec().encode(&sample()).unwrap();
+    let record = codec().encode(&sample(), SOURCE).unwrap();
     for name in ["ce_causationid", "ce_correlationid", "traceparent"] {
         assert!(decode(&with_header(&record, name, None)).is_ok(), "{name}");
     }
@@ -352,7 +360,7 @@ fn optional_headers_may_be_absent() {
 
 #[test]
 fn rejects_invalid_header_values() {
-    let record = codec().encode(&sample()).unwrap();
+    let record = codec().encode(&sample(), SOURCE).unwrap();
     let cases: &[(&str, &[u8])] = &[
         ("ce_id", b"not-a-uuid"),
         ("ce_time", b"yesterday"),
@@ -379,7 +387,7 @@ fn rejects_invalid_header_values() {
 
 #[test]
 fn rejects_wrong_spec_version_and_content_type() {
-    let record = codec().encode(&sample()).unwrap();
+    let record = codec().encode(&sample(), SOURCE).unwrap();
     let err = decode(&with_header(&record, "ce_specversion", Some(b"0.3"))).unwrap_err();
     assert!(
         matches!(err, DecodeError::UnsupportedSpecVersion { .. }),
@@ -406,7 +414,7 @@ fn rejects_wrong_spec_version_and_content_type() {
 
 #[test]
 fn rejects_unknown_and_future_event_types() {
-    let record = codec().encode(&sample()).unwrap();
+    let record = codec().encode(&sample(), SOURCE).unwrap();
     for ce_type in [
         "order.shipped.v1",
         "order.placed",
@@ -441,7 +449,7 @@ fn rejects_unknown_and_future_event_types() {
 
 #[test]
 fn rejects_duplicate_headers() {
-    let mut record = codec().encode(&sample()).unwrap();
+    let mut record = codec().encode(&sample(), SOURCE).unwrap();
     record
         .headers
         .push(("ce_type".into(), b"order.placed.v1".to_vec()));
@@ -460,7 +468,7 @@ fn rejects_duplicate_headers() {
 
 #[test]
 fn rejects_bad_payloads() {
-    let record = codec().encode(&sample()).unwrap();
+    let record = codec().encode(&sample(), SOURCE).unwrap();
     let mut bad_json = record.clone();
     bad_json.value = b"{not json".to_vec();
     assert!(matches!(
@@ -487,7 +495,7 @@ fn rejects_bad_payloads() {
 
 #[test]
 fn key_must_match_subject_but_may_be_null() {
-    let record = codec().encode(&sample()).unwrap();
+    let record = codec().encode(&sample(), SOURCE).unwrap();
     let mut other_key = record.clone();
     other_key.key = b"order-43".to_vec();
     assert!(matches!(
@@ -503,7 +511,7 @@ fn key_must_match_subject_but_may_be_null() {
 
 #[test]
 fn ignores_an_invalid_traceparent() {
-    let record = codec().encode(&sample()).unwrap();
+    let record = codec().encode(&sample(), SOURCE).unwrap();
     for tp in [
         "garbage",
         "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
@@ -520,24 +528,23 @@ fn encode_refuses_empty_ids_and_sequence_zero() {
     let mut env = sample();
     env.aggregate_id = AggregateId::new("");
     assert!(matches!(
-        codec().encode(&env).unwrap_err(),
+        codec().encode(&env, SOURCE).unwrap_err(),
         EncodeError::EmptyAggregateId { .. }
     ));
     let mut env = sample();
     env.sequence = 0;
     assert!(matches!(
-        codec().encode(&env).unwrap_err(),
+        codec().encode(&env, SOURCE).unwrap_err(),
         EncodeError::ZeroSequence { .. }
     ));
 }
 
 #[test]
-fn prefix_is_validated() {
-    assert!(EventCodec::<ShopEvent>::new("shop-prod_1").is_ok());
-    for bad in ["", "shop.prod", "shop prod", "shöp", &"x".repeat(201)] {
-        assert!(EventCodec::<ShopEvent>::new(bad).is_err(), "{bad}");
-    }
-    assert_eq!(codec().events_topic(), "shop.order.events");
+fn an_empty_source_is_refused() {
+    assert!(matches!(
+        codec().encode(&sample(), "").unwrap_err(),
+        EncodeError::EmptySource { aggregate: "order" }
+    ));
 }
 
 fn arb_event() -> impl Strategy<Value = ShopEvent> {
@@ -621,7 +628,7 @@ proptest! {
 
     #[test]
     fn any_envelope_round_trips(envelope in arb_envelope()) {
-        let record = codec().encode(&envelope).unwrap();
+        let record = codec().encode(&envelope, SOURCE).unwrap();
         prop_assert_eq!(decode(&record).unwrap(), envelope);
     }
 
@@ -652,7 +659,7 @@ proptest! {
         index in any::<prop::sample::Index>(),
         bytes in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
     ) {
-        let mut record = codec().encode(&envelope).unwrap();
+        let mut record = codec().encode(&envelope, SOURCE).unwrap();
         let i = index.index(record.headers.len());
         let name = record.headers[i].0.clone();
         let owned: Vec<(String, Option<Vec<u8>>)> = record.headers.drain(..)

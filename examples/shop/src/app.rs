@@ -15,7 +15,7 @@ use tributary::projection::{
     Handles, PartitionLag, Projection, ProjectionError, ProjectionHandle, ProjectionSettings,
     ProjectionWorker, RetryPolicy, WorkerState,
 };
-use tributary::{DomainEvent, EventCodec, InvalidPrefix, KafkaConfig, PgStore, StoreError};
+use tributary::{DomainEvent, EventCodec, KafkaConfig, PgStore, StoreError};
 
 use crate::inventory::{
     Inventory, InventoryEvent, ReleaseStock, ReserveStock, Restock, ShipStock, VerifySku,
@@ -41,9 +41,6 @@ pub enum ShopError {
     /// The command gateway could not connect.
     #[error(transparent)]
     Gateway(#[from] GatewayError),
-    /// The topic prefix is not usable.
-    #[error(transparent)]
-    Prefix(#[from] InvalidPrefix),
     /// A database query of the shop failed.
     #[error("Postgres query failed: {0}")]
     Query(#[from] sqlx::Error),
@@ -180,39 +177,28 @@ impl ShopConfig {
     }
 
     /// A worker of `projection` reading the events of `E`.
-    fn worker<P, E>(&self, projection: P, store: &PgStore) -> Result<ProjectionWorker<P>, ShopError>
+    fn worker<P, E>(&self, projection: P, store: &PgStore) -> ProjectionWorker<P>
     where
         P: Handles<E>,
         E: DomainEvent,
     {
-        Ok(
-            ProjectionWorker::new(projection, store.clone(), self.kafka.clone())
-                .subscribe(EventCodec::<E>::new(self.prefix.clone())?)
-                .settings(self.projection_settings()),
-        )
+        ProjectionWorker::new(projection, store.clone(), self.kafka.clone())
+            .subscribe(&self.prefix, EventCodec::<E>::new())
+            .settings(self.projection_settings())
     }
 
     /// The worker of the `order_summaries` read model.
-    pub fn order_summaries(
-        &self,
-        store: &PgStore,
-    ) -> Result<ProjectionWorker<OrderSummaries>, ShopError> {
+    pub fn order_summaries(&self, store: &PgStore) -> ProjectionWorker<OrderSummaries> {
         self.worker::<_, OrderEvent>(OrderSummaries, store)
     }
 
     /// The worker of the `stock_levels` read model.
-    pub fn stock_levels(
-        &self,
-        store: &PgStore,
-    ) -> Result<ProjectionWorker<StockLevels>, ShopError> {
+    pub fn stock_levels(&self, store: &PgStore) -> ProjectionWorker<StockLevels> {
         self.worker::<_, InventoryEvent>(StockLevels, store)
     }
 
     /// The worker of the `notifications` read model.
-    pub fn notifications(
-        &self,
-        store: &PgStore,
-    ) -> Result<ProjectionWorker<Notifications>, ShopError> {
+    pub fn notifications(&self, store: &PgStore) -> ProjectionWorker<Notifications> {
         self.worker::<_, OrderEvent>(Notifications, store)
     }
 
@@ -223,7 +209,7 @@ impl ShopConfig {
         &self,
         store: &PgStore,
         gateway: CommandGateway,
-    ) -> Result<ProjectionWorker<Fulfilment>, ShopError> {
+    ) -> ProjectionWorker<Fulfilment> {
         let settings = ProjectionSettings {
             retry: RetryPolicy {
                 max_attempts: u32::MAX,
@@ -232,12 +218,10 @@ impl ShopConfig {
             },
             ..self.projection_settings()
         };
-        Ok(
-            ProjectionWorker::new(Fulfilment::new(gateway), store.clone(), self.kafka.clone())
-                .subscribe(EventCodec::<OrderEvent>::new(self.prefix.clone())?)
-                .subscribe(EventCodec::<InventoryEvent>::new(self.prefix.clone())?)
-                .settings(settings),
-        )
+        ProjectionWorker::new(Fulfilment::new(gateway), store.clone(), self.kafka.clone())
+            .subscribe(&self.prefix, EventCodec::<OrderEvent>::new())
+            .subscribe(&self.prefix, EventCodec::<InventoryEvent>::new())
+            .settings(settings)
     }
 }
 
@@ -855,19 +839,19 @@ impl ShopConfig {
                 Task::Processor(self.start_inventory_processor(store).await?),
                 None,
             ),
-            Component::OrderSummaries => spawn(self.order_summaries(store)?).await?,
-            Component::StockLevels => spawn(self.stock_levels(store)?).await?,
-            Component::Notifications => spawn(self.notifications(store)?).await?,
-            Component::Fulfilment => spawn(self.fulfilment(store, self.gateway().await?)?).await?,
+            Component::OrderSummaries => spawn(self.order_summaries(store)).await?,
+            Component::StockLevels => spawn(self.stock_levels(store)).await?,
+            Component::Notifications => spawn(self.notifications(store)).await?,
+            Component::Fulfilment => spawn(self.fulfilment(store, self.gateway().await?)).await?,
         })
     }
 
     /// Creates the read-model tables (idempotent), for an API process that runs
     /// without the workers.
     pub async fn migrate_read_models(&self, store: &PgStore) -> Result<(), ShopError> {
-        self.order_summaries(store)?.migrate().await?;
-        self.stock_levels(store)?.migrate().await?;
-        self.notifications(store)?.migrate().await?;
+        self.order_summaries(store).migrate().await?;
+        self.stock_levels(store).migrate().await?;
+        self.notifications(store).migrate().await?;
         Ok(())
     }
 }

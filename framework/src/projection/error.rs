@@ -174,6 +174,16 @@ pub enum ProjectionError {
         /// The decoder's or handler's error.
         error: String,
     },
+    /// A topic prefix given to
+    /// [`ProjectionWorker::subscribe`](crate::projection::ProjectionWorker::subscribe)
+    /// is invalid.
+    #[error("projection `{projection}`: {source}")]
+    Prefix {
+        /// The projection.
+        projection: &'static str,
+        /// The prefix and the rule it breaks.
+        source: crate::topics::InvalidPrefix,
+    },
     /// A setting is out of range (see [`ProjectionSettings::validate`](crate::projection::ProjectionSettings::validate)).
     #[error("projection `{projection}`: {source}")]
     Settings {

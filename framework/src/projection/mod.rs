@@ -46,7 +46,7 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let store = PgStore::connect("postgres://postgres@127.0.0.1/app", "public").await?;
 //! let worker = ProjectionWorker::new(OrderTotals, store, KafkaConfig::from_env())
-//!     .subscribe(EventCodec::<OrderEvent>::new("shop")?);
+//!     .subscribe("shop", EventCodec::<OrderEvent>::new());
 //! let handle = worker.clone().spawn();
 //! // … later
 //! handle.shutdown().await?;

@@ -117,7 +117,7 @@ impl CommandGateway {
         prefix: &str,
         timeout: Duration,
     ) -> Result<Self, GatewayError> {
-        crate::codec::validate_prefix(prefix)
+        crate::topics::validate_prefix(prefix)
             .map_err(|e| GatewayError::InvalidCommand(e.to_string()))?;
         let replies = wire::replies_topic(prefix);
         let reply_partitions =

@@ -13,7 +13,7 @@ pub(super) fn outcome<A: Aggregate>(
     };
     match reply.outcome {
         OutcomeWire::Accepted { version, events } => {
-            let codec = EventCodec::<A::Event>::new("reply").map_err(|e| bad(e.to_string()))?;
+            let codec = EventCodec::<A::Event>::new();
             let events = events
                 .into_iter()
                 .map(|e| {

@@ -100,10 +100,11 @@ impl<E> Accepted<E> {
 }
 
 /// What deciding needs besides the aggregate and the command: the handlers, the
-/// event codec and the record size limit.
+/// event codec, the events' `ce_source` and the record size limit.
 pub(super) struct Decider<'a, A: Aggregate> {
     pub(super) handlers: &'a HashMap<String, DecideFn<A>>,
     pub(super) codec: &'a EventCodec<A::Event>,
+    pub(super) source: &'a str,
     pub(super) max_record_bytes: usize,
 }
 
@@ -172,7 +173,7 @@ impl<A: Aggregate> Decider<'_, A> {
             };
             let encoded = self
                 .codec
-                .encode(&envelope)
+                .encode(&envelope, self.source)
                 .map_err(|e| e.to_string())
                 .and_then(|record| {
                     envelope
@@ -281,7 +282,7 @@ mod tests {
             handlers.insert(INCREMENT.to_owned(), handler::<Counter, Increment>());
             Self {
                 handlers,
-                codec: EventCodec::new("test").unwrap(),
+                codec: EventCodec::new(),
                 max_record_bytes: 1_000_000,
             }
         }
@@ -290,6 +291,7 @@ mod tests {
             Decider {
                 handlers: &self.handlers,
                 codec: &self.codec,
+                source: "/test/counter",
                 max_record_bytes: self.max_record_bytes,
             }
         }

@@ -20,7 +20,7 @@ pub enum ProcessorError {
     Store(#[from] StoreError),
     /// The topic prefix is invalid.
     #[error(transparent)]
-    Prefix(#[from] crate::codec::InvalidPrefix),
+    Prefix(#[from] crate::topics::InvalidPrefix),
     /// A setting is out of range (see [`ProcessorSettings::validate`](super::ProcessorSettings::validate)).
     #[error(transparent)]
     Settings(#[from] crate::InvalidSetting),

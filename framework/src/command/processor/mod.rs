@@ -52,6 +52,7 @@ use crate::codec::EventCodec;
 use crate::config::KafkaConfig;
 use crate::kafka::op;
 use crate::store::PgStore;
+use crate::topics::{event_source, validate_prefix};
 use crate::{Aggregate, Command, Handle};
 use contexts::RebalanceContext;
 use partitions::Core;
@@ -98,6 +99,7 @@ pub enum FaultPoint {
 /// ```
 pub struct CommandProcessor<A: Aggregate> {
     kafka: KafkaConfig,
+    prefix: String,
     codec: EventCodec<A::Event>,
     handlers: HashMap<String, DecideFn<A>>,
     store: Option<PgStore>,
@@ -111,7 +113,7 @@ impl<A: Aggregate> std::fmt::Debug for CommandProcessor<A> {
         f.debug_struct("CommandProcessor")
             .field("aggregate", &A::NAME)
             .field("kafka", &self.kafka)
-            .field("prefix", &self.codec.prefix())
+            .field("prefix", &self.prefix)
             .field("commands", &self.handlers.keys().collect::<Vec<_>>())
             .field("settings", &self.settings)
             .finish_non_exhaustive()
@@ -121,9 +123,11 @@ impl<A: Aggregate> std::fmt::Debug for CommandProcessor<A> {
 impl<A: Aggregate> CommandProcessor<A> {
     /// A processor for topics under `prefix`.
     pub fn new(kafka: KafkaConfig, prefix: &str) -> Result<Self, ProcessorError> {
+        validate_prefix(prefix)?;
         Ok(Self {
             kafka,
-            codec: EventCodec::new(prefix)?,
+            prefix: prefix.to_owned(),
+            codec: EventCodec::new(),
             handlers: HashMap::new(),
             store: None,
             settings: ProcessorSettings::default(),
@@ -192,7 +196,7 @@ impl<A: Aggregate> CommandProcessor<A> {
     /// processing on a dedicated thread. Must be called within a Tokio runtime.
     pub async fn start(self) -> Result<ProcessorHandle, ProcessorError> {
         self.settings.validate()?;
-        let layout = ensure_topics(&self.kafka, self.codec.prefix(), A::NAME, &self.topics).await?;
+        let layout = ensure_topics(&self.kafka, &self.prefix, A::NAME, &self.topics).await?;
         let runtime = tokio::runtime::Handle::current();
         let stats = Arc::new(ProcessorStats::default());
         let (written_tx, written) = std::sync::mpsc::channel();
@@ -201,7 +205,7 @@ impl<A: Aggregate> CommandProcessor<A> {
             .clone()
             .map(|store| snapshot::spawn_writer(&runtime, store, A::NAME, written_tx));
         let s = &self.settings;
-        let group = format!("{}.{}.processor", self.codec.prefix(), A::NAME);
+        let group = format!("{}.{}.processor", self.prefix, A::NAME);
         #[cfg(feature = "fault-injection")]
         let fail_reply_producer = Arc::new(AtomicBool::new(false));
         let outcome_reader: BaseConsumer = self
@@ -219,6 +223,7 @@ impl<A: Aggregate> CommandProcessor<A> {
         let shared = Arc::new(Shared {
             group: group.clone(),
             layout,
+            source: event_source(&self.prefix, A::NAME),
             codec: self.codec,
             handlers: self.handlers,
             store: self.store,
@@ -371,6 +376,8 @@ impl Drop for ProcessorHandle {
 struct Shared<A: Aggregate> {
     group: String,
     layout: TopicLayout,
+    /// The `ce_source` of the events written: `/{prefix}/{aggregate}`.
+    source: String,
     codec: EventCodec<A::Event>,
     handlers: HashMap<String, DecideFn<A>>,
     store: Option<PgStore>,

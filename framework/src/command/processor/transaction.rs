@@ -169,6 +169,7 @@ pub(super) fn handle_one<A: Aggregate>(
     let decider = Decider {
         handlers: &shared.handlers,
         codec: &shared.codec,
+        source: &shared.source,
         max_record_bytes: shared.layout.max_record_bytes,
     };
     let outcome = match decider.decide(&mut part.aggregates, &command, earlier) {

@@ -39,6 +39,7 @@ use crate::projection::status::{ProjectionHandle, ProjectionStatus, Shutdown, Wo
 use crate::projection::topics;
 use crate::projection::{Handles, Projection};
 use crate::store::PgStore;
+use crate::topics::{InvalidPrefix, events_topic, validate_prefix};
 
 use rebalance::RebalanceContext;
 use runner::Runner;
@@ -61,6 +62,8 @@ pub struct ProjectionWorker<P: Projection> {
     store: PgStore,
     kafka: KafkaConfig,
     sources: Vec<Arc<dyn Source<P>>>,
+    /// The first invalid prefix given to [`Self::subscribe`], reported at start.
+    invalid_prefix: Option<InvalidPrefix>,
     config: ProjectionSettings,
     status: Arc<watch::Sender<ProjectionStatus>>,
 }
@@ -72,6 +75,7 @@ impl<P: Projection> Clone for ProjectionWorker<P> {
             store: self.store.clone(),
             kafka: self.kafka.clone(),
             sources: self.sources.clone(),
+            invalid_prefix: self.invalid_prefix.clone(),
             config: self.config.clone(),
             status: Arc::clone(&self.status),
         }
@@ -100,19 +104,25 @@ impl<P: Projection> ProjectionWorker<P> {
             store,
             kafka,
             sources: Vec::new(),
+            invalid_prefix: None,
             config: ProjectionSettings::default(),
             status: Arc::new(status),
         }
     }
 
-    /// Reads the events topic of `codec` (`{prefix}.{aggregate}.events`), decoding
-    /// with it (upcasters included) and applying with `P`'s [`Handles<E>`].
+    /// Reads the events topic of `E`'s aggregate under `prefix`
+    /// (`{prefix}.{aggregate}.events`), decoding with `codec` (upcasters included)
+    /// and applying with `P`'s [`Handles<E>`]. An invalid prefix is reported when the
+    /// worker starts ([`ProjectionError::Prefix`]).
     #[must_use]
-    pub fn subscribe<E: DomainEvent>(mut self, codec: EventCodec<E>) -> Self
+    pub fn subscribe<E: DomainEvent>(mut self, prefix: &str, codec: EventCodec<E>) -> Self
     where
         P: Handles<E>,
     {
-        let topic = codec.events_topic();
+        if let Err(invalid) = validate_prefix(prefix) {
+            self.invalid_prefix.get_or_insert(invalid);
+        }
+        let topic = events_topic(prefix, E::AGGREGATE);
         self.sources.push(Arc::new(CodecSource { codec, topic }));
         self
     }
@@ -281,6 +291,12 @@ impl<P: Projection> ProjectionWorker<P> {
 
     /// The checks before a run or a rebuild: subscriptions and settings.
     fn check(&self) -> Result<(), ProjectionError> {
+        if let Some(invalid) = &self.invalid_prefix {
+            return Err(ProjectionError::Prefix {
+                projection: P::NAME,
+                source: invalid.clone(),
+            });
+        }
         if self.sources.is_empty() {
             return Err(ProjectionError::NoSubscriptions {
                 projection: P::NAME,
