@@ -89,6 +89,58 @@ pub(crate) mod derive_support {
     use serde_json::{Map, Value};
 
     use super::PayloadError;
+    use crate::aggregate::Aggregate;
+
+    /// `A::NAME`, for `#[event(aggregate = A)]` on the enum `E`. The bound is the
+    /// derive's check that `A` is an aggregate whose events are `E`: the caller is
+    /// spanned at `A` in the attribute, so a mistake is reported there.
+    pub const fn aggregate_name<A, E>() -> &'static str
+    where
+        A: Aggregate<Event = E>,
+    {
+        A::NAME
+    }
+
+    /// The total length of `parts`: the length of [`concat`]'s array.
+    pub const fn concat_len(parts: &[&str]) -> usize {
+        let mut len = 0;
+        let mut i = 0;
+        while i < parts.len() {
+            len += parts[i].len();
+            i += 1;
+        }
+        len
+    }
+
+    /// `parts` joined, as bytes, in const context: the derive builds
+    /// `{aggregate}.{event}` from `A::NAME`, which no macro can see. `N` must be
+    /// [`concat_len`]`(parts)`; anything else fails const evaluation.
+    pub const fn concat<const N: usize>(parts: &[&str]) -> [u8; N] {
+        let mut out = [0u8; N];
+        let mut at = 0;
+        let mut i = 0;
+        while i < parts.len() {
+            let part = parts[i].as_bytes();
+            let mut j = 0;
+            while j < part.len() {
+                assert!(at < N, "concat: the array is shorter than the parts");
+                out[at] = part[j];
+                at += 1;
+                j += 1;
+            }
+            i += 1;
+        }
+        assert!(at == N, "concat: the array is longer than the parts");
+        out
+    }
+
+    /// [`concat`]'s bytes as the `&str` they are (whole strings joined are UTF-8).
+    pub const fn as_str(bytes: &'static [u8]) -> &'static str {
+        match core::str::from_utf8(bytes) {
+            Ok(s) => s,
+            Err(_) => panic!("concat: not UTF-8"),
+        }
+    }
 
     /// Serializes an externally tagged enum value and strips the tag.
     pub fn to_payload<T: serde::Serialize>(
@@ -173,6 +225,60 @@ pub(crate) mod derive_support {
             bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
             bytes byte_buf option unit unit_struct newtype_struct seq tuple
             tuple_struct map struct identifier ignored_any
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::{as_str, concat, concat_len};
+
+        // As the derive uses them: every step a constant.
+        const AGGREGATE: &str = "order-line";
+        const PARTS: &[&str] = &[AGGREGATE, ".items_added.v2"];
+        const BYTES: [u8; concat_len(PARTS)] = concat(PARTS);
+        const CE_TYPE: &str = as_str(&BYTES);
+
+        #[test]
+        fn joins_in_const_context() {
+            assert_eq!(CE_TYPE, "order-line.items_added.v2");
+        }
+
+        #[test]
+        fn counts_bytes_not_chars() {
+            assert_eq!(concat_len(&[]), 0);
+            assert_eq!(concat_len(&["", ""]), 0);
+            assert_eq!(concat_len(&["a", "bc", "", "d"]), 4);
+            assert_eq!(concat_len(&["é", "€"]), 5);
+        }
+
+        #[test]
+        fn joins_any_parts() {
+            const EMPTY: [u8; 0] = concat(&["", ""]);
+            assert_eq!(as_str(&EMPTY), "");
+            const ONE: [u8; 3] = concat(&["abc"]);
+            assert_eq!(as_str(&ONE), "abc");
+            // Multi-byte characters stay whole.
+            const WIDE: [u8; 7] = concat(&["é", ".", "€", "x"]);
+            assert_eq!(as_str(&WIDE), "é.€x");
+        }
+
+        #[test]
+        #[should_panic(expected = "shorter than the parts")]
+        fn a_short_array_fails() {
+            let _ = concat::<3>(&["ab", "cd"]);
+        }
+
+        #[test]
+        #[should_panic(expected = "longer than the parts")]
+        fn a_long_array_fails() {
+            let _ = concat::<5>(&["ab", "cd"]);
+        }
+
+        #[test]
+        #[should_panic(expected = "not UTF-8")]
+        fn bytes_that_are_not_utf8_fail() {
+            static HALF: [u8; 1] = [0xc3];
+            let _ = as_str(&HALF);
         }
     }
 }
