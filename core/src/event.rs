@@ -27,14 +27,19 @@ impl fmt::Display for EventType {
 
 /// An enum of the events one aggregate type emits.
 ///
-/// Usually derived: `#[derive(DomainEvent)] #[event(aggregate = "order")]` names every
-/// variant `order.{variant_in_snake_case}` at version 1 unless told otherwise.
+/// Usually derived: `#[derive(DomainEvent)] #[event(aggregate = Order)]` names the
+/// aggregate by its type, as `#[command(aggregate = Order)]` does, and names every
+/// variant `{name}.{variant_in_snake_case}` at version 1 unless told otherwise, where
+/// `{name}` is the aggregate's [`Aggregate::NAME`](crate::Aggregate::NAME) (`order`).
+/// The derive checks at compile time that `Order` is an aggregate whose
+/// [`Event`](crate::Aggregate::Event) is this enum.
 ///
 /// On the wire the payload is the variant's own data (for `Placed { customer, lines }`
 /// the JSON object `{"customer":…,"lines":…}`); the variant is identified by the
 /// `ce_type` header, not by a tag in the payload.
 pub trait DomainEvent: Serialize + DeserializeOwned + fmt::Debug + Send + Sync + 'static {
-    /// Name of the aggregate type these events belong to (`order`).
+    /// Name of the aggregate type these events belong to (`order`): its
+    /// [`Aggregate::NAME`](crate::Aggregate::NAME).
     const AGGREGATE: &'static str;
 
     /// Every event type of this enum at its current version, in declaration order.
