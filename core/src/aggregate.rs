@@ -26,6 +26,13 @@ pub trait Apply<E> {
 ///
 /// Usually derived: `#[derive(Aggregate)] #[aggregate(name = "order", event = OrderEvent,
 /// error = OrderError)]`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an aggregate",
+    label = "not an aggregate",
+    note = "an aggregate is a type with `#[derive(Aggregate)]` and \
+            `#[aggregate(name = \"..\", event = .., error = ..)]` (or an `impl Aggregate`); \
+            commands and event enums name it by its type"
+)]
 pub trait Aggregate:
     Default + Serialize + DeserializeOwned + Apply<Self::Event> + Send + Sync + 'static
 {

@@ -27,14 +27,19 @@ impl fmt::Display for EventType {
 
 /// An enum of the events one aggregate type emits.
 ///
-/// Usually derived: `#[derive(DomainEvent)] #[event(aggregate = "order")]` names every
-/// variant `order.{variant_in_snake_case}` at version 1 unless told otherwise.
+/// Usually derived: `#[derive(DomainEvent)] #[event(aggregate = Order)]` names the
+/// aggregate by its type, as `#[command(aggregate = Order)]` does, and names every
+/// variant `{name}.{variant_in_snake_case}` at version 1 unless told otherwise, where
+/// `{name}` is the aggregate's [`Aggregate::NAME`](crate::Aggregate::NAME) (`order`).
+/// The derive checks at compile time that `Order` is an aggregate whose
+/// [`Event`](crate::Aggregate::Event) is this enum.
 ///
 /// On the wire the payload is the variant's own data (for `Placed { customer, lines }`
 /// the JSON object `{"customer":…,"lines":…}`); the variant is identified by the
 /// `ce_type` header, not by a tag in the payload.
 pub trait DomainEvent: Serialize + DeserializeOwned + fmt::Debug + Send + Sync + 'static {
-    /// Name of the aggregate type these events belong to (`order`).
+    /// Name of the aggregate type these events belong to (`order`): its
+    /// [`Aggregate::NAME`](crate::Aggregate::NAME).
     const AGGREGATE: &'static str;
 
     /// Every event type of this enum at its current version, in declaration order.
@@ -89,6 +94,58 @@ pub(crate) mod derive_support {
     use serde_json::{Map, Value};
 
     use super::PayloadError;
+    use crate::aggregate::Aggregate;
+
+    /// `A::NAME`, for `#[event(aggregate = A)]` on the enum `E`. The bound is the
+    /// derive's check that `A` is an aggregate whose events are `E`: the caller is
+    /// spanned at `A` in the attribute, so a mistake is reported there.
+    pub const fn aggregate_name<A, E>() -> &'static str
+    where
+        A: Aggregate<Event = E>,
+    {
+        A::NAME
+    }
+
+    /// The total length of `parts`: the length of [`concat`]'s array.
+    pub const fn concat_len(parts: &[&str]) -> usize {
+        let mut len = 0;
+        let mut i = 0;
+        while i < parts.len() {
+            len += parts[i].len();
+            i += 1;
+        }
+        len
+    }
+
+    /// `parts` joined, as bytes, in const context: the derive builds
+    /// `{aggregate}.{event}` from `A::NAME`, which no macro can see. `N` must be
+    /// [`concat_len`]`(parts)`; anything else fails const evaluation.
+    pub const fn concat<const N: usize>(parts: &[&str]) -> [u8; N] {
+        let mut out = [0u8; N];
+        let mut at = 0;
+        let mut i = 0;
+        while i < parts.len() {
+            let part = parts[i].as_bytes();
+            let mut j = 0;
+            while j < part.len() {
+                assert!(at < N, "concat: the array is shorter than the parts");
+                out[at] = part[j];
+                at += 1;
+                j += 1;
+            }
+            i += 1;
+        }
+        assert!(at == N, "concat: the array is longer than the parts");
+        out
+    }
+
+    /// [`concat`]'s bytes as the `&str` they are (whole strings joined are UTF-8).
+    pub const fn as_str(bytes: &'static [u8]) -> &'static str {
+        match core::str::from_utf8(bytes) {
+            Ok(s) => s,
+            Err(_) => panic!("concat: not UTF-8"),
+        }
+    }
 
     /// Serializes an externally tagged enum value and strips the tag.
     pub fn to_payload<T: serde::Serialize>(
@@ -173,6 +230,60 @@ pub(crate) mod derive_support {
             bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
             bytes byte_buf option unit unit_struct newtype_struct seq tuple
             tuple_struct map struct identifier ignored_any
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::{as_str, concat, concat_len};
+
+        // As the derive uses them: every step a constant.
+        const AGGREGATE: &str = "order-line";
+        const PARTS: &[&str] = &[AGGREGATE, ".items_added.v2"];
+        const BYTES: [u8; concat_len(PARTS)] = concat(PARTS);
+        const CE_TYPE: &str = as_str(&BYTES);
+
+        #[test]
+        fn joins_in_const_context() {
+            assert_eq!(CE_TYPE, "order-line.items_added.v2");
+        }
+
+        #[test]
+        fn counts_bytes_not_chars() {
+            assert_eq!(concat_len(&[]), 0);
+            assert_eq!(concat_len(&["", ""]), 0);
+            assert_eq!(concat_len(&["a", "bc", "", "d"]), 4);
+            assert_eq!(concat_len(&["é", "€"]), 5);
+        }
+
+        #[test]
+        fn joins_any_parts() {
+            const EMPTY: [u8; 0] = concat(&["", ""]);
+            assert_eq!(as_str(&EMPTY), "");
+            const ONE: [u8; 3] = concat(&["abc"]);
+            assert_eq!(as_str(&ONE), "abc");
+            // Multi-byte characters stay whole.
+            const WIDE: [u8; 7] = concat(&["é", ".", "€", "x"]);
+            assert_eq!(as_str(&WIDE), "é.€x");
+        }
+
+        #[test]
+        #[should_panic(expected = "shorter than the parts")]
+        fn a_short_array_fails() {
+            let _ = concat::<3>(&["ab", "cd"]);
+        }
+
+        #[test]
+        #[should_panic(expected = "longer than the parts")]
+        fn a_long_array_fails() {
+            let _ = concat::<5>(&["ab", "cd"]);
+        }
+
+        #[test]
+        #[should_panic(expected = "not UTF-8")]
+        fn bytes_that_are_not_utf8_fail() {
+            static HALF: [u8; 1] = [0xc3];
+            let _ = as_str(&HALF);
         }
     }
 }

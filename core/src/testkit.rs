@@ -5,7 +5,7 @@
 //! # use tributary_core::{Aggregate, Apply, Command, DomainEvent, Handle};
 //! # use serde::{Deserialize, Serialize};
 //! #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
-//! #[event(aggregate = "counter")]
+//! #[event(aggregate = Counter)]
 //! enum CounterEvent { Incremented { by: u32 } }
 //!
 //! #[derive(Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]

@@ -118,13 +118,18 @@ fn expand_inner(cx: &Ctxt, input: &DeriveInput) -> Option<TokenStream> {
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
 
     let check = if input.generics.params.is_empty() {
-        // Point a mismatch at `event = ...` in the attribute.
+        // A derived event enum is checked to belong to the aggregate it names
+        // (`#[event(aggregate = Order)]`, see `domain_event`). What that cannot see is
+        // an aggregate declaring an enum that names another aggregate (or a
+        // hand-written `DomainEvent` with another `AGGREGATE`): the enum's events
+        // would be written to the other aggregate's topic. Point it at `event = ...`.
         let span = Span::call_site().located_at(event.span());
         let event_str = event.to_token_stream().to_string().replace(' ', "");
         let message = format!(
-            "`{ident}` has `#[aggregate(name = \"{name}\")]` but its event type `{event_str}` \
-             belongs to another aggregate: set `#[event(aggregate = \"{name}\")]` on \
-             `{event_str}`, or use that enum's aggregate name in `#[aggregate(name = ..)]`"
+            "`{ident}` has `event = {event_str}`, but `{event_str}` is the event enum of \
+             another aggregate (its `#[event(aggregate = ..)]` names another type, whose name \
+             is not \"{name}\"): every aggregate needs its own event enum, declared with \
+             `#[event(aggregate = {ident})]`"
         )
         .replace('{', "{{")
         .replace('}', "}}");
@@ -151,7 +156,7 @@ fn expand_inner(cx: &Ctxt, input: &DeriveInput) -> Option<TokenStream> {
             };
         }
     } else {
-        // A generic type cannot be named in a free constant; the framework checks at runtime.
+        // A generic type cannot be named in a free constant: no check.
         TokenStream::new()
     };
 
@@ -231,6 +236,7 @@ mod expansion_tests {
             "constSTATE_VERSION:u32=1;",
             "typeEvent=OrderEvent;",
             "typeError=OrderError;",
+            // The reverse of the event derive's check: the enum names this aggregate.
             r#"<OrderEventas::tributary_core::DomainEvent>::AGGREGATE.as_bytes(),"order".as_bytes()"#,
         ] {
             assert!(out.contains(snippet), "missing {snippet} in {out}");

@@ -407,9 +407,25 @@ impl<'a> Attrs<'a> {
 
     /// A type value.
     pub(crate) fn get_type(&self, name: &str) -> Option<Type> {
+        self.get_type_or(name, |_| None)
+    }
+
+    /// A type value; `on_string` may word the error for a string given instead (else
+    /// the error says to write the string's contents without quotes).
+    pub(crate) fn get_type_or(
+        &self,
+        name: &str,
+        on_string: impl FnOnce(&LitStr) -> Option<String>,
+    ) -> Option<Type> {
         let entry = self.entry(name)?;
         debug_assert_eq!(entry.spec.kind, Kind::Type);
         let example = entry.spec.example;
+        if let Value::Lit(Lit::Str(s)) = &entry.value
+            && let Some(message) = on_string(s)
+        {
+            self.wrong_kind(entry, message);
+            return None;
+        }
         match &entry.value {
             Value::Type(ty) => return Some(ty.clone()),
             Value::Lit(Lit::Str(s)) if s.parse::<Type>().is_ok() => {
@@ -622,6 +638,22 @@ pub(crate) fn snake_case(ident: &str) -> String {
     out
 }
 
+/// A type name for a name, to suggest in an error: `order-line` → `OrderLine`,
+/// `order_line` → `OrderLine`, `Order` → `Order`. `None` if no identifier comes of it.
+pub(crate) fn upper_camel_case(name: &str) -> Option<String> {
+    let mut out = String::with_capacity(name.len());
+    for word in name.split(|c: char| !c.is_alphanumeric()) {
+        let mut chars = word.chars();
+        if let Some(first) = chars.next() {
+            out.extend(first.to_uppercase());
+            out.extend(chars);
+        }
+    }
+    let ok = out.chars().next().is_some_and(char::is_alphabetic)
+        && syn::parse_str::<Ident>(&out).is_ok();
+    ok.then_some(out)
+}
+
 /// Which names a string may be.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum NameRule {
@@ -681,7 +713,7 @@ pub(crate) fn suggest_name(name: &str, rule: NameRule) -> Option<String> {
     is_valid_name(out, rule).then(|| out.to_owned())
 }
 
-/// Checks a name given in an attribute, e.g. `aggregate = "Order"`, and records an error
+/// Checks a name given in an attribute, e.g. `name = "Order"`, and records an error
 /// that suggests a valid spelling.
 pub(crate) fn check_name(
     cx: &Ctxt,
@@ -757,6 +789,28 @@ mod tests {
         ];
         for (input, expected) in cases {
             assert_eq!(snake_case(input), expected, "snake_case({input:?})");
+        }
+    }
+
+    #[test]
+    fn upper_camel_case_conversion() {
+        let cases = [
+            ("order", Some("Order")),
+            ("order-line", Some("OrderLine")),
+            ("order_line", Some("OrderLine")),
+            ("Order Lines", Some("OrderLines")),
+            ("OrderLine", Some("OrderLine")),
+            ("shop.v2", Some("ShopV2")),
+            ("2order", None),
+            ("-", None),
+            ("", None),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(
+                upper_camel_case(input).as_deref(),
+                expected,
+                "upper_camel_case({input:?})"
+            );
         }
     }
 

@@ -1,9 +1,10 @@
 //! `#[derive(DomainEvent)]`: one variant per event type of one aggregate.
 
-use proc_macro2::{Literal, TokenStream};
-use quote::{format_ident, quote};
+use proc_macro2::{Literal, Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
 use syn::punctuated::Punctuated;
-use syn::{Attribute, Data, DeriveInput, Fields, Meta, Token, Variant};
+use syn::spanned::Spanned;
+use syn::{Attribute, Data, DeriveInput, Fields, LitStr, Meta, Token, Type, Variant};
 
 use crate::attr::{self, Attrs, Ctxt, Key, Kind, NameRule, Schema};
 
@@ -13,8 +14,8 @@ static CONTAINER: Schema = Schema {
     keys: &[
         Key {
             name: "aggregate",
-            kind: Kind::Str,
-            example: "aggregate = \"order\"",
+            kind: Kind::Type,
+            example: "aggregate = Order",
         },
         Key {
             name: "crate",
@@ -30,7 +31,7 @@ static CONTAINER: Schema = Schema {
         (
             "name",
             "`name` renames one event and goes on a variant: `#[event(name = \"placed\")]`; \
-             the aggregate is set with `#[event(aggregate = \"order\")]`",
+             the aggregate is set with `#[event(aggregate = Order)]`",
         ),
     ],
 };
@@ -53,7 +54,7 @@ static VARIANT: Schema = Schema {
     misplaced: &[
         (
             "aggregate",
-            "`aggregate` goes on the enum: `#[event(aggregate = \"order\")]` above `enum`",
+            "`aggregate` goes on the enum: `#[event(aggregate = Order)]` above `enum`",
         ),
         (
             "crate",
@@ -65,8 +66,9 @@ static VARIANT: Schema = Schema {
 /// One variant, checked.
 struct EventVariant<'a> {
     variant: &'a Variant,
-    /// `order.placed`
-    name: String,
+    /// `placed`: the event's name within its aggregate. The full name
+    /// (`order.placed`) is built at compile time from the aggregate's `NAME`.
+    segment: String,
     version: u32,
 }
 
@@ -107,31 +109,26 @@ fn expand_inner(cx: &Ctxt, input: &DeriveInput) -> Option<TokenStream> {
     }
 
     let attrs = Attrs::parse(cx, &CONTAINER, &input.attrs);
-    let aggregate = match attrs.get_str("aggregate") {
-        Some(lit) => attr::check_name(cx, &lit, "aggregate", "aggregate", NameRule::Aggregate),
-        None => {
-            if !attrs.has("aggregate") && !attrs.was_suggested("aggregate") {
-                let guess = guess_aggregate(&input.ident.to_string());
-                let message = if attrs.is_absent() {
-                    format!(
-                        "missing `#[event(aggregate = \"...\")]`: name the aggregate these events \
-                         belong to, e.g. `#[event(aggregate = \"{guess}\")]` above `enum {}`",
-                        input.ident
-                    )
-                } else {
-                    format!(
-                        "missing key `aggregate` in `#[event(...)]`: name the aggregate these \
-                         events belong to, e.g. `#[event(aggregate = \"{guess}\")]`"
-                    )
-                };
-                match attrs.first_attr() {
-                    Some(attr) => cx.error_spanned_by(attr, message),
-                    None => cx.error_spanned_by(&input.ident, message),
-                }
-            }
-            None
+    let guess = guess_aggregate(&input.ident.to_string());
+    let aggregate = attrs.get_type_or("aggregate", |lit| name_given(lit, &guess));
+    if !attrs.has("aggregate") && !attrs.was_suggested("aggregate") {
+        let message = if attrs.is_absent() {
+            format!(
+                "missing `#[event(aggregate = ...)]`: name the aggregate type these events \
+                 belong to, e.g. `#[event(aggregate = {guess})]` above `enum {}`",
+                input.ident
+            )
+        } else {
+            format!(
+                "missing key `aggregate` in `#[event(...)]`: name the aggregate type these \
+                 events belong to, e.g. `#[event(aggregate = {guess})]`"
+            )
+        };
+        match attrs.first_attr() {
+            Some(attr) => cx.error_spanned_by(attr, message),
+            None => cx.error_spanned_by(&input.ident, message),
         }
-    };
+    }
     let krate = attrs.crate_path();
     check_serde_container(cx, &input.attrs);
 
@@ -155,15 +152,11 @@ fn expand_inner(cx: &Ctxt, input: &DeriveInput) -> Option<TokenStream> {
         if let Some(segment) = &segment {
             let first = checked.iter().find(|(_, s, _)| s.as_ref() == Some(segment));
             if let Some((first, _, _)) = first {
-                let full = match &aggregate {
-                    Some(aggregate) => format!("{aggregate}.{segment}"),
-                    None => segment.clone(),
-                };
                 cx.error_spanned_by(
                     &variant.ident,
                     format_args!(
-                        "duplicate event name `{full}`: variant `{}` already has it; give this \
-                         variant a different name, e.g. `#[event(name = \"{segment}_2\")]`",
+                        "duplicate event name `{segment}`: variant `{}` already has it; give \
+                         this variant a different name, e.g. `#[event(name = \"{segment}_2\")]`",
                         first.ident
                     ),
                 );
@@ -178,7 +171,7 @@ fn expand_inner(cx: &Ctxt, input: &DeriveInput) -> Option<TokenStream> {
     for (variant, segment, version) in checked {
         variants.push(EventVariant {
             variant,
-            name: format!("{aggregate}.{}", segment?),
+            segment: segment?,
             version: version?,
         });
     }
@@ -188,14 +181,32 @@ fn expand_inner(cx: &Ctxt, input: &DeriveInput) -> Option<TokenStream> {
     Some(generate(input, &krate, &aggregate, &variants))
 }
 
-/// `OrderEvent` → `order`, `OrderEvents` → `order`, `Order` → `order`.
+/// The aggregate type an event enum probably belongs to, for error messages:
+/// `OrderEvent` → `Order`, `OrderEvents` → `Order`, `Order` → `Order`.
 fn guess_aggregate(enum_name: &str) -> String {
-    let base = enum_name
+    let enum_name = enum_name.strip_prefix("r#").unwrap_or(enum_name);
+    enum_name
         .strip_suffix("Events")
         .or_else(|| enum_name.strip_suffix("Event"))
         .filter(|b| !b.is_empty())
-        .unwrap_or(enum_name);
-    attr::suggest_name(base, NameRule::Aggregate).unwrap_or_else(|| "order".to_owned())
+        .unwrap_or(enum_name)
+        .to_owned()
+}
+
+/// The error for `aggregate = "order"`: the attribute takes the type, as
+/// `#[command(aggregate = ..)]` does. The type is guessed from the name
+/// (`"order-line"` → `OrderLine`), else from the enum (`guess`). `None` for a type
+/// in quotes (`"Order"`, not a valid name): "write it without quotes" fits that.
+fn name_given(lit: &LitStr, guess: &str) -> Option<String> {
+    let written = lit.value();
+    if lit.parse::<Type>().is_ok() && !attr::is_valid_name(&written, NameRule::Aggregate) {
+        return None;
+    }
+    let ty = attr::upper_camel_case(&written).unwrap_or_else(|| guess.to_owned());
+    Some(format!(
+        "`aggregate` takes the aggregate type, not its name: `#[event(aggregate = {ty})]`; \
+         the name is the aggregate's `#[aggregate(name = ..)]`"
+    ))
 }
 
 /// Checks one variant's attributes: its name segment (`placed`) and version.
@@ -317,7 +328,7 @@ fn check_serde_variant(cx: &Ctxt, attrs: &[Attribute]) {
 fn generate(
     input: &DeriveInput,
     krate: &TokenStream,
-    aggregate: &str,
+    aggregate: &Type,
     variants: &[EventVariant<'_>],
 ) -> TokenStream {
     let ident = &input.ident;
@@ -328,14 +339,20 @@ fn generate(
     let consts: Vec<_> = (0..variants.len())
         .map(|i| format_ident!("__TRIBUTARY_EVENT_TYPE_{}", i))
         .collect();
-    let names: Vec<&str> = variants.iter().map(|v| v.name.as_str()).collect();
+    let name_consts: Vec<_> = (0..variants.len())
+        .map(|i| format_ident!("__TRIBUTARY_EVENT_NAME_{}", i))
+        .collect();
+    let names: Vec<TokenStream> = variants
+        .iter()
+        .map(|v| join_to_aggregate(krate, &format!(".{}", v.segment)))
+        .collect();
     let versions: Vec<Literal> = variants
         .iter()
         .map(|v| Literal::u32_unsuffixed(v.version))
         .collect();
-    let ce_types: Vec<String> = variants
+    let ce_types: Vec<TokenStream> = variants
         .iter()
-        .map(|v| format!("{}.v{}", v.name, v.version))
+        .map(|v| join_to_aggregate(krate, &format!(".{}.v{}", v.segment, v.version)))
         .collect();
     let patterns: Vec<TokenStream> = variants
         .iter()
@@ -353,12 +370,22 @@ fn generate(
         .iter()
         .map(|v| matches!(v.variant.fields, Fields::Unit));
 
+    // The aggregate's name, through a function whose bound is the check that
+    // `#aggregate` is an aggregate whose events are this enum; spanned so that a
+    // mistake is reported at the type in the attribute.
+    let span = Span::call_site().located_at(aggregate.span());
+    let aggregate_name = quote_spanned! {span=>
+        #krate::__private::aggregate_name::<#aggregate, #ident>()
+    };
+
     quote! {
         #[allow(deprecated)]
         const _: () = {
+            const __TRIBUTARY_AGGREGATE: &str = #aggregate_name;
             #(
+                const #name_consts: &str = #names;
                 const #consts: #krate::EventType = #krate::EventType {
-                    name: #names,
+                    name: #name_consts,
                     version: #versions,
                     ce_type: #ce_types,
                 };
@@ -366,7 +393,7 @@ fn generate(
 
             #[automatically_derived]
             impl #krate::DomainEvent for #ident {
-                const AGGREGATE: &'static str = #aggregate;
+                const AGGREGATE: &'static str = __TRIBUTARY_AGGREGATE;
 
                 const EVENT_TYPES: &'static [#krate::EventType] = &[#(#consts),*];
 
@@ -394,7 +421,7 @@ fn generate(
                     let __names = *NAMES.get_or_init(#krate::__private::variant_names::<Self>);
                     match __event_type.name {
                         #(
-                            #names => #krate::__private::from_payload(
+                            #name_consts => #krate::__private::from_payload(
                                 #enum_name, __names, #count, #indices, #units, __payload,
                             ),
                         )*
@@ -408,16 +435,29 @@ fn generate(
     }
 }
 
+/// A constant expression for the aggregate's name followed by `suffix`
+/// (`.placed` gives `order.placed`), built at compile time: the name is the
+/// aggregate's `NAME`, which the macro cannot read.
+fn join_to_aggregate(krate: &TokenStream, suffix: &str) -> TokenStream {
+    quote! {{
+        const PARTS: &[&str] = &[__TRIBUTARY_AGGREGATE, #suffix];
+        const BYTES: [u8; #krate::__private::concat_len(PARTS)] =
+            #krate::__private::concat(PARTS);
+        #krate::__private::as_str(&BYTES)
+    }}
+}
+
 #[cfg(test)]
 mod tests {
     use super::guess_aggregate;
 
     #[test]
     fn aggregate_guess() {
-        assert_eq!(guess_aggregate("OrderEvent"), "order");
-        assert_eq!(guess_aggregate("OrderLineEvents"), "order_line");
-        assert_eq!(guess_aggregate("Event"), "event");
-        assert_eq!(guess_aggregate("Order"), "order");
+        assert_eq!(guess_aggregate("OrderEvent"), "Order");
+        assert_eq!(guess_aggregate("OrderLineEvents"), "OrderLine");
+        assert_eq!(guess_aggregate("r#OrderEvent"), "Order");
+        assert_eq!(guess_aggregate("Event"), "Event");
+        assert_eq!(guess_aggregate("Order"), "Order");
     }
 }
 
@@ -429,11 +469,11 @@ mod expansion_tests {
     use crate::attr::test_support::{expand_err, expand_ok};
 
     #[test]
-    fn event_types_are_computed_at_macro_time() {
+    fn event_types_join_the_aggregate_name_at_compile_time() {
         let out = expand_ok(
             expand,
             &parse_quote! {
-                #[event(aggregate = "order-line")]
+                #[event(aggregate = crate::OrderLine)]
                 enum OrderLineEvent {
                     ItemsAdded { n: u32 },
                     #[event(version = 2)]
@@ -444,13 +484,24 @@ mod expansion_tests {
             },
         );
         for snippet in [
-            r#"AGGREGATE:&'staticstr="order-line""#,
-            r#"name:"order-line.items_added",version:1,ce_type:"order-line.items_added.v1""#,
-            r#"name:"order-line.removed",version:2,ce_type:"order-line.removed.v2""#,
-            r#"ce_type:"order-line.shipped_out.v7""#,
+            // The name, through the bound that checks the aggregate's event type.
+            "const__TRIBUTARY_AGGREGATE:&str=\
+             ::tributary_core::__private::aggregate_name::<crate::OrderLine,OrderLineEvent>();",
+            "constAGGREGATE:&'staticstr=__TRIBUTARY_AGGREGATE;",
+            r#"const__TRIBUTARY_EVENT_NAME_0:&str={constPARTS:&[&str]=&[__TRIBUTARY_AGGREGATE,".items_added"];"#,
+            "constBYTES:[u8;::tributary_core::__private::concat_len(PARTS)]=\
+             ::tributary_core::__private::concat(PARTS);\
+             ::tributary_core::__private::as_str(&BYTES)",
+            "name:__TRIBUTARY_EVENT_NAME_0,version:1,",
+            r#"&[__TRIBUTARY_AGGREGATE,".items_added.v1"]"#,
+            "name:__TRIBUTARY_EVENT_NAME_1,version:2,",
+            r#"&[__TRIBUTARY_AGGREGATE,".removed.v2"]"#,
+            r#"&[__TRIBUTARY_AGGREGATE,".shipped_out"]"#,
+            r#"&[__TRIBUTARY_AGGREGATE,".shipped_out.v7"]"#,
             "Self::ItemsAdded{..}=>&__TRIBUTARY_EVENT_TYPE_0",
             "Self::Removed(..)=>&__TRIBUTARY_EVENT_TYPE_1",
             "Self::Shipped=>&__TRIBUTARY_EVENT_TYPE_2",
+            "__TRIBUTARY_EVENT_NAME_2=>::tributary_core::__private::from_payload(",
             r#"from_payload("OrderLineEvent",__names,3,2,true,__payload"#,
             "::tributary_core::DomainEvent",
         ] {
@@ -460,11 +511,67 @@ mod expansion_tests {
     }
 
     #[test]
+    fn the_aggregate_is_a_type_not_a_name() {
+        let errors = expand_err(
+            expand,
+            &parse_quote! {
+                #[event(aggregate = "order-line")]
+                enum LineEvent { Added }
+            },
+        );
+        assert_eq!(
+            errors,
+            ["`aggregate` takes the aggregate type, not its name: \
+              `#[event(aggregate = OrderLine)]`; the name is the aggregate's \
+              `#[aggregate(name = ..)]`"]
+        );
+        // A type in quotes: write it without them.
+        let errors = expand_err(
+            expand,
+            &parse_quote! {
+                #[event(aggregate = "crate::Order")]
+                enum OrderEvent { Placed }
+            },
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("without quotes: `aggregate = crate::Order`"),
+            "{errors:?}"
+        );
+        // No type to be had from the string: guess one from the enum.
+        let errors = expand_err(
+            expand,
+            &parse_quote! {
+                #[event(aggregate = "1")]
+                enum OrderEvent { Placed }
+            },
+        );
+        assert!(
+            errors[0].contains("`#[event(aggregate = Order)]`"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_aggregate_is_guessed_from_the_enum() {
+        let errors = expand_err(
+            expand,
+            &parse_quote! {
+                #[event(crate = "tb")]
+                enum ShoppingCartEvents { Emptied }
+            },
+        );
+        let expected = "missing key `aggregate` in `#[event(...)]`: name the aggregate type \
+                        these events belong to, e.g. `#[event(aggregate = ShoppingCart)]`";
+        assert_eq!(errors, [expected]);
+    }
+
+    #[test]
     fn crate_override_replaces_every_path() {
         let out = expand_ok(
             expand,
             &parse_quote! {
-                #[event(aggregate = "a", crate = "my::tb")]
+                #[event(aggregate = A, crate = "my::tb")]
                 enum E { X }
             },
         );
@@ -477,7 +584,7 @@ mod expansion_tests {
         let errors = expand_err(
             expand,
             &parse_quote! {
-                #[event(aggregate = "a")]
+                #[event(aggregate = A)]
                 enum E { _Hidden }
             },
         );
@@ -493,7 +600,7 @@ mod expansion_tests {
         let errors = expand_err(
             expand,
             &parse_quote! {
-                #[event(aggregat = "a")]
+                #[event(aggregat = A)]
                 #[serde(tag = "t", content = "c")]
                 enum E<T> {
                     #[event(version = 0)]

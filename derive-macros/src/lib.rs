@@ -20,7 +20,7 @@ mod domain_event;
 ///
 /// ```text
 /// #[derive(Debug, Serialize, Deserialize, DomainEvent)]
-/// #[event(aggregate = "order")]          // required; [a-z][a-z0-9_-]*
+/// #[event(aggregate = Order)]            // required: the aggregate type
 /// enum OrderEvent {
 ///     Placed { customer: String },       // order.placed.v1
 ///     #[event(version = 2)]              // order.cancelled.v2
@@ -30,9 +30,13 @@ mod domain_event;
 /// }
 /// ```
 ///
-/// Container keys: `aggregate = "..."`, `crate = "path::to::tributary"` (default: see the crate docs).
-/// Variant keys: `version = N` (default 1), `name = "..."` (default: the variant in
-/// snake_case).
+/// Container keys: `aggregate = Type`, `crate = "path::to::tributary"` (default: see the
+/// crate docs). Variant keys: `version = N` (default 1), `name = "..."` (default: the
+/// variant in snake_case).
+///
+/// The event types' names start with the aggregate's name (`order`, from its
+/// `#[aggregate(name = ..)]`), joined at compile time. It is a compile error if the
+/// type is not an aggregate or if its `event = ..` is another enum.
 #[proc_macro_derive(DomainEvent, attributes(event))]
 pub fn derive_domain_event(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
@@ -68,10 +72,11 @@ pub fn derive_command(input: TokenStream) -> TokenStream {
 /// struct Order { lines: Vec<Line> }
 /// ```
 ///
-/// Keys: `name = "..."`, `event = Type`, `error = Type` (required), `snapshot_every = N`
-/// (default: no periodic snapshots), `state_version = N` (default 1),
-/// `crate = "path::to::tributary"` (default: see the crate docs). The event enum's `#[event(aggregate = ..)]` must equal
-/// `name`; this is checked at compile time.
+/// Keys: `name = "..."` (`[a-z][a-z0-9_-]*`), `event = Type`, `error = Type` (required),
+/// `snapshot_every = N` (default: no periodic snapshots), `state_version = N` (default 1),
+/// `crate = "path::to::tributary"` (default: see the crate docs). The event enum must be
+/// this aggregate's own: `#[event(aggregate = Order)]` on `OrderEvent`; this is checked
+/// at compile time.
 #[proc_macro_derive(Aggregate, attributes(aggregate))]
 pub fn derive_aggregate(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);

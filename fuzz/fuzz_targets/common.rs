@@ -131,10 +131,19 @@ fn utf8_prefix(bytes: &[u8]) -> &str {
 // The event type the CloudEvents target decodes into
 // ---------------------------------------------------------------------------------
 
+/// The aggregate `FuzzEvent` belongs to: only its name (`order`) matters here.
+#[derive(Debug, Default, Serialize, Deserialize, tributary::Aggregate)]
+#[aggregate(name = "order", event = FuzzEvent, error = FuzzError)]
+pub(crate) struct FuzzOrder;
+
+impl tributary::Apply<FuzzEvent> for FuzzOrder {
+    fn apply(&mut self, _: &FuzzEvent) {}
+}
+
 /// An aggregate's events covering the payload shapes the derive supports: struct,
 /// newtype, tuple and unit variants, and a v3 type read from v1 and v2 by upcasters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, tributary::DomainEvent)]
-#[event(aggregate = "order")]
+#[event(aggregate = FuzzOrder)]
 pub(crate) enum FuzzEvent {
     /// `order.placed.v1`
     Placed {
@@ -162,6 +171,14 @@ pub(crate) enum FuzzError {
     AlreadyPlaced,
     Invalid(String),
 }
+
+impl std::fmt::Display for FuzzError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+
+impl std::error::Error for FuzzError {}
 
 /// A command's JSON, as a handler deserializes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use tributary::{Aggregate, Apply, Command, DomainEvent, EventCodec, EventEnvelop
 
 /// Events of the test counter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
-#[event(aggregate = "counter")]
+#[event(aggregate = Counter)]
 pub enum CounterEvent {
     /// The counter went up.
     Incremented {

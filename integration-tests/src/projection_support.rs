@@ -18,7 +18,8 @@ use sqlx::PgConnection;
 use tokio::sync::Notify;
 use tributary::projection::{HandlerError, Handles, Projection, ProjectionSettings, RetryPolicy};
 use tributary::{
-    DomainEvent, EncodedRecord, EventCodec, EventEnvelope, KafkaConfig, PgStore, topics,
+    Aggregate, Apply, DomainEvent, EncodedRecord, EventCodec, EventEnvelope, KafkaConfig, PgStore,
+    topics,
 };
 
 pub use crate::database_url;
@@ -92,9 +93,23 @@ pub fn test_config() -> ProjectionSettings {
     }
 }
 
+/// The test aggregate: only its name and events matter to the projection tests.
+#[derive(Debug, Default, Serialize, Deserialize, Aggregate)]
+#[aggregate(name = "account", event = AccountEvent, error = AccountError)]
+pub struct Account;
+
+impl Apply<AccountEvent> for Account {
+    fn apply(&mut self, _: &AccountEvent) {}
+}
+
+/// The test aggregate's domain error; never raised.
+#[derive(Debug, Serialize, Deserialize, thiserror::Error)]
+#[error("account error")]
+pub struct AccountError;
+
 /// The events of the test aggregate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
-#[event(aggregate = "account")]
+#[event(aggregate = Account)]
 pub enum AccountEvent {
     /// Money in.
     Deposited {

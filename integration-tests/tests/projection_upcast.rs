@@ -8,25 +8,47 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use tributary::projection::{HandlerError, Handles, Projection, ProjectionWorker};
-use tributary::{DomainEvent, EventCodec, EventEnvelope, Upcaster};
+use tributary::{Aggregate, Apply, DomainEvent, EventCodec, EventEnvelope, Upcaster};
 use tributary_integration_tests::projection_support::{
     EventsTopic, RawRecord, kafka_config, produce, test_config, test_store, wait_caught_up,
 };
 use tributary_integration_tests::{create_topic, kafka_bootstrap, unique_prefix};
 
-/// The events as the old application wrote them.
+/// The aggregate and its events as the old application had them.
 mod v1 {
     use super::*;
+
+    #[derive(Debug, Default, Serialize, Deserialize, Aggregate)]
+    #[aggregate(name = "payment", event = PaymentEvent, error = PaymentError)]
+    pub(crate) struct Payment;
+
+    impl Apply<PaymentEvent> for Payment {
+        fn apply(&mut self, _: &PaymentEvent) {}
+    }
+
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
-    #[event(aggregate = "payment")]
+    #[event(aggregate = Payment)]
     pub(crate) enum PaymentEvent {
         Received { amount: i64 },
     }
 }
 
+/// The aggregate today: the same name, so the same topic.
+#[derive(Debug, Default, Serialize, Deserialize, Aggregate)]
+#[aggregate(name = "payment", event = PaymentEvent, error = PaymentError)]
+struct Payment;
+
+impl Apply<PaymentEvent> for Payment {
+    fn apply(&mut self, _: &PaymentEvent) {}
+}
+
+#[derive(Debug, Serialize, Deserialize, thiserror::Error)]
+#[error("payment error")]
+struct PaymentError;
+
 /// The events today: `Received` is at v2 with cents and a currency.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
-#[event(aggregate = "payment")]
+#[event(aggregate = Payment)]
 enum PaymentEvent {
     #[event(version = 2)]
     Received { cents: i64, currency: String },

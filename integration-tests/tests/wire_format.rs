@@ -13,7 +13,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
-use tributary::{AggregateId, DomainEvent, EventEnvelope, Metadata, kafka};
+use tributary::{Aggregate, AggregateId, Apply, DomainEvent, EventEnvelope, Metadata, kafka};
 use tributary_integration_tests::projection_support::EventsTopic;
 use tributary_integration_tests::{create_topic, kafka_bootstrap, unique_prefix};
 use uuid::Uuid;
@@ -25,8 +25,20 @@ struct Line {
     price_cents: u64,
 }
 
+#[derive(Debug, Default, Serialize, Deserialize, Aggregate)]
+#[aggregate(name = "order", event = OrderEvent, error = OrderError)]
+struct Order;
+
+impl Apply<OrderEvent> for Order {
+    fn apply(&mut self, _: &OrderEvent) {}
+}
+
+#[derive(Debug, Serialize, Deserialize, thiserror::Error)]
+#[error("order error")]
+struct OrderError;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
-#[event(aggregate = "order")]
+#[event(aggregate = Order)]
 enum OrderEvent {
     Placed {
         customer: String,

@@ -14,7 +14,7 @@ use tributary::{Aggregate, Apply, Command, DomainEvent, Handle};
 
 /// What happened to one SKU's stock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, DomainEvent)]
-#[event(aggregate = "inventory")]
+#[event(aggregate = Inventory)]
 pub enum InventoryEvent {
     /// Goods arrived.
     Restocked {

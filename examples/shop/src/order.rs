@@ -29,7 +29,7 @@ pub struct Line {
 
 /// What happened to an order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, DomainEvent)]
-#[event(aggregate = "order")]
+#[event(aggregate = Order)]
 pub enum OrderEvent {
     /// The customer placed the order.
     Placed {

@@ -34,7 +34,7 @@ pub trait PlansCommands<E: DomainEvent> {
 /// # use serde::{Deserialize, Serialize};
 /// # use tributary::{Aggregate, Apply, Command, DomainEvent, Metadata};
 /// # #[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
-/// # #[event(aggregate = "inventory")]
+/// # #[event(aggregate = Inventory)]
 /// # enum InventoryEvent { Reserved { quantity: u64 } }
 /// # #[derive(Debug, Serialize, Deserialize, thiserror::Error)]
 /// # #[error("no stock")]

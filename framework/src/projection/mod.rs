@@ -11,9 +11,16 @@
 //! ```no_run
 //! use sqlx::PgConnection;
 //! use tributary::projection::{HandlerError, Handles, Projection, ProjectionWorker};
-//! # use tributary::{DomainEvent, EventCodec, EventEnvelope, KafkaConfig, PgStore};
+//! # use tributary::{Aggregate, Apply, DomainEvent, EventCodec, EventEnvelope, KafkaConfig, PgStore};
+//! # #[derive(Debug, Default, serde::Serialize, serde::Deserialize, Aggregate)]
+//! # #[aggregate(name = "order", event = OrderEvent, error = OrderError)]
+//! # struct Order;
+//! # impl Apply<OrderEvent> for Order { fn apply(&mut self, _: &OrderEvent) {} }
+//! # #[derive(Debug, serde::Serialize, serde::Deserialize, thiserror::Error)]
+//! # #[error("never")]
+//! # struct OrderError;
 //! # #[derive(Debug, serde::Serialize, serde::Deserialize, DomainEvent)]
-//! # #[event(aggregate = "order")]
+//! # #[event(aggregate = Order)]
 //! # enum OrderEvent { Placed { total_cents: i64 }, Cancelled {} }
 //!
 //! struct OrderTotals;

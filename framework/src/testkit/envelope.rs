@@ -20,8 +20,15 @@ const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x0b3c_9e51_7a2d_4f86_9c14_5e6f
 /// Add metadata with [`EventEnvelope::with_metadata`].
 ///
 /// ```
+/// # #[derive(Debug, Default, serde::Serialize, serde::Deserialize, tributary::Aggregate)]
+/// # #[aggregate(name = "order", event = OrderEvent, error = OrderError)]
+/// # struct Order;
+/// # impl tributary::Apply<OrderEvent> for Order { fn apply(&mut self, _: &OrderEvent) {} }
+/// # #[derive(Debug, serde::Serialize, serde::Deserialize, thiserror::Error)]
+/// # #[error("never")]
+/// # struct OrderError;
 /// # #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, tributary::DomainEvent)]
-/// # #[event(aggregate = "order")]
+/// # #[event(aggregate = Order)]
 /// # enum OrderEvent { Paid }
 /// use tributary::testkit::{TEST_EPOCH, envelope};
 ///

@@ -14,10 +14,14 @@ use tributary_core::testkit::line_diff;
 /// # use serde::{Deserialize, Serialize};
 /// # use tributary::{Aggregate, Apply, Command, DomainEvent, EventEnvelope};
 /// # #[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
-/// # #[event(aggregate = "order")]
+/// # #[event(aggregate = Order)]
 /// # enum OrderEvent { Placed { skus: Vec<String> } }
+/// # #[derive(Debug, Default, Serialize, Deserialize, Aggregate)]
+/// # #[aggregate(name = "order", event = OrderEvent, error = NoStock)]
+/// # struct Order;
+/// # impl Apply<OrderEvent> for Order { fn apply(&mut self, _: &OrderEvent) {} }
 /// # #[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
-/// # #[event(aggregate = "inventory")]
+/// # #[event(aggregate = Inventory)]
 /// # enum InventoryEvent { Reserved { order_id: String } }
 /// # #[derive(Debug, Serialize, Deserialize, thiserror::Error)]
 /// # #[error("no stock")]

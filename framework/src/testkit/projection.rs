@@ -49,9 +49,16 @@ pub fn unique_schema(test: &str) -> String {
 /// ```no_run
 /// # use sqlx::PgConnection;
 /// # use tributary::projection::{HandlerError, Handles, Projection};
-/// # use tributary::{DomainEvent, EventEnvelope};
+/// # use tributary::{Aggregate, Apply, DomainEvent, EventEnvelope};
+/// # #[derive(Debug, Default, serde::Serialize, serde::Deserialize, Aggregate)]
+/// # #[aggregate(name = "order", event = OrderEvent, error = OrderError)]
+/// # struct Order;
+/// # impl Apply<OrderEvent> for Order { fn apply(&mut self, _: &OrderEvent) {} }
+/// # #[derive(Debug, serde::Serialize, serde::Deserialize, thiserror::Error)]
+/// # #[error("never")]
+/// # struct OrderError;
 /// # #[derive(Debug, serde::Serialize, serde::Deserialize, DomainEvent)]
-/// # #[event(aggregate = "order")]
+/// # #[event(aggregate = Order)]
 /// # enum OrderEvent { Placed { total_cents: i64 } }
 /// # struct OrderTotals;
 /// # impl Projection for OrderTotals {

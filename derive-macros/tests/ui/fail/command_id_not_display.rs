@@ -2,7 +2,7 @@ use serde::{Deserialize, Serialize};
 use tributary_core::{Aggregate, Apply, Command, DomainEvent};
 
 #[derive(Debug, Serialize, Deserialize, DomainEvent)]
-#[event(aggregate = "order")]
+#[event(aggregate = Order)]
 enum OrderEvent {
     Placed,
 }

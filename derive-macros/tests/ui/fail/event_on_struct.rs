@@ -1,7 +1,7 @@
 use tributary_core::DomainEvent;
 
 #[derive(DomainEvent)]
-#[event(aggregate = "order")]
+#[event(aggregate = Order)]
 struct OrderPlaced {
     customer: String,
 }

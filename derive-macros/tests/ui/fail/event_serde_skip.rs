@@ -2,7 +2,7 @@ use serde::{Deserialize, Serialize};
 use tributary_core::DomainEvent;
 
 #[derive(Serialize, Deserialize, DomainEvent)]
-#[event(aggregate = "order")]
+#[event(aggregate = Order)]
 enum OrderEvent {
     Placed { customer: String },
     #[serde(skip)]

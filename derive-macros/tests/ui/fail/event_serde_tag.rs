@@ -3,7 +3,7 @@ use tributary_core::DomainEvent;
 
 #[derive(Serialize, Deserialize, DomainEvent)]
 #[serde(tag = "type")]
-#[event(aggregate = "order")]
+#[event(aggregate = Order)]
 enum OrderEvent {
     Placed { customer: String },
 }

@@ -1,11 +1,11 @@
 use tributary_core::DomainEvent;
 
 #[derive(DomainEvent)]
-#[event(aggregat = "order")]
+#[event(aggregat = Order)]
 enum OrderEvent {
     #[event(verison = 2)]
     Placed,
-    #[event(aggregate = "order")]
+    #[event(aggregate = Order)]
     Cancelled,
 }
 

@@ -1,7 +1,7 @@
 use tributary_core::DomainEvent;
 
 #[derive(DomainEvent)]
-#[event(aggregate = "order")]
+#[event(aggregate = Order)]
 enum OrderEvent {
     #[event(version = 0)]
     Placed,

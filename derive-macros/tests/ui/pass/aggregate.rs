@@ -7,7 +7,7 @@ use tributary_core::testkit::AggregateTest;
 use tributary_core::{Aggregate, Apply, Command, DomainEvent, Handle};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
-#[event(aggregate = "counter")]
+#[event(aggregate = Counter)]
 enum CounterEvent {
     Incremented { by: u32 },
 }
@@ -58,7 +58,7 @@ impl Handle<Increment> for Counter {
 // A state machine: the aggregate is an enum. Defaults for `snapshot_every` and
 // `state_version`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
-#[event(aggregate = "door")]
+#[event(aggregate = Door)]
 enum DoorEvent {
     Opened,
     Closed,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use tributary_core::{Aggregate, AggregateId, Apply, Command, DomainEvent};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
-#[event(aggregate = "order")]
+#[event(aggregate = Order)]
 enum OrderEvent {
     Placed,
 }

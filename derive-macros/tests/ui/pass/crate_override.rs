@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tb::{Aggregate, Apply, Command, DomainEvent};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, tb::DomainEvent)]
-#[event(crate = "tb", aggregate = "ledger")]
+#[event(crate = "tb", aggregate = Ledger)]
 enum LedgerEvent {
     Credited(i64),
 }

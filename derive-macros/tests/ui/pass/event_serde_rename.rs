@@ -1,15 +1,27 @@
 //! serde's `rename_all` and `rename` change the variant names serde uses; the derive
 //! finds them at runtime, so payloads still round-trip. Event names come from the Rust
-//! variant names, not from serde.
+//! variant names, not from serde; the aggregate's name (with a `-`) from the aggregate.
 #![deny(warnings)]
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tributary_core::DomainEvent;
+use tributary_core::{Aggregate, Apply, DomainEvent};
+
+#[derive(Debug, Default, Serialize, Deserialize, Aggregate)]
+#[aggregate(name = "shopping-cart", event = CartEvent, error = CartError)]
+struct ShoppingCart;
+
+impl Apply<CartEvent> for ShoppingCart {
+    fn apply(&mut self, _: &CartEvent) {}
+}
+
+#[derive(Debug, Serialize, Deserialize, thiserror::Error)]
+#[error("never")]
+struct CartError;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE", deny_unknown_fields)]
-#[event(aggregate = "shopping-cart")]
+#[event(aggregate = ShoppingCart)]
 enum CartEvent {
     #[serde(rename_all = "camelCase")]
     ItemAdded { item_id: String, unit_price: u32 },

@@ -3,7 +3,19 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tributary_core::{DomainEvent, EventType, PayloadError};
+use tributary_core::{Aggregate, Apply, DomainEvent, EventType, PayloadError};
+
+#[derive(Debug, Default, Serialize, Deserialize, Aggregate)]
+#[aggregate(name = "order", event = OrderEvent, error = OrderError)]
+struct Order;
+
+impl Apply<OrderEvent> for Order {
+    fn apply(&mut self, _: &OrderEvent) {}
+}
+
+#[derive(Debug, Serialize, Deserialize, thiserror::Error)]
+#[error("never")]
+struct OrderError;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Line {
@@ -12,7 +24,7 @@ struct Line {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
-#[event(aggregate = "order")]
+#[event(aggregate = Order)]
 enum OrderEvent {
     Placed { customer: String, lines: Vec<Line> },
     ItemsAdded(Vec<Line>),
