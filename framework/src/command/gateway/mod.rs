@@ -18,6 +18,7 @@ use super::wire::{self, CommandHeaders, OutcomeWire, ReplyWire};
 use crate::codec::EventCodec;
 use crate::config::KafkaConfig;
 use crate::kafka::EncodedRecordExt as _;
+use crate::kafka::clients;
 use crate::{Aggregate, AggregateId, Command};
 use crate::{EventEnvelope, Metadata};
 
@@ -125,21 +126,12 @@ impl CommandGateway {
         let reply_partition =
             (uuid::Uuid::new_v4().as_u128() % reply_partitions.max(1) as u128) as i32;
 
-        let consumer: StreamConsumer = kafka
-            .client_config()
-            .set("group.id", format!("{prefix}.gateway"))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .set("fetch.wait.max.ms", "5")
+        let consumer: StreamConsumer = clients::reply_consumer(&kafka, prefix)
             .create()
             .map_err(crate::kafka::op("create reply consumer"))?;
         // Start at the current end explicitly, so no reply produced after this point
         // can be missed (Offset::End would be resolved later).
-        // read_uncommitted: the last stable offset can lag (or read 0 on some
-        // brokers) while processors have transactions open.
-        let watermarks: rdkafka::consumer::BaseConsumer = kafka
-            .client_config()
-            .set("isolation.level", "read_uncommitted")
+        let watermarks: rdkafka::consumer::BaseConsumer = clients::watermark_reader(&kafka, None)
             .create()
             .map_err(crate::kafka::op("create watermark client"))?;
         let (_, high) = crate::kafka::watermarks_within(
@@ -156,15 +148,7 @@ impl CommandGateway {
             .assign(&tpl)
             .map_err(crate::kafka::op("assign reply partition"))?;
 
-        let producer: FutureProducer = kafka
-            .client_config()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            // Java-compatible partitioning, so that every producer of commands
-            // (any language) maps an aggregate id to the same partition.
-            .set("partitioner", "murmur2_random")
-            .set("linger.ms", "1")
-            .set("message.timeout.ms", timeout.as_millis().max(1).to_string())
+        let producer: FutureProducer = clients::command_producer(&kafka, timeout)
             .create()
             .map_err(crate::kafka::op("create producer"))?;
 

@@ -50,7 +50,7 @@ use super::topics::{TopicLayout, TopicSettings, ensure_topics};
 use crate::Upcaster;
 use crate::codec::EventCodec;
 use crate::config::KafkaConfig;
-use crate::kafka::op;
+use crate::kafka::{clients, op};
 use crate::store::PgStore;
 use crate::topics::{event_source, validate_prefix};
 use crate::{Aggregate, Command, Handle};
@@ -208,16 +208,7 @@ impl<A: Aggregate> CommandProcessor<A> {
         let group = format!("{}.{}.processor", self.prefix, A::NAME);
         #[cfg(feature = "fault-injection")]
         let fail_reply_producer = Arc::new(AtomicBool::new(false));
-        let outcome_reader: BaseConsumer = self
-            .kafka
-            .client_config()
-            .set("group.id", format!("{group}.outcomes"))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            // One record at a time, answered at once (the fetch waits for nothing).
-            .set("fetch.wait.max.ms", "5")
-            .set("fetch.queue.backoff.ms", "10")
-            .set("fetch.error.backoff.ms", "10")
+        let outcome_reader: BaseConsumer = clients::outcome_reader(&self.kafka, &group)
             .create()
             .map_err(op("create outcome reader"))?;
         let shared = Arc::new(Shared {
@@ -252,29 +243,12 @@ impl<A: Aggregate> CommandProcessor<A> {
             reply_producer,
             fatal: None,
         }));
-        let consumer: BaseConsumer<RebalanceContext<A>> = self
-            .kafka
-            .client_config()
-            .set("group.id", &group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("isolation.level", "read_committed")
-            .set("partition.assignment.strategy", "range")
-            .set(
-                "session.timeout.ms",
-                s.session_timeout.as_millis().to_string(),
-            )
-            .set(
-                "max.poll.interval.ms",
-                s.max_poll_interval.as_millis().to_string(),
-            )
-            // Latency: librdkafka waits up to 500 ms for fetch.min.bytes by default.
-            .set("fetch.wait.max.ms", "5")
-            .create_with_context(RebalanceContext {
-                core: Arc::clone(&core),
-            })
-            .map_err(op("create consumer"))?;
+        let consumer: BaseConsumer<RebalanceContext<A>> =
+            clients::command_consumer(&self.kafka, &group, s.session_timeout, s.max_poll_interval)
+                .create_with_context(RebalanceContext {
+                    core: Arc::clone(&core),
+                })
+                .map_err(op("create consumer"))?;
         consumer
             .subscribe(&[shared.layout.commands.as_str()])
             .map_err(op("subscribe"))?;

@@ -16,12 +16,7 @@ use super::partitions::PartitionState;
 
 /// The idempotent, non-transactional producer of replies.
 pub(super) fn new_reply_producer(kafka: &KafkaConfig) -> KafkaResult<BaseProducer<ReplyContext>> {
-    kafka
-        .client_config()
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "1")
-        .create_with_context(ReplyContext)
+    crate::kafka::clients::reply_producer(kafka).create_with_context(ReplyContext)
 }
 
 /// Writes a command record, unchanged but keyed by its aggregate id, to the commands

@@ -25,7 +25,7 @@ use super::partitions::{PartitionState, Slot};
 use super::replay::Replay;
 use super::stats::ProcessorStats;
 use super::{Shared, slow};
-use crate::kafka::op;
+use crate::kafka::{clients, op};
 
 /// How far (at most; a tenth of the window if less) before the dedup window a
 /// restore starts reading outcomes, for owners whose clocks were behind.
@@ -52,27 +52,14 @@ impl<A: Aggregate> Restorer<A> {
         cancel: Arc<AtomicBool>,
     ) -> Result<Self, ProcessorError> {
         let group = &shared.group;
-        let restore_consumer: BaseConsumer<RestoreContext> = shared
-            .kafka
-            .client_config()
-            .set("group.id", format!("{group}.restore"))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("isolation.level", "read_committed")
-            .set("fetch.wait.max.ms", "10")
-            .set("fetch.queue.backoff.ms", "10")
-            .set("fetch.error.backoff.ms", "10")
-            .set("enable.partition.eof", "true")
-            .create_with_context(RestoreContext)
-            .map_err(op("create restore consumer"))?;
-        let watermark_consumer: BaseConsumer = shared
-            .kafka
-            .client_config()
-            .set("group.id", format!("{group}.restore"))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_uncommitted")
-            .create()
-            .map_err(op("create watermark consumer"))?;
+        let restore_consumer: BaseConsumer<RestoreContext> =
+            clients::restore_reader(&shared.kafka, group)
+                .create_with_context(RestoreContext)
+                .map_err(op("create restore consumer"))?;
+        let watermark_consumer: BaseConsumer =
+            clients::watermark_reader(&shared.kafka, Some(group))
+                .create()
+                .map_err(op("create watermark consumer"))?;
         Ok(Self {
             shared,
             restore_consumer,
@@ -101,27 +88,17 @@ impl<A: Aggregate> Restorer<A> {
         let started = Instant::now();
         let shared = Arc::clone(&self.shared);
         let settings = &shared.settings;
-        let producer: BaseProducer<DeliveryContext> = shared
-            .kafka
-            .client_config()
-            .set("transactional.id", format!("{}.{partition}", shared.group))
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "1")
-            .set(
-                "transaction.timeout.ms",
-                settings.transaction_timeout.as_millis().to_string(),
-            )
-            .set(
-                "message.timeout.ms",
-                settings.transaction_timeout.as_millis().to_string(),
-            )
-            .create_with_context(DeliveryContext {
-                events_topic: shared.layout.events.clone(),
-                max_offset: AtomicI64::new(-1),
-                failed: AtomicBool::new(false),
-            })
-            .map_err(op("create transactional producer"))?;
+        let producer: BaseProducer<DeliveryContext> = clients::transactional_producer(
+            &shared.kafka,
+            format!("{}.{partition}", shared.group),
+            settings.transaction_timeout,
+        )
+        .create_with_context(DeliveryContext {
+            events_topic: shared.layout.events.clone(),
+            max_offset: AtomicI64::new(-1),
+            failed: AtomicBool::new(false),
+        })
+        .map_err(op("create transactional producer"))?;
         // Fences the previous owner and completes or aborts its open transaction;
         // not if the partition was revoked meanwhile (it would fence the new owner).
         self.check_cancelled(partition)?;

@@ -49,10 +49,6 @@ const TOPIC_WAIT_POLL: Duration = Duration::from_millis(500);
 /// How often it repeats its warning meanwhile.
 const TOPIC_WAIT_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
-/// `fetch.queue.backoff.ms` of the worker's consumer unless the Kafka settings set
-/// it: see [`ProjectionWorker::consumer_config`].
-const FETCH_QUEUE_BACKOFF_MS: &str = "10";
-
 /// Runs a [`Projection`]: see the [module documentation](crate::projection).
 ///
 /// Cloning is cheap; clones share the projection, the status and the settings, so
@@ -255,26 +251,11 @@ impl<P: Projection> ProjectionWorker<P> {
     }
 
     fn consumer_config(&self) -> ClientConfig {
-        let mut config = self.kafka.client_config();
-        // librdkafka stops fetching a partition whose local queue is full and waits
-        // `fetch.queue.backoff.ms` (default 1 s) before it looks again. A worker that
-        // applies about as fast as it fetches drains the queue well within that and
-        // then sits idle: measured ~0.5 s every ~120,000 records, 40 % of a rebuild.
-        if config.get("fetch.queue.backoff.ms").is_none() {
-            config.set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
-        }
-        config
-            .set("group.id", self.group_id())
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("isolation.level", "read_committed")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "true")
-            .set(
-                "session.timeout.ms",
-                self.config.session_timeout.as_millis().to_string(),
-            );
-        config
+        crate::kafka::clients::projection_consumer(
+            &self.kafka,
+            self.group_id(),
+            self.config.session_timeout,
+        )
     }
 
     fn create_consumer(&self) -> Result<StreamConsumer<RebalanceContext>, ProjectionError> {

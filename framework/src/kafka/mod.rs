@@ -1,4 +1,8 @@
-//! Glue between the codec and rdkafka's record types.
+//! The Kafka adapter: the clients the framework builds (`kafka::clients`, by role), the
+//! glue between the codec and rdkafka's record types, the one operation error type,
+//! send-with-retry and the metadata helpers.
+
+pub(crate) mod clients;
 
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 
