@@ -440,6 +440,10 @@ pub fn produce_transactional(
             send(&producer, topic, record);
         }
         if abort_every.is_some_and(|every| (n + 1) % every == 0) {
+            // Deliver the records first: they must be in the log, aborted, for the
+            // test to mean anything. And an abort racing the records still in flight
+            // can fail with INVALID_TXN_STATE (librdkafka issue 4849).
+            producer.flush(timeout).expect("flush before abort failed");
             producer
                 .abort_transaction(timeout)
                 .expect("abort_transaction failed");
