@@ -7,18 +7,23 @@ use crate::projection::HandlerError;
 /// Whether a handler's error says the database is unavailable or the transaction
 /// lost a race, rather than that the event cannot be applied: such a batch is rolled
 /// back and retried after `outage_backoff`, as long as it takes, and never parked.
+/// The `sqlx::Error` may be the handler's error itself or any error in its
+/// `source()` chain (a handler's own error type wrapping it).
 pub(super) fn is_outage(error: &HandlerError) -> bool {
-    match error.downcast_ref::<sqlx::Error>() {
-        Some(
-            sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed,
-        ) => true,
-        Some(sqlx::Error::Database(db)) => {
-            db.code().is_some_and(|code| is_transient_sqlstate(&code))
-        }
+    let top: &(dyn std::error::Error + 'static) = error.as_ref();
+    std::iter::successors(Some(top), |e| e.source())
+        .filter_map(|e| e.downcast_ref::<sqlx::Error>())
+        .any(is_transient)
+}
+
+fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| is_transient_sqlstate(&code)),
         _ => false,
     }
 }
@@ -110,5 +115,32 @@ mod tests {
         assert!(!is_outage(&database(None)));
         assert!(!is_outage(&sqlx_error(sqlx::Error::RowNotFound)));
         assert!(!is_outage(&"the handler said no".into()));
+    }
+
+    /// A handler's own error type wrapping the sqlx error (as `thiserror`'s
+    /// `#[from]` does) still says the database is unavailable.
+    #[test]
+    fn an_outage_wrapped_in_the_handlers_own_error_is_an_outage() {
+        #[derive(Debug)]
+        struct ReadModelError(sqlx::Error);
+        impl fmt::Display for ReadModelError {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "updating the read model failed")
+            }
+        }
+        impl std::error::Error for ReadModelError {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let wrapped = |error| -> HandlerError { Box::new(ReadModelError(error)) };
+        assert!(is_outage(&wrapped(sqlx::Error::PoolTimedOut)));
+        assert!(is_outage(&wrapped(sqlx::Error::Database(Box::new(
+            Sqlstate(Some("40P01"))
+        )))));
+        assert!(!is_outage(&wrapped(sqlx::Error::Database(Box::new(
+            Sqlstate(Some("23505"))
+        )))));
+        assert!(!is_outage(&wrapped(sqlx::Error::RowNotFound)));
     }
 }
