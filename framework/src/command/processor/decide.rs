@@ -69,8 +69,9 @@ pub(super) enum Decision<E> {
     /// The handler rejected the command: its domain error as JSON, or (`Err`) why
     /// that error does not serialize.
     Rejected(Result<serde_json::Value, String>),
-    /// The command cannot be handled (unknown type, undecodable payload, events
-    /// that do not encode or do not fit a record), with the reason.
+    /// The command cannot be handled (unknown type, undecodable payload, a
+    /// panicking handler, events that do not encode or do not fit a record), with
+    /// the reason.
     Failed(String),
 }
 
@@ -134,7 +135,25 @@ impl<A: Aggregate> Decider<'_, A> {
         let slot = aggregates
             .entry(command.aggregate_id.to_owned())
             .or_default();
-        let events = match handler(&slot.state, command.payload) {
+        // The handler only reads the state; a panic leaves nothing half-changed.
+        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            handler(&slot.state, command.payload)
+        }));
+        let handled = match handled {
+            Ok(handled) => handled,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-string panic payload".to_owned());
+                return Decision::Failed(format!(
+                    "the handler of `{}` panicked: {message}",
+                    command.command_type
+                ));
+            }
+        };
+        let events = match handled {
             Err(error) => {
                 return Decision::Failed(format!(
                     "cannot deserialize `{}`: {error}",
@@ -457,6 +476,30 @@ mod tests {
                 Some("00-abc-def-01")
             );
         }
+    }
+
+    /// A handler that panics fails its command, with the panic's message, instead
+    /// of aborting the transaction and retrying the batch forever (which would stop
+    /// every command of the partition); the aggregate is left as it was.
+    #[test]
+    fn a_panicking_handler_fails_its_command_and_changes_nothing() {
+        let mut fixture = Fixture::new();
+        fixture.handlers.insert(
+            INCREMENT.to_owned(),
+            Box::new(|_: &Counter, _: &[u8]| panic!("the handler has a bug")),
+        );
+        let mut aggregates = at_version(3);
+        let bytes = payload(1);
+        let decision = fixture
+            .decider()
+            .decide(&mut aggregates, &increment(&bytes), None);
+        let Decision::Failed(reason) = decision else {
+            panic!("expected a failure, got {decision:?}");
+        };
+        assert!(reason.contains("panicked"), "{reason}");
+        assert!(reason.contains("the handler has a bug"), "{reason}");
+        assert_eq!(aggregates["c-1"].version, 3);
+        assert_eq!(aggregates["c-1"].state.value, 3);
     }
 
     #[test]
