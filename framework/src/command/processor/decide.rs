@@ -111,12 +111,12 @@ pub(super) struct Decider<'a, A: Aggregate> {
 
 impl<A: Aggregate> Decider<'_, A> {
     /// Decides on `command`. `earlier` is the reply of an earlier decision on the
-    /// same command id, if any. The aggregate is looked up in `aggregates` (and
-    /// created empty if the command type is known and the aggregate new); it is not
-    /// changed.
+    /// same command id, if any. The aggregate is looked up in `aggregates` (a new
+    /// one is decided on from its empty state); nothing is changed or added: the
+    /// transaction adds a new aggregate once its first events are written.
     pub(super) fn decide(
         &self,
-        aggregates: &mut HashMap<String, Slot<A>>,
+        aggregates: &HashMap<String, Slot<A>>,
         command: &IncomingCommand<'_>,
         earlier: Option<Arc<Vec<u8>>>,
     ) -> Decision<A::Event> {
@@ -132,9 +132,14 @@ impl<A: Aggregate> Decider<'_, A> {
                 known.join(", ")
             ));
         };
-        let slot = aggregates
-            .entry(command.aggregate_id.to_owned())
-            .or_default();
+        let new_aggregate;
+        let slot = match aggregates.get(command.aggregate_id) {
+            Some(slot) => slot,
+            None => {
+                new_aggregate = Slot::default();
+                &new_aggregate
+            }
+        };
         // The handler only reads the state; a panic leaves nothing half-changed.
         let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             handler(&slot.state, command.payload)
@@ -355,7 +360,7 @@ mod tests {
             let fixture = Fixture::new();
             let mut aggregates = at_version(version);
             let bytes = payload(times);
-            let decision = fixture.decider().decide(&mut aggregates, &increment(&bytes), None);
+            let decision = fixture.decider().decide(&aggregates, &increment(&bytes), None);
             let Decision::Accepted(accepted) = decision else {
                 panic!("expected acceptance, got {decision:?}");
             };
@@ -367,7 +372,7 @@ mod tests {
             prop_assert_eq!(accepted.records.len() as u64, times);
             prop_assert_eq!(accepted.version, version + times);
             prop_assert!(accepted.envelopes.iter().all(|e| e.aggregate_id.as_str() == "c-1"));
-            let slot = aggregates.get_mut("c-1").unwrap();
+            let slot = aggregates.entry("c-1".to_owned()).or_default();
             prop_assert_eq!(slot.version, version);
             prop_assert_eq!(slot.state.value, version);
             accepted.apply_to(slot);
@@ -387,10 +392,10 @@ mod tests {
             let mut sequences = Vec::new();
             for times in run {
                 let bytes = payload(times);
-                match fixture.decider().decide(&mut aggregates, &increment(&bytes), None) {
+                match fixture.decider().decide(&aggregates, &increment(&bytes), None) {
                     Decision::Accepted(accepted) => {
                         sequences.extend(accepted.envelopes.iter().map(|e| e.sequence));
-                        accepted.apply_to(aggregates.get_mut("c-1").unwrap());
+                        accepted.apply_to(aggregates.entry("c-1".to_owned()).or_default());
                     }
                     Decision::Rejected(Ok(error)) => {
                         prop_assert_eq!(error, serde_json::json!({ "TooBig": { "limit": LIMIT } }));
@@ -398,10 +403,12 @@ mod tests {
                     other => panic!("unexpected decision {other:?}"),
                 }
             }
-            let version = aggregates["c-1"].version;
+            let (version, value) = aggregates
+                .get("c-1")
+                .map_or((0, 0), |slot| (slot.version, slot.state.value));
             prop_assert_eq!(sequences, (1..=version).collect::<Vec<_>>());
             prop_assert!(version <= LIMIT);
-            prop_assert_eq!(aggregates["c-1"].state.value, version);
+            prop_assert_eq!(value, version);
         }
 
         /// A command id decided before gets its earlier reply back, whatever the
@@ -414,14 +421,14 @@ mod tests {
             new_aggregate in any::<bool>(),
         ) {
             let fixture = Fixture::new();
-            let mut aggregates = if new_aggregate { HashMap::new() } else { at_version(version) };
+            let aggregates = if new_aggregate { HashMap::new() } else { at_version(version) };
             let before: Vec<(String, u64)> =
                 aggregates.iter().map(|(id, s)| (id.clone(), s.version)).collect();
             let earlier = Arc::new(reply.clone());
             let bytes = payload(times);
             let decision = fixture
                 .decider()
-                .decide(&mut aggregates, &increment(&bytes), Some(Arc::clone(&earlier)));
+                .decide(&aggregates, &increment(&bytes), Some(Arc::clone(&earlier)));
             let Decision::Duplicate(answer) = decision else {
                 panic!("expected a duplicate, got {decision:?}");
             };
@@ -435,11 +442,11 @@ mod tests {
     #[test]
     fn a_rejection_carries_the_domain_error_and_changes_nothing() {
         let fixture = Fixture::new();
-        let mut aggregates = at_version(39);
+        let aggregates = at_version(39);
         let bytes = payload(2);
         let decision = fixture
             .decider()
-            .decide(&mut aggregates, &increment(&bytes), None);
+            .decide(&aggregates, &increment(&bytes), None);
         let Decision::Rejected(Ok(error)) = decision else {
             panic!("expected a rejection, got {decision:?}");
         };
@@ -453,9 +460,9 @@ mod tests {
         let fixture = Fixture::new();
         let bytes = payload(2);
         let mut command = increment(&bytes);
-        let mut aggregates = HashMap::new();
+        let aggregates = HashMap::new();
         let Decision::Accepted(uncorrelated) =
-            fixture.decider().decide(&mut aggregates, &command, None)
+            fixture.decider().decide(&aggregates, &command, None)
         else {
             panic!("expected acceptance");
         };
@@ -464,8 +471,7 @@ mod tests {
         assert_eq!(metadata.correlation_id.as_deref(), Some("cmd-1"));
         command.correlation_id = Some("flow-7");
         command.traceparent = Some("00-abc-def-01");
-        let Decision::Accepted(correlated) =
-            fixture.decider().decide(&mut aggregates, &command, None)
+        let Decision::Accepted(correlated) = fixture.decider().decide(&aggregates, &command, None)
         else {
             panic!("expected acceptance");
         };
@@ -478,6 +484,25 @@ mod tests {
         }
     }
 
+    /// A command that is not accepted leaves no trace in memory: no empty aggregate
+    /// is kept for an id that has no events (a stream of rejected commands for
+    /// random ids would otherwise grow the map without bound).
+    #[test]
+    fn a_command_that_is_not_accepted_creates_no_aggregate() {
+        let fixture = Fixture::new();
+        let aggregates = HashMap::new();
+        let too_many = payload(LIMIT + 1);
+        let decision = fixture
+            .decider()
+            .decide(&aggregates, &increment(&too_many), None);
+        assert!(matches!(decision, Decision::Rejected(_)), "{decision:?}");
+        let decision = fixture
+            .decider()
+            .decide(&aggregates, &increment(b"not json"), None);
+        assert!(matches!(decision, Decision::Failed(_)), "{decision:?}");
+        assert!(aggregates.is_empty(), "{:?}", aggregates.keys());
+    }
+
     /// A handler that panics fails its command, with the panic's message, instead
     /// of aborting the transaction and retrying the batch forever (which would stop
     /// every command of the partition); the aggregate is left as it was.
@@ -488,11 +513,11 @@ mod tests {
             INCREMENT.to_owned(),
             Box::new(|_: &Counter, _: &[u8]| panic!("the handler has a bug")),
         );
-        let mut aggregates = at_version(3);
+        let aggregates = at_version(3);
         let bytes = payload(1);
         let decision = fixture
             .decider()
-            .decide(&mut aggregates, &increment(&bytes), None);
+            .decide(&aggregates, &increment(&bytes), None);
         let Decision::Failed(reason) = decision else {
             panic!("expected a failure, got {decision:?}");
         };
@@ -505,11 +530,11 @@ mod tests {
     #[test]
     fn an_unknown_command_type_fails_without_creating_the_aggregate() {
         let fixture = Fixture::new();
-        let mut aggregates = HashMap::new();
+        let aggregates = HashMap::new();
         let bytes = payload(1);
         let mut command = increment(&bytes);
         command.command_type = "counter.reset";
-        let decision = fixture.decider().decide(&mut aggregates, &command, None);
+        let decision = fixture.decider().decide(&aggregates, &command, None);
         let Decision::Failed(reason) = decision else {
             panic!("expected a failure, got {decision:?}");
         };
@@ -523,11 +548,11 @@ mod tests {
     #[test]
     fn an_undecodable_payload_fails_and_leaves_the_aggregate_at_its_version() {
         let fixture = Fixture::new();
-        let mut aggregates = at_version(3);
+        let aggregates = at_version(3);
         let decision =
             fixture
                 .decider()
-                .decide(&mut aggregates, &increment(b"{\"times\": \"x\"}"), None);
+                .decide(&aggregates, &increment(b"{\"times\": \"x\"}"), None);
         let Decision::Failed(reason) = decision else {
             panic!("expected a failure, got {decision:?}");
         };
@@ -542,11 +567,11 @@ mod tests {
     fn events_over_the_record_size_limit_fail_the_command() {
         let mut fixture = Fixture::new();
         fixture.max_record_bytes = 300;
-        let mut aggregates = at_version(0);
+        let aggregates = at_version(0);
         let bytes = payload(1);
         let decision = fixture
             .decider()
-            .decide(&mut aggregates, &increment(&bytes), None);
+            .decide(&aggregates, &increment(&bytes), None);
         let Decision::Failed(reason) = decision else {
             panic!("expected a failure, got {decision:?}");
         };

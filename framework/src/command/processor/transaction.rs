@@ -172,7 +172,7 @@ pub(super) fn handle_one<A: Aggregate>(
         source: &shared.source,
         max_record_bytes: shared.layout.max_record_bytes,
     };
-    let outcome = match decider.decide(&mut part.aggregates, &command, earlier) {
+    let outcome = match decider.decide(&part.aggregates, &command, earlier) {
         Decision::Duplicate(reply) => {
             ProcessorStats::add(&shared.stats.duplicates, 1);
             Span::current().record("outcome", "duplicate");
@@ -257,7 +257,11 @@ fn write_events<A: Aggregate>(
         crate::kafka::send_retrying(&part.producer, base)?;
     }
     let count = accepted.envelopes.len() as u64;
-    if let Some(slot) = part.aggregates.get_mut(command.aggregate_id) {
+    if count > 0 {
+        let slot = part
+            .aggregates
+            .entry(command.aggregate_id.to_owned())
+            .or_default();
         accepted.apply_to(slot);
     }
     let version = accepted.version;
