@@ -15,9 +15,21 @@ pub(super) struct Replay<A> {
     pub(super) aggregates: HashMap<String, Slot<A>>,
     /// Events applied (not covered by a snapshot).
     pub(super) applied: u64,
-    /// The first event out of sequence: its offset, its aggregate's version
-    /// before it, and its sequence.
-    pub(super) gap: Option<(i64, u64, u64)>,
+    /// The first event out of sequence.
+    pub(super) gap: Option<Gap>,
+}
+
+/// An event out of its aggregate's sequence (a lost or repeated event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Gap {
+    /// Its offset in the events partition.
+    pub(super) offset: i64,
+    /// Its aggregate.
+    pub(super) aggregate_id: String,
+    /// The aggregate's version before it.
+    pub(super) version: u64,
+    /// Its sequence.
+    pub(super) sequence: u64,
 }
 
 impl<A: Aggregate> Replay<A> {
@@ -40,13 +52,19 @@ impl<A: Aggregate> Replay<A> {
         sequence: u64,
         event: &A::Event,
     ) {
-        let slot = self.aggregates.entry(aggregate_id).or_default();
+        let slot = self.aggregates.entry(aggregate_id.clone()).or_default();
         slot.offset_bound = slot.offset_bound.max(offset);
         if sequence <= slot.snapshot_version {
             return; // covered by the snapshot
         }
         if sequence != slot.version + 1 {
-            self.gap.get_or_insert((offset, slot.version, sequence));
+            let version = slot.version;
+            self.gap.get_or_insert(Gap {
+                offset,
+                aggregate_id,
+                version,
+                sequence,
+            });
             return;
         }
         slot.state.apply(event);
@@ -170,7 +188,12 @@ mod tests {
             let next = if repeat { Some(i + 1) } else { (i..log.len()).find(|&j| log[j].1 == id) };
             let replay = replay(HashMap::new(), &log);
             match next {
-                Some(j) => prop_assert_eq!(replay.gap, Some((log[j].0, sequence - 1 + u64::from(repeat), log[j].2))),
+                Some(j) => prop_assert_eq!(replay.gap, Some(Gap {
+                    offset: log[j].0,
+                    aggregate_id: id,
+                    version: sequence - 1 + u64::from(repeat),
+                    sequence: log[j].2,
+                })),
                 // The last event of its aggregate was lost: nothing shows it.
                 None => prop_assert_eq!(replay.gap, None),
             }

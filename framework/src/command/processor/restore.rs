@@ -247,26 +247,22 @@ impl<A: Aggregate> Restorer<A> {
         } = replay;
         ProcessorStats::add(&shared.stats.restore_records_read, read);
         ProcessorStats::add(&shared.stats.restore_events_applied, applied);
-        if let Some((offset, version, sequence)) = gap {
+        if let Some(gap) = gap {
             if start > low && !full {
                 // Snapshot rows were deleted under a watermark: read everything.
                 warn!(
                     partition,
-                    offset, "snapshots do not cover the partition; replaying it from the start"
+                    offset = gap.offset,
+                    "snapshots do not cover the partition; replaying it from the start"
                 );
                 return self.restore_aggregates(partition, true);
             }
-            let aggregate_id = aggregates
-                .iter()
-                .find(|(_, s)| s.version == version)
-                .map(|(id, _)| id.clone())
-                .unwrap_or_default();
             return Err(ProcessorError::Inconsistent {
                 partition,
-                offset,
-                aggregate_id,
-                version,
-                sequence,
+                offset: gap.offset,
+                aggregate_id: gap.aggregate_id,
+                version: gap.version,
+                sequence: gap.sequence,
             });
         }
         Ok((aggregates, read, applied))
