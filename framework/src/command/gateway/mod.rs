@@ -18,7 +18,7 @@ use super::wire::{self, CommandHeaders, OutcomeWire, ReplyWire};
 use crate::codec::EventCodec;
 use crate::config::KafkaConfig;
 use crate::kafka::EncodedRecordExt as _;
-use crate::{Aggregate, AggregateId, Command};
+use crate::{Aggregate, AggregateId, Command, DeclaresCommand};
 use crate::{EventEnvelope, Metadata};
 
 mod diagnose;
@@ -187,19 +187,28 @@ impl CommandGateway {
     }
 
     /// Sends `command` with a new command id and waits for its outcome.
-    pub async fn send<C: Command>(
-        &self,
-        command: C,
-    ) -> Result<CommandOutcome<C::Aggregate>, GatewayError> {
+    ///
+    /// Only compiles for a command its aggregate declares
+    /// (`#[aggregate(commands(..))]`, see [`DeclaresCommand`]): the aggregate's
+    /// processor decides exactly those.
+    pub async fn send<C>(&self, command: C) -> Result<CommandOutcome<C::Aggregate>, GatewayError>
+    where
+        C: Command,
+        C::Aggregate: DeclaresCommand<C>,
+    {
         self.send_with(command, SendOptions::default()).await
     }
 
     /// Sends `command` with options (command id, correlation id, trace, timeout).
-    pub async fn send_with<C: Command>(
+    pub async fn send_with<C>(
         &self,
         command: C,
         options: SendOptions,
-    ) -> Result<CommandOutcome<C::Aggregate>, GatewayError> {
+    ) -> Result<CommandOutcome<C::Aggregate>, GatewayError>
+    where
+        C: Command,
+        C::Aggregate: DeclaresCommand<C>,
+    {
         let command_id = options
             .command_id
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
