@@ -125,6 +125,37 @@ pub trait CommandVisitor<A: Aggregate> {
 )]
 pub trait DeclaresCommand<C: Command>: Handle<C> {}
 
+/// Support for `#[derive(Aggregate)]`: whether two of `names` are equal (two listed
+/// commands with one [`Command::NAME`], which the processor could not tell apart).
+#[doc(hidden)]
+pub const fn has_duplicate(names: &[&str]) -> bool {
+    const fn same(a: &[u8], b: &[u8]) -> bool {
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+    let mut i = 0;
+    while i < names.len() {
+        let mut j = i + 1;
+        while j < names.len() {
+            if same(names[i].as_bytes(), names[j].as_bytes()) {
+                return true;
+            }
+            j += 1;
+        }
+        i += 1;
+    }
+    false
+}
+
 /// Support for `#[derive(Command)]`: compiles only if `A` lists `C`.
 #[doc(hidden)]
 pub const fn assert_declared<C, A>()
@@ -212,5 +243,24 @@ impl From<&str> for AggregateId {
 impl AsRef<str> for AggregateId {
     fn as_ref(&self) -> &str {
         &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_duplicate;
+
+    #[test]
+    fn duplicate_names() {
+        assert!(!has_duplicate(&[]));
+        assert!(!has_duplicate(&["place"]));
+        assert!(!has_duplicate(&[
+            "place",
+            "cancel",
+            "cancel_order",
+            "cance"
+        ]));
+        assert!(has_duplicate(&["place", "cancel", "ship", "cancel"]));
+        assert!(has_duplicate(&["a", "a"]));
     }
 }

@@ -210,6 +210,28 @@ fn expand_inner(cx: &Ctxt, input: &DeriveInput) -> Option<TokenStream> {
         }
     };
 
+    // Two listed commands with one `Command::NAME` (e.g. both `name = "cancel"`):
+    // the processor tells commands apart by name. Only the constant knows the names.
+    let distinct_names = if input.generics.params.is_empty() && commands.len() > 1 {
+        let span = Span::call_site().located_at(ident.span());
+        let message = format!(
+            "two commands in the command list of `{ident}` have the same name (`Command::NAME`, \
+             the struct in snake_case or its `#[command(name = \"..\")]`): the processor tells \
+             commands apart by name, so give one of them another name"
+        )
+        .replace('{', "{{")
+        .replace('}', "}}");
+        quote_spanned! {span=>
+            const _: () = if #krate::__private::has_duplicate(
+                <#ident as #krate::Aggregate>::COMMANDS,
+            ) {
+                ::core::panic!(#message);
+            };
+        }
+    } else {
+        TokenStream::new()
+    };
+
     Some(quote! {
         #[automatically_derived]
         impl #impl_generics #krate::Aggregate for #ident #ty_generics #where_clause {
@@ -222,6 +244,8 @@ fn expand_inner(cx: &Ctxt, input: &DeriveInput) -> Option<TokenStream> {
         }
 
         #(#declares)*
+
+        #distinct_names
 
         #check
     })
@@ -344,6 +368,8 @@ mod expansion_tests {
             "impl::tributary_core::DeclaresCommand<PlaceOrder>forOrder{}",
             "impl::tributary_core::DeclaresCommand<orders::Cancel>forOrder{}",
             "impl::tributary_core::DeclaresCommand<Annotate<String>>forOrder{}",
+            "const_:()=if::tributary_core::__private::has_duplicate(\
+             <Orderas::tributary_core::Aggregate>::COMMANDS,){::core::panic!(",
         ] {
             assert!(out.contains(snippet), "missing {snippet} in {out}");
         }
@@ -358,6 +384,7 @@ mod expansion_tests {
         );
         assert!(!out.contains("COMMANDS"), "{out}");
         assert!(!out.contains("DeclaresCommand"), "{out}");
+        assert!(!out.contains("has_duplicate"), "{out}");
     }
 
     #[test]

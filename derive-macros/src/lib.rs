@@ -91,7 +91,7 @@ pub fn derive_command(input: TokenStream) -> TokenStream {
 /// send `C`). Compile errors, each at the name in the list: a command without an
 /// `impl Handle<C> for Order`, or whose `#[command(aggregate = ..)]` is another
 /// aggregate; and, from `#[derive(Command)]`, a command of `Order` missing from the
-/// list. An aggregate without the key declares no commands (one that only exists for
+/// list. Two listed commands with the same `Command::NAME` fail const evaluation. An aggregate without the key declares no commands (one that only exists for
 /// its events); its processor refuses to start.
 #[proc_macro_derive(Aggregate, attributes(aggregate))]
 pub fn derive_aggregate(input: TokenStream) -> TokenStream {
