@@ -24,7 +24,9 @@ pub mod testkit;
 pub mod topics;
 mod upcast;
 
-pub use aggregate::{Aggregate, AggregateId, Apply, Command, Handle};
+pub use aggregate::{
+    Aggregate, AggregateId, Apply, Command, CommandVisitor, DeclaresCommand, Handle,
+};
 pub use codec::{DecodeError, EncodeError, EncodedRecord, EventCodec, RecordRef};
 pub use envelope::{EventEnvelope, Metadata};
 pub use event::{DomainEvent, EventType, PayloadError};
@@ -37,6 +39,7 @@ pub use tributary_derive::{Aggregate, Command, DomainEvent};
 #[doc(hidden)]
 pub mod __private {
     //! Support for the derive macros. Not a public API; may change in any release.
+    pub use crate::aggregate::{assert_declared, has_duplicate};
     pub use crate::event::derive_support::*;
     pub use serde;
     pub use serde_json;

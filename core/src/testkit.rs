@@ -12,7 +12,7 @@
 //! enum CounterError { #[error("too big")] TooBig }
 //!
 //! #[derive(Debug, Default, Serialize, Deserialize, Aggregate)]
-//! #[aggregate(name = "counter", event = CounterEvent, error = CounterError)]
+//! #[aggregate(name = "counter", event = CounterEvent, error = CounterError, commands(Increment))]
 //! struct Counter { value: u32 }
 //!
 //! impl Apply<CounterEvent> for Counter {

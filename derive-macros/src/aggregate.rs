@@ -1,6 +1,6 @@
 //! `#[derive(Aggregate)]`: names an aggregate and ties it to its event and error types.
 
-use proc_macro2::{Literal, Span, TokenStream};
+use proc_macro2::{Group, Literal, Span, TokenStream, TokenTree};
 use quote::{ToTokens, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Data, DeriveInput};
@@ -25,6 +25,11 @@ static CONTAINER: Schema = Schema {
             name: "error",
             kind: Kind::Type,
             example: "error = OrderError",
+        },
+        Key {
+            name: "commands",
+            kind: Kind::TypeList,
+            example: "commands(PlaceOrder, CancelOrder)",
         },
         Key {
             name: "snapshot_every",
@@ -93,6 +98,7 @@ fn expand_inner(cx: &Ctxt, input: &DeriveInput) -> Option<TokenStream> {
         .and_then(|lit| attr::check_name(cx, &lit, "name", "aggregate", NameRule::Aggregate));
     let event = attrs.get_type("event");
     let error = attrs.get_type("error");
+    let commands = attrs.get_type_list("commands");
     let snapshot_every = if attrs.has("snapshot_every") {
         attrs.get_positive_int::<u64>("snapshot_every").map(|n| {
             let n = Literal::u64_unsuffixed(n);
@@ -108,8 +114,14 @@ fn expand_inner(cx: &Ctxt, input: &DeriveInput) -> Option<TokenStream> {
     };
 
     let krate = attrs.crate_path();
-    let (name, event, error, snapshot_every, state_version) =
-        (name?, event?, error?, snapshot_every?, state_version?);
+    let (name, event, error, commands, snapshot_every, state_version) = (
+        name?,
+        event?,
+        error?,
+        commands?,
+        snapshot_every?,
+        state_version?,
+    );
     if !ok {
         return None;
     }
@@ -160,6 +172,66 @@ fn expand_inner(cx: &Ctxt, input: &DeriveInput) -> Option<TokenStream> {
         TokenStream::new()
     };
 
+    // One `DeclaresCommand` impl per listed command, spanned at its name in the list:
+    // its supertrait `Handle<C>` checks that the command has a handler, and the
+    // command derive's check that the command is listed looks for it. The visit
+    // calls' bound `C: Command<Aggregate = Self>` checks that it is a command of this
+    // aggregate, spanned at the name too.
+    let declares = commands.iter().map(|command| {
+        let span = Span::call_site().located_at(command.span());
+        // The missing-`Handle` error is reported at the impl's self type: give it
+        // the command's span too.
+        let self_ty = respan(quote!(#ident #ty_generics), span);
+        quote_spanned! {span=>
+            #[automatically_derived]
+            impl #impl_generics #krate::DeclaresCommand<#command> for #self_ty #where_clause {}
+        }
+    });
+    let names = commands.iter().map(|command| {
+        let span = Span::call_site().located_at(command.span());
+        quote_spanned!(span=> <#command as #krate::Command>::NAME)
+    });
+    let visits = commands.iter().map(|command| {
+        let span = Span::call_site().located_at(command.span());
+        quote_spanned!(span=> visitor.visit::<#command>();)
+    });
+    let visit_commands = if commands.is_empty() {
+        // The trait's defaults: no commands.
+        TokenStream::new()
+    } else {
+        quote! {
+            const COMMANDS: &'static [&'static str] = &[#(#names),*];
+
+            fn visit_commands<__TributaryVisitor: #krate::CommandVisitor<Self>>(
+                visitor: &mut __TributaryVisitor,
+            ) {
+                #(#visits)*
+            }
+        }
+    };
+
+    // Two listed commands with one `Command::NAME` (e.g. both `name = "cancel"`):
+    // the processor tells commands apart by name. Only the constant knows the names.
+    let distinct_names = if input.generics.params.is_empty() && commands.len() > 1 {
+        let span = Span::call_site().located_at(ident.span());
+        let message = format!(
+            "two commands in the command list of `{ident}` have the same name (`Command::NAME`, \
+             the struct in snake_case or its `#[command(name = \"..\")]`): the processor tells \
+             commands apart by name, so give one of them another name"
+        )
+        .replace('{', "{{")
+        .replace('}', "}}");
+        quote_spanned! {span=>
+            const _: () = if #krate::__private::has_duplicate(
+                <#ident as #krate::Aggregate>::COMMANDS,
+            ) {
+                ::core::panic!(#message);
+            };
+        }
+    } else {
+        TokenStream::new()
+    };
+
     Some(quote! {
         #[automatically_derived]
         impl #impl_generics #krate::Aggregate for #ident #ty_generics #where_clause {
@@ -168,10 +240,31 @@ fn expand_inner(cx: &Ctxt, input: &DeriveInput) -> Option<TokenStream> {
             const STATE_VERSION: u32 = #state_version;
             type Event = #event;
             type Error = #error;
+            #visit_commands
         }
+
+        #(#declares)*
+
+        #distinct_names
 
         #check
     })
+}
+
+/// `tokens` with every span set to `span`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tree| {
+            if let TokenTree::Group(group) = &tree {
+                let mut inner = Group::new(group.delimiter(), respan(group.stream(), span));
+                inner.set_span(span);
+                tree = TokenTree::Group(inner);
+            }
+            tree.set_span(span);
+            tree
+        })
+        .collect()
 }
 
 fn report_missing(cx: &Ctxt, input: &DeriveInput, attrs: &Attrs<'_>, missing: &[&str]) {
@@ -253,6 +346,119 @@ mod expansion_tests {
         assert!(out.contains("::core::option::Option::Some(250)"), "{out}");
         assert!(out.contains("constSTATE_VERSION:u32=4;"), "{out}");
         assert!(out.contains("impltb::AggregateforDoor"), "{out}");
+    }
+
+    #[test]
+    fn the_command_list_gives_names_visits_and_declarations() {
+        let out = expand_ok(
+            expand,
+            &parse_quote! {
+                #[aggregate(name = "order", event = OrderEvent, error = OrderError,
+                            commands(PlaceOrder, orders::Cancel, Annotate<String>))]
+                struct Order;
+            },
+        );
+        for snippet in [
+            "constCOMMANDS:&'static[&'staticstr]=&[<PlaceOrderas::tributary_core::Command>::NAME,\
+             <orders::Cancelas::tributary_core::Command>::NAME,\
+             <Annotate<String>as::tributary_core::Command>::NAME];",
+            "fnvisit_commands<__TributaryVisitor:::tributary_core::CommandVisitor<Self>>\
+             (visitor:&mut__TributaryVisitor,){visitor.visit::<PlaceOrder>();\
+             visitor.visit::<orders::Cancel>();visitor.visit::<Annotate<String>>();}",
+            "impl::tributary_core::DeclaresCommand<PlaceOrder>forOrder{}",
+            "impl::tributary_core::DeclaresCommand<orders::Cancel>forOrder{}",
+            "impl::tributary_core::DeclaresCommand<Annotate<String>>forOrder{}",
+            "const_:()=if::tributary_core::__private::has_duplicate(\
+             <Orderas::tributary_core::Aggregate>::COMMANDS,){::core::panic!(",
+        ] {
+            assert!(out.contains(snippet), "missing {snippet} in {out}");
+        }
+
+        // Without a list: the trait's defaults (no commands), no declarations.
+        let out = expand_ok(
+            expand,
+            &parse_quote! {
+                #[aggregate(name = "order", event = OrderEvent, error = OrderError)]
+                struct Order;
+            },
+        );
+        assert!(!out.contains("COMMANDS"), "{out}");
+        assert!(!out.contains("DeclaresCommand"), "{out}");
+        assert!(!out.contains("has_duplicate"), "{out}");
+    }
+
+    #[test]
+    fn generic_aggregates_declare_for_every_instance() {
+        let out = expand_ok(
+            expand,
+            &parse_quote! {
+                #[aggregate(name = "g", event = GEvent, error = GError, commands(Poke))]
+                struct G<T: Clone> { t: T }
+            },
+        );
+        assert!(
+            out.contains("impl<T:Clone>::tributary_core::DeclaresCommand<Poke>forG<T>{}"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn bad_command_lists() {
+        let errors = expand_err(
+            expand,
+            &parse_quote! {
+                #[aggregate(name = "order", event = OrderEvent, error = OrderError,
+                            commands(PlaceOrder, Cancel, "Ship", 3, crate::PlaceOrder, PlaceOrder))]
+                struct Order;
+            },
+        );
+        let expected = [
+            "`commands` lists types, not strings: write `Ship` without quotes",
+            "`3` is not a type: `commands(...)` lists types by name or path",
+            "`PlaceOrder` is listed twice in `commands(...)`: remove this one",
+        ];
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+        for (error, expected) in errors.iter().zip(expected) {
+            assert!(
+                error.contains(expected),
+                "{error:?} should contain {expected:?}"
+            );
+        }
+
+        for (input, expected) in [
+            (
+                parse_quote! {
+                    #[aggregate(name = "o", event = E, error = F, commands = (A, B))]
+                    struct O;
+                },
+                "`commands` takes its list without `=`: write `commands(A,B)`",
+            ),
+            (
+                parse_quote! {
+                    #[aggregate(name = "o", event = E, error = F, commands = A)]
+                    struct O;
+                },
+                "`commands` takes a list in parentheses, without `=`: write `commands(A)`",
+            ),
+            (
+                parse_quote! {
+                    #[aggregate(name = "o", event = E, error = F, commands)]
+                    struct O;
+                },
+                "`commands` needs a value: write `commands(PlaceOrder, CancelOrder)`",
+            ),
+            (
+                parse_quote! {
+                    #[aggregate(name = "o", event = E, error = F, comands(A))]
+                    struct O;
+                },
+                "unknown key `comands` in `#[aggregate(...)]` on the aggregate; did you mean \
+                 `commands`?",
+            ),
+        ] {
+            let errors = expand_err(expand, &input);
+            assert_eq!(errors, [expected]);
+        }
     }
 
     #[test]

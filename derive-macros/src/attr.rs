@@ -61,6 +61,8 @@ pub(crate) enum Kind {
     Type,
     /// A path written as a string literal: `crate = "tb"`.
     Path,
+    /// Types in parentheses, without `=`: `commands(PlaceOrder, orders::Cancel)`.
+    TypeList,
 }
 
 /// One key an attribute accepts.
@@ -102,6 +104,9 @@ impl Schema {
 pub(crate) enum Value {
     Lit(Lit),
     Type(Type),
+    /// The items of a `key(A, B)` list: the types, and the tokens of any item that
+    /// is not a type (reported when the list is read).
+    List(Vec<Result<Type, TokenStream>>),
     /// Anything else (`-1`, `a + b`), kept for the error's span.
     Other(TokenStream),
 }
@@ -111,6 +116,13 @@ impl ToTokens for Value {
         match self {
             Value::Lit(lit) => lit.to_tokens(tokens),
             Value::Type(ty) => ty.to_tokens(tokens),
+            Value::List(items) => {
+                let items = items.iter().map(|item| match item {
+                    Ok(ty) => ty.to_token_stream(),
+                    Err(other) => other.clone(),
+                });
+                tokens.extend(quote::quote!((#(#items),*)));
+            }
             Value::Other(other) => other.to_tokens(tokens),
         }
     }
@@ -214,7 +226,17 @@ impl<'a> Attrs<'a> {
         let key_name = key.unraw().to_string();
         let spec = schema.key(&key_name);
 
-        let value = if input.peek(Token![=]) {
+        let value = if spec.is_some_and(|spec| spec.kind == Kind::TypeList)
+            && input.peek(syn::token::Paren)
+        {
+            match parse_list(input) {
+                Ok(items) => Some(Value::List(items)),
+                Err(error) => {
+                    self.cx.syn_error(error);
+                    return;
+                }
+            }
+        } else if input.peek(Token![=]) {
             let _ = input.parse::<Token![=]>();
             if input.is_empty() || input.peek(Token![,]) {
                 None
@@ -444,6 +466,82 @@ impl<'a> Attrs<'a> {
         None
     }
 
+    /// The types of a `key(A, B)` list, each with its span; an empty list if the key
+    /// is absent. Items that are not types, items listed twice and a list written as
+    /// `key = ..` are reported (the rest of the list is still returned).
+    pub(crate) fn get_type_list(&self, name: &str) -> Option<Vec<Type>> {
+        let Some(entry) = self.entry(name) else {
+            return Some(Vec::new());
+        };
+        debug_assert_eq!(entry.spec.kind, Kind::TypeList);
+        let example = entry.spec.example;
+        let items = match &entry.value {
+            Value::List(items) => items,
+            Value::Type(Type::Tuple(tuple)) => {
+                let written = tuple.to_token_stream().to_string().replace(' ', "");
+                self.wrong_kind(
+                    entry,
+                    format!("`{name}` takes its list without `=`: write `{name}{written}`"),
+                );
+                return None;
+            }
+            Value::Type(Type::Paren(_) | Type::Path(_)) => {
+                let written = entry.value.to_token_stream().to_string().replace(' ', "");
+                let written = written.trim_start_matches('(').trim_end_matches(')');
+                self.wrong_kind(
+                    entry,
+                    format!(
+                        "`{name}` takes a list in parentheses, without `=`: write \
+                         `{name}({written})`"
+                    ),
+                );
+                return None;
+            }
+            _ => {
+                self.wrong_kind(
+                    entry,
+                    format!("`{name}` takes a list of types in parentheses: write `{example}`"),
+                );
+                return None;
+            }
+        };
+        let mut types: Vec<Type> = Vec::with_capacity(items.len());
+        let mut written: Vec<String> = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                Ok(ty) => {
+                    let key = ty.to_token_stream().to_string().replace(' ', "");
+                    if written.contains(&key) {
+                        self.cx.error_spanned_by(
+                            ty,
+                            format_args!(
+                                "`{key}` is listed twice in `{name}(...)`: remove this one"
+                            ),
+                        );
+                        continue;
+                    }
+                    written.push(key);
+                    types.push(ty.clone());
+                }
+                Err(other) => {
+                    let message = match syn::parse2::<LitStr>(other.clone()) {
+                        Ok(s) if s.parse::<Type>().is_ok() => format!(
+                            "`{name}` lists types, not strings: write `{}` without quotes",
+                            s.value().trim()
+                        ),
+                        _ => format!(
+                            "`{}` is not a type: `{name}(...)` lists types by name or path, \
+                             e.g. `{example}`",
+                            other.to_string().replace(' ', "")
+                        ),
+                    };
+                    self.cx.error_spanned_by(other, message);
+                }
+            }
+        }
+        Some(types)
+    }
+
     /// The path to the framework: `crate = "..."`, or else the crate the deriving
     /// crate depends on (see [`framework_path`]).
     pub(crate) fn crate_path(&self) -> TokenStream {
@@ -511,6 +609,27 @@ fn parse_value(input: ParseStream<'_>) -> Value {
         return Value::Type(ty);
     }
     Value::Other(skip_to_comma(input))
+}
+
+/// Parses `(A, b::C, ..)`: each item a type, or the tokens of an item that is not.
+fn parse_list(input: ParseStream<'_>) -> syn::Result<Vec<Result<Type, TokenStream>>> {
+    let content;
+    syn::parenthesized!(content in input);
+    let mut items = Vec::new();
+    while !content.is_empty() {
+        let fork = content.fork();
+        match fork.parse::<Type>() {
+            Ok(ty) if fork.is_empty() || fork.peek(Token![,]) => {
+                content.advance_to(&fork);
+                items.push(Ok(ty));
+            }
+            _ => items.push(Err(skip_to_comma(&content))),
+        }
+        if !content.is_empty() {
+            content.parse::<Token![,]>()?;
+        }
+    }
+    Ok(items)
 }
 
 /// Consumes tokens up to (not including) the next top-level `,`.

@@ -124,6 +124,18 @@ fn expand_inner(cx: &Ctxt, input: &DeriveInput) -> Option<TokenStream> {
     // Located at the field's type so that "`X` doesn't implement `Display`" points there.
     let span = Span::call_site().located_at(id_ty.span());
     let to_string = quote_spanned!(span=> ::std::string::ToString::to_string(&self.#member));
+    // The aggregate must list this command (`#[aggregate(commands(..))]`), else no
+    // processor decides it. Spanned at `aggregate = ..`, which names the aggregate
+    // whose list to fix. A generic command cannot be named in a free constant (it is
+    // listed as e.g. `Annotate<String>`): no check.
+    let declared = if input.generics.params.is_empty() {
+        let span = Span::call_site().located_at(aggregate.span());
+        quote_spanned! {span=>
+            const _: () = #krate::__private::assert_declared::<#ident, #aggregate>();
+        }
+    } else {
+        TokenStream::new()
+    };
     Some(quote! {
         #[automatically_derived]
         impl #impl_generics #krate::Command for #ident #ty_generics #where_clause {
@@ -135,6 +147,8 @@ fn expand_inner(cx: &Ctxt, input: &DeriveInput) -> Option<TokenStream> {
                 #krate::AggregateId::new(#to_string)
             }
         }
+
+        #declared
     })
 }
 
@@ -249,6 +263,13 @@ mod expansion_tests {
             out.contains("::std::string::ToString::to_string(&self.order_id)"),
             "{out}"
         );
+        // The aggregate must list it.
+        assert!(
+            out.contains(
+                "const_:()=::tributary_core::__private::assert_declared::<PlaceOrder,crate::Order>();"
+            ),
+            "{out}"
+        );
 
         let out = expand_ok(
             expand,
@@ -263,6 +284,8 @@ mod expansion_tests {
         );
         assert!(out.contains(r#""cancel""#), "{out}");
         assert!(out.contains("to_string(&self.1)"), "{out}");
+        // A generic command cannot be named in a free constant: no check.
+        assert!(!out.contains("assert_declared"), "{out}");
     }
 
     #[test]

@@ -56,6 +56,11 @@ pub fn derive_domain_event(input: TokenStream) -> TokenStream {
 /// Keys: `aggregate = Type`, `name = "..."` (default: the struct in snake_case),
 /// `crate = "path::to::tributary"` (default: see the crate docs). The `#[aggregate_id]` field's type must implement
 /// `Display`.
+///
+/// The aggregate must list the command in its `#[aggregate(commands(..))]`: it is a
+/// compile error ("`PlaceOrder` is not in the command list of `Order`", at
+/// `aggregate = Order`) if it does not, since no processor would decide it. Generic
+/// commands are not checked (list each instance, e.g. `Annotate<String>`).
 #[proc_macro_derive(Command, attributes(command, aggregate_id))]
 pub fn derive_command(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
@@ -69,14 +74,25 @@ pub fn derive_command(input: TokenStream) -> TokenStream {
 /// ```text
 /// #[derive(Debug, Default, Serialize, Deserialize, Aggregate)]
 /// #[aggregate(name = "order", event = OrderEvent, error = OrderError, snapshot_every = 100)]
+/// #[aggregate(commands(PlaceOrder, ConfirmOrder, orders::CancelOrder))]
 /// struct Order { lines: Vec<Line> }
 /// ```
 ///
 /// Keys: `name = "..."` (`[a-z][a-z0-9_-]*`), `event = Type`, `error = Type` (required),
-/// `snapshot_every = N` (default: no periodic snapshots), `state_version = N` (default 1),
-/// `crate = "path::to::tributary"` (default: see the crate docs). The event enum must be
-/// this aggregate's own: `#[event(aggregate = Order)]` on `OrderEvent`; this is checked
-/// at compile time.
+/// `commands(Type, ..)` (default: none), `snapshot_every = N` (default: no periodic
+/// snapshots), `state_version = N` (default 1), `crate = "path::to::tributary"`
+/// (default: see the crate docs). The event enum must be this aggregate's own:
+/// `#[event(aggregate = Order)]` on `OrderEvent`; this is checked at compile time.
+///
+/// `commands(..)` is the one place that declares the aggregate's commands, by type
+/// (names or paths, each once). It generates `Aggregate::COMMANDS` (their names),
+/// `Aggregate::visit_commands` (from which the command processor builds its dispatch
+/// table) and a `DeclaresCommand<C>` impl per command (which the gateway requires to
+/// send `C`). Compile errors, each at the name in the list: a command without an
+/// `impl Handle<C> for Order`, or whose `#[command(aggregate = ..)]` is another
+/// aggregate; and, from `#[derive(Command)]`, a command of `Order` missing from the
+/// list. Two listed commands with the same `Command::NAME` fail const evaluation. An aggregate without the key declares no commands (one that only exists for
+/// its events); its processor refuses to start.
 #[proc_macro_derive(Aggregate, attributes(aggregate))]
 pub fn derive_aggregate(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);

@@ -34,9 +34,9 @@ pub use config::{KafkaConfig, is_secret_property};
 pub use settings::InvalidSetting;
 pub use store::{PgStore, StoreError};
 pub use tributary_core::{
-    Aggregate, AggregateId, Apply, Command, DecodeError, DomainEvent, EncodeError, EncodedRecord,
-    EventCodec, EventEnvelope, EventType, Handle, InvalidPrefix, Metadata, PayloadError, RecordRef,
-    RegisterUpcasterError, UpcastError, Upcaster,
+    Aggregate, AggregateId, Apply, Command, CommandVisitor, DeclaresCommand, DecodeError,
+    DomainEvent, EncodeError, EncodedRecord, EventCodec, EventEnvelope, EventType, Handle,
+    InvalidPrefix, Metadata, PayloadError, RecordRef, RegisterUpcasterError, UpcastError, Upcaster,
 };
 
 /// The [rdkafka](https://docs.rs/rdkafka/0.39) crate this runtime is built on,

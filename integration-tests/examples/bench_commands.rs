@@ -67,7 +67,6 @@ async fn framework_run(bootstrap: &str, callers: usize, commands: usize) -> Run 
     let processor =
         tributary::command::CommandProcessor::<Counter>::new(KafkaConfig::new(bootstrap), &prefix)
             .unwrap()
-            .handle::<Increment>()
             .settings(ProcessorSettings {
                 session_timeout: Duration::from_secs(6),
                 ..Default::default()

@@ -44,6 +44,7 @@ pub enum CounterError {
 /// A counter; snapshots every 10 events.
 #[derive(Debug, Default, Clone, Serialize, Deserialize, Aggregate)]
 #[aggregate(name = "counter", event = CounterEvent, error = CounterError, snapshot_every = 10)]
+#[aggregate(commands(Increment, Check, Note))]
 pub struct Counter {
     /// The sum of all increments.
     pub value: u64,
@@ -152,9 +153,6 @@ pub fn counter_processor(
     }
     tributary::command::CommandProcessor::<Counter>::new(kafka, prefix)
         .expect("valid prefix")
-        .handle::<Increment>()
-        .handle::<Check>()
-        .handle::<Note>()
         .settings(test_settings())
         .topics(tributary::command::TopicSettings {
             partitions,

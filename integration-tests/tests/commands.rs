@@ -182,28 +182,69 @@ async fn resent_command_ids_return_the_original_outcome_after_a_restart() {
     second.shutdown().await.expect("shutdown");
 }
 
+/// The counter as an older deployment knows it: the same aggregate name and events,
+/// but `Check` is not in its command list yet. A rolling deploy where the gateway is
+/// newer than the processor is the one way a command type can still reach a
+/// processor that does not handle it (the gateway only compiles for declared
+/// commands).
+mod old_deployment {
+    use serde::{Deserialize, Serialize};
+    use tributary::{Aggregate, Apply, Command, Handle};
+    use tributary_integration_tests::command_support::{CounterError, CounterEvent};
+
+    #[derive(Debug, Default, Serialize, Deserialize, Aggregate)]
+    #[aggregate(name = "counter", event = CounterEvent, error = CounterError)]
+    #[aggregate(commands(Increment))]
+    pub(crate) struct OldCounter {
+        value: u64,
+    }
+
+    impl Apply<CounterEvent> for OldCounter {
+        fn apply(&mut self, event: &CounterEvent) {
+            if let CounterEvent::Incremented { by } = event {
+                self.value += u64::from(*by);
+            }
+        }
+    }
+
+    #[derive(Debug, Serialize, Deserialize, Command)]
+    #[command(aggregate = OldCounter)]
+    pub(crate) struct Increment {
+        #[aggregate_id]
+        id: String,
+        by: u32,
+    }
+
+    impl Handle<Increment> for OldCounter {
+        fn handle(&self, c: Increment) -> Result<Vec<CounterEvent>, CounterError> {
+            Ok(vec![CounterEvent::Incremented { by: c.by }])
+        }
+    }
+}
+
 /// G3: an unknown command type is reported to the caller, not dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_the_processor_does_not_handle_fails_loudly() {
     let bootstrap = kafka_bootstrap();
     let prefix = unique_prefix("cmd-unknown");
-    // This processor handles Increment only.
-    let processor =
-        tributary::command::CommandProcessor::<Counter>::new(KafkaConfig::new(&bootstrap), &prefix)
-            .unwrap()
-            .handle::<Increment>()
-            .settings(tributary::command::ProcessorSettings {
-                session_timeout: Duration::from_secs(6),
-                ..Default::default()
-            })
-            .topics(tributary::command::TopicSettings {
-                partitions: 1,
-                reply_partitions: 1,
-                ..Default::default()
-            })
-            .start()
-            .await
-            .unwrap();
+    // This processor is the older deployment's: it handles `increment` only.
+    let processor = tributary::command::CommandProcessor::<old_deployment::OldCounter>::new(
+        KafkaConfig::new(&bootstrap),
+        &prefix,
+    )
+    .unwrap()
+    .settings(tributary::command::ProcessorSettings {
+        session_timeout: Duration::from_secs(6),
+        ..Default::default()
+    })
+    .topics(tributary::command::TopicSettings {
+        partitions: 1,
+        reply_partitions: 1,
+        ..Default::default()
+    })
+    .start()
+    .await
+    .unwrap();
     let gateway = gateway(&bootstrap, &prefix).await;
     let err = gateway
         .send(Check {

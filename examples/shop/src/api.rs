@@ -49,7 +49,7 @@ use sqlx::PgPool;
 use std::time::Duration;
 
 use tributary::command::{CommandGateway, CommandOutcome, GatewayError, SendOptions};
-use tributary::{Command, EventEnvelope, Handle};
+use tributary::{Command, DeclaresCommand, EventEnvelope};
 use uuid::Uuid;
 
 use crate::app::{ComponentHealth, Role, Running};
@@ -333,7 +333,7 @@ async fn send<C>(
 ) -> Result<CommandOutcome<C::Aggregate>, ApiError>
 where
     C: Command,
-    C::Aggregate: Handle<C>,
+    C::Aggregate: DeclaresCommand<C>,
 {
     let options = SendOptions {
         command_id,
@@ -578,7 +578,7 @@ async fn change_order<C>(
 ) -> Result<Json<Value>, ApiError>
 where
     C: Command<Aggregate = Order>,
-    Order: Handle<C>,
+    Order: DeclaresCommand<C>,
 {
     match send(state, command, command_id(key, endpoint, order_id)).await? {
         CommandOutcome::Accepted { version, events } => {

@@ -17,12 +17,8 @@ use tributary::projection::{
 };
 use tributary::{DomainEvent, EventCodec, KafkaConfig, PgStore, StoreError};
 
-use crate::inventory::{
-    Inventory, InventoryEvent, ReleaseStock, ReserveStock, Restock, ShipStock, VerifySku,
-};
-use crate::order::{
-    CancelOrder, MarkPaid, MarkShipped, Order, OrderEvent, PlaceOrder, RecordReservation,
-};
+use crate::inventory::{Inventory, InventoryEvent};
+use crate::order::{Order, OrderEvent};
 use crate::projections::{Notifications, OrderSummaries, StockLevels};
 use crate::saga::Fulfilment;
 
@@ -128,18 +124,14 @@ impl ShopConfig {
         }
     }
 
-    /// Starts an order command processor (creating the order topics if missing).
+    /// Starts an order command processor (creating the order topics if missing). It
+    /// decides the commands listed in `#[aggregate(commands(..))]` on [`Order`].
     pub async fn start_order_processor(
         &self,
         store: &PgStore,
     ) -> Result<ProcessorHandle, ShopError> {
         Ok(
             CommandProcessor::<Order>::new(self.kafka.clone(), &self.prefix)?
-                .handle::<PlaceOrder>()
-                .handle::<RecordReservation>()
-                .handle::<CancelOrder>()
-                .handle::<MarkPaid>()
-                .handle::<MarkShipped>()
                 .snapshots(store.clone())
                 .settings(self.processor_settings())
                 .topics(self.topic_settings())
@@ -149,17 +141,13 @@ impl ShopConfig {
     }
 
     /// Starts an inventory command processor (creating the inventory topics if missing).
+    /// It decides the commands listed in `#[aggregate(commands(..))]` on [`Inventory`].
     pub async fn start_inventory_processor(
         &self,
         store: &PgStore,
     ) -> Result<ProcessorHandle, ShopError> {
         Ok(
             CommandProcessor::<Inventory>::new(self.kafka.clone(), &self.prefix)?
-                .handle::<Restock>()
-                .handle::<VerifySku>()
-                .handle::<ReserveStock>()
-                .handle::<ReleaseStock>()
-                .handle::<ShipStock>()
                 .snapshots(store.clone())
                 .settings(self.processor_settings())
                 .topics(self.topic_settings())

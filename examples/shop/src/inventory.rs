@@ -76,6 +76,7 @@ pub enum InventoryError {
 /// One SKU's stock.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize, Aggregate)]
 #[aggregate(name = "inventory", event = InventoryEvent, error = InventoryError, snapshot_every = 200)]
+#[aggregate(commands(Restock, VerifySku, ReserveStock, ReleaseStock, ShipStock))]
 pub struct Inventory {
     known: bool,
     available: u64,

@@ -131,6 +131,7 @@ impl Status {
 /// The order aggregate.
 #[derive(Debug, Default, Serialize, Deserialize, Aggregate)]
 #[aggregate(name = "order", event = OrderEvent, error = OrderError, snapshot_every = 100)]
+#[aggregate(commands(PlaceOrder, RecordReservation, CancelOrder, MarkPaid, MarkShipped))]
 pub struct Order {
     status: Status,
     customer: String,

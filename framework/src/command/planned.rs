@@ -11,7 +11,7 @@ use std::pin::Pin;
 
 use super::gateway::{CommandGateway, CommandOutcome, GatewayError, SendOptions};
 use crate::DomainEvent;
-use crate::{Aggregate, AggregateId, Command};
+use crate::{Aggregate, AggregateId, Command, DeclaresCommand};
 use crate::{EventEnvelope, Metadata};
 
 /// The decisions of a process manager for the events of one aggregate type: which
@@ -40,9 +40,12 @@ pub trait PlansCommands<E: DomainEvent> {
 /// # #[error("no stock")]
 /// # struct NoStock;
 /// # #[derive(Debug, Default, Serialize, Deserialize, Aggregate)]
-/// # #[aggregate(name = "inventory", event = InventoryEvent, error = NoStock)]
+/// # #[aggregate(name = "inventory", event = InventoryEvent, error = NoStock, commands(ReserveStock))]
 /// # struct Inventory { units: u64 }
 /// # impl Apply<InventoryEvent> for Inventory { fn apply(&mut self, _: &InventoryEvent) {} }
+/// # impl tributary::Handle<ReserveStock> for Inventory {
+/// #     fn handle(&self, _: ReserveStock) -> Result<Vec<InventoryEvent>, NoStock> { Err(NoStock) }
+/// # }
 /// #[derive(Debug, Serialize, Deserialize, Command)]
 /// #[command(aggregate = Inventory)]
 /// struct ReserveStock { #[aggregate_id] sku: String, quantity: u64 }
@@ -93,7 +96,11 @@ trait ErasedCommand: Send + Sync + 'static {
     fn send(self: Box<Self>, gateway: CommandGateway, options: SendOptions) -> SendFuture;
 }
 
-impl<C: Command> ErasedCommand for C {
+impl<C> ErasedCommand for C
+where
+    C: Command,
+    C::Aggregate: DeclaresCommand<C>,
+{
     fn aggregate(&self) -> &'static str {
         <C::Aggregate as Aggregate>::NAME
     }
@@ -127,7 +134,11 @@ impl PlannedCommand {
     /// Plans `command` with the id `command_id`. Derive the id from the triggering
     /// event (e.g. a UUIDv5 of the event id and the step), never at random, so that
     /// a redelivered event plans the same id.
-    pub fn new<C: Command>(command_id: impl Into<String>, command: C) -> Self {
+    pub fn new<C>(command_id: impl Into<String>, command: C) -> Self
+    where
+        C: Command,
+        C::Aggregate: DeclaresCommand<C>,
+    {
         Self {
             command_id: command_id.into(),
             aggregate_id: command.aggregate_id(),

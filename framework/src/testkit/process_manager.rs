@@ -27,9 +27,12 @@ use tributary_core::testkit::line_diff;
 /// # #[error("no stock")]
 /// # struct NoStock;
 /// # #[derive(Debug, Default, Serialize, Deserialize, Aggregate)]
-/// # #[aggregate(name = "inventory", event = InventoryEvent, error = NoStock)]
+/// # #[aggregate(name = "inventory", event = InventoryEvent, error = NoStock, commands(ReserveStock))]
 /// # struct Inventory { units: u64 }
 /// # impl Apply<InventoryEvent> for Inventory { fn apply(&mut self, _: &InventoryEvent) {} }
+/// # impl tributary::Handle<ReserveStock> for Inventory {
+/// #     fn handle(&self, _: ReserveStock) -> Result<Vec<InventoryEvent>, NoStock> { Err(NoStock) }
+/// # }
 /// #[derive(Debug, Serialize, Deserialize, Command)]
 /// #[command(aggregate = Inventory)]
 /// struct ReserveStock { #[aggregate_id] sku: String, order_id: String }

@@ -1,5 +1,5 @@
 use serde::{Deserialize, Serialize};
-use tributary_core::{Aggregate, Apply, Command, DomainEvent};
+use tributary_core::{Aggregate, Apply, Command, DomainEvent, Handle};
 
 #[derive(Debug, Serialize, Deserialize, DomainEvent)]
 #[event(aggregate = Order)]
@@ -12,7 +12,7 @@ enum OrderEvent {
 struct OrderError;
 
 #[derive(Debug, Default, Serialize, Deserialize, Aggregate)]
-#[aggregate(name = "order", event = OrderEvent, error = OrderError)]
+#[aggregate(name = "order", event = OrderEvent, error = OrderError, commands(PlaceOrder))]
 struct Order;
 
 impl Apply<OrderEvent> for Order {
@@ -27,6 +27,12 @@ struct OrderId(u64);
 struct PlaceOrder {
     #[aggregate_id]
     order_id: OrderId,
+}
+
+impl Handle<PlaceOrder> for Order {
+    fn handle(&self, _: PlaceOrder) -> Result<Vec<OrderEvent>, OrderError> {
+        Ok(vec![])
+    }
 }
 
 fn main() {}

@@ -1,10 +1,11 @@
 //! `snapshot_every`, `state_version` and their defaults; struct and enum (state machine)
-//! aggregates, run through the test kit.
+//! aggregates, run through the test kit; the command list, read back through
+//! `COMMANDS` and `visit_commands`.
 #![deny(warnings)]
 
 use serde::{Deserialize, Serialize};
 use tributary_core::testkit::AggregateTest;
-use tributary_core::{Aggregate, Apply, Command, DomainEvent, Handle};
+use tributary_core::{Aggregate, Apply, Command, CommandVisitor, DeclaresCommand, DomainEvent, Handle};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
 #[event(aggregate = Counter)]
@@ -25,6 +26,7 @@ enum CounterError {
     error = CounterError,
     snapshot_every = 100,
     state_version = 3,
+    commands(Increment, Reset),
 )]
 struct Counter {
     value: u32,
@@ -55,6 +57,16 @@ impl Handle<Increment> for Counter {
     }
 }
 
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[command(aggregate = Counter, name = "reset_to_zero")]
+struct Reset(#[aggregate_id] String);
+
+impl Handle<Reset> for Counter {
+    fn handle(&self, _command: Reset) -> Result<Vec<CounterEvent>, CounterError> {
+        Ok(vec![])
+    }
+}
+
 // A state machine: the aggregate is an enum. Defaults for `snapshot_every` and
 // `state_version`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
@@ -71,7 +83,7 @@ enum DoorError {
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, Aggregate)]
-#[aggregate(error = DoorError, name = "door", event = DoorEvent)]
+#[aggregate(error = DoorError, name = "door", event = DoorEvent, commands(Open))]
 enum Door {
     #[default]
     Closed,
@@ -107,7 +119,34 @@ fn assert_aggregate<A: Aggregate>(name: &str, snapshot_every: Option<u64>, state
     assert_eq!(<A::Event as DomainEvent>::AGGREGATE, name);
 }
 
+/// Collects the command names an aggregate visits, checking the bounds the runtime
+/// relies on.
+struct Names(Vec<&'static str>);
+
+impl<A: Aggregate> CommandVisitor<A> for Names {
+    fn visit<C>(&mut self)
+    where
+        C: Command<Aggregate = A>,
+        A: DeclaresCommand<C>,
+    {
+        fn decides<A: Handle<C>, C: Command>() {}
+        decides::<A, C>();
+        self.0.push(C::NAME);
+    }
+}
+
+fn visited<A: Aggregate>() -> Vec<&'static str> {
+    let mut names = Names(Vec::new());
+    A::visit_commands(&mut names);
+    names.0
+}
+
 fn main() {
+    assert_eq!(Counter::COMMANDS, ["increment", "reset_to_zero"]);
+    assert_eq!(visited::<Counter>(), ["increment", "reset_to_zero"]);
+    assert_eq!(Door::COMMANDS, ["open"]);
+    assert_eq!(visited::<Door>(), ["open"]);
+
     assert_aggregate::<Counter>("counter", Some(100), 3);
     assert_aggregate::<Door>("door", None, 1);
 

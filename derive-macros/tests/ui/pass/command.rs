@@ -1,11 +1,12 @@
-//! Named and tuple `#[aggregate_id]` fields, the default and an explicit `name`, generics.
+//! Named and tuple `#[aggregate_id]` fields, the default and an explicit `name`, generics;
+//! the aggregate's command list with paths and a generic command.
 #![deny(warnings)]
 
 use std::fmt;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tributary_core::{Aggregate, AggregateId, Apply, Command, DomainEvent};
+use tributary_core::{Aggregate, AggregateId, Apply, Command, DomainEvent, Handle};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
 #[event(aggregate = Order)]
@@ -20,7 +21,12 @@ enum OrderError {
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, Aggregate)]
-#[aggregate(name = "order", event = OrderEvent, error = OrderError)]
+#[aggregate(
+    name = "order",
+    event = OrderEvent,
+    error = OrderError,
+    commands(PlaceOrder, self::CancelOrder, crate::HTTPImport, Annotate<Vec<u8>>),
+)]
 struct Order {
     placed: bool,
 }
@@ -69,6 +75,33 @@ where
     note: T,
 }
 
+impl Handle<PlaceOrder> for Order {
+    fn handle(&self, _: PlaceOrder) -> Result<Vec<OrderEvent>, OrderError> {
+        Ok(vec![OrderEvent::Placed])
+    }
+}
+
+impl Handle<CancelOrder> for Order {
+    fn handle(&self, _: CancelOrder) -> Result<Vec<OrderEvent>, OrderError> {
+        Err(OrderError::Closed)
+    }
+}
+
+impl Handle<HTTPImport> for Order {
+    fn handle(&self, _: HTTPImport) -> Result<Vec<OrderEvent>, OrderError> {
+        Ok(vec![])
+    }
+}
+
+impl<T> Handle<Annotate<T>> for Order
+where
+    T: Serialize + DeserializeOwned + fmt::Debug + Send + Sync + 'static,
+{
+    fn handle(&self, _: Annotate<T>) -> Result<Vec<OrderEvent>, OrderError> {
+        Ok(vec![])
+    }
+}
+
 fn id_of<C: Command>(command: &C) -> AggregateId {
     command.aggregate_id()
 }
@@ -79,6 +112,7 @@ fn main() {
     assert_eq!(<HTTPImport as Command>::NAME, "http_import");
     assert_eq!(<Annotate<Vec<u8>> as Command>::NAME, "annotate");
     assert_eq!(<<PlaceOrder as Command>::Aggregate as Aggregate>::NAME, "order");
+    assert_eq!(Order::COMMANDS, ["place_order", "cancel", "http_import", "annotate"]);
 
     let place = PlaceOrder { customer: "c-1".to_owned(), order_id: OrderId(42) };
     assert_eq!(id_of(&place), AggregateId::new("ord-000042"));

@@ -8,7 +8,7 @@ mod reexport {
 }
 
 use serde::{Deserialize, Serialize};
-use tb::{Aggregate, Apply, Command, DomainEvent};
+use tb::{Aggregate, Apply, Command, DomainEvent, Handle};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, tb::DomainEvent)]
 #[event(crate = "tb", aggregate = Ledger)]
@@ -22,6 +22,7 @@ struct Overdrawn;
 
 #[derive(Debug, Default, Serialize, Deserialize, tb::Aggregate)]
 #[aggregate(name = "ledger", event = LedgerEvent, error = Overdrawn, crate = "crate::reexport::framework")]
+#[aggregate(commands(Credit))]
 struct Ledger {
     balance: i64,
 }
@@ -42,6 +43,12 @@ struct Credit {
     amount: i64,
 }
 
+impl Handle<Credit> for Ledger {
+    fn handle(&self, command: Credit) -> Result<Vec<LedgerEvent>, Overdrawn> {
+        Ok(vec![LedgerEvent::Credited(command.amount)])
+    }
+}
+
 fn main() {
     assert_eq!(LedgerEvent::EVENT_TYPES[0].ce_type, "ledger.credited.v1");
     let payload = LedgerEvent::Credited(5).to_payload().expect("serializes");
@@ -58,4 +65,5 @@ fn main() {
     assert_eq!(credit.aggregate_id().as_str(), "acc-1");
     assert_eq!(<Credit as Command>::NAME, "credit");
     assert_eq!(credit.amount, 5);
+    assert_eq!(Ledger::COMMANDS, ["credit"]);
 }

@@ -19,7 +19,7 @@ use crate::codec::EventCodec;
 use crate::config::KafkaConfig;
 use crate::kafka::EncodedRecordExt as _;
 use crate::kafka::clients;
-use crate::{Aggregate, AggregateId, Command};
+use crate::{Aggregate, AggregateId, Command, DeclaresCommand};
 use crate::{EventEnvelope, Metadata};
 
 mod diagnose;
@@ -171,19 +171,58 @@ impl CommandGateway {
     }
 
     /// Sends `command` with a new command id and waits for its outcome.
-    pub async fn send<C: Command>(
-        &self,
-        command: C,
-    ) -> Result<CommandOutcome<C::Aggregate>, GatewayError> {
+    ///
+    /// Only compiles for a command its aggregate declares
+    /// (`#[aggregate(commands(..))]`, see [`DeclaresCommand`]): the aggregate's
+    /// processor decides exactly those. A hand-written command its aggregate does
+    /// not list is refused:
+    ///
+    /// ```compile_fail,E0277
+    /// # use serde::{Deserialize, Serialize};
+    /// # use tributary::{Aggregate, AggregateId, Apply, Command, DomainEvent};
+    /// # #[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+    /// # #[event(aggregate = Order)]
+    /// # enum OrderEvent { Placed }
+    /// # #[derive(Debug, Serialize, Deserialize, thiserror::Error)]
+    /// # #[error("no")]
+    /// # struct OrderError;
+    /// #[derive(Debug, Default, Serialize, Deserialize, Aggregate)]
+    /// #[aggregate(name = "order", event = OrderEvent, error = OrderError)] // no commands(..)
+    /// struct Order;
+    /// # impl Apply<OrderEvent> for Order { fn apply(&mut self, _: &OrderEvent) {} }
+    ///
+    /// #[derive(Debug, Serialize, Deserialize)]
+    /// struct Archive { order_id: String }
+    ///
+    /// impl Command for Archive {
+    ///     type Aggregate = Order;
+    ///     const NAME: &'static str = "archive";
+    ///     fn aggregate_id(&self) -> AggregateId { AggregateId::new(self.order_id.as_str()) }
+    /// }
+    ///
+    /// async fn archive(gateway: &tributary::command::CommandGateway) {
+    ///     // error: `Archive` is not in the command list of `Order`
+    ///     let _ = gateway.send(Archive { order_id: "o-1".into() }).await;
+    /// }
+    /// ```
+    pub async fn send<C>(&self, command: C) -> Result<CommandOutcome<C::Aggregate>, GatewayError>
+    where
+        C: Command,
+        C::Aggregate: DeclaresCommand<C>,
+    {
         self.send_with(command, SendOptions::default()).await
     }
 
     /// Sends `command` with options (command id, correlation id, trace, timeout).
-    pub async fn send_with<C: Command>(
+    pub async fn send_with<C>(
         &self,
         command: C,
         options: SendOptions,
-    ) -> Result<CommandOutcome<C::Aggregate>, GatewayError> {
+    ) -> Result<CommandOutcome<C::Aggregate>, GatewayError>
+    where
+        C: Command,
+        C::Aggregate: DeclaresCommand<C>,
+    {
         let command_id = options
             .command_id
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());

@@ -24,6 +24,16 @@ pub enum ProcessorError {
     /// A setting is out of range (see [`ProcessorSettings::validate`](super::ProcessorSettings::validate)).
     #[error(transparent)]
     Settings(#[from] crate::InvalidSetting),
+    /// The aggregate's commands cannot be dispatched: it declares none, or two of
+    /// them share a name, or (a hand-written `impl Aggregate`) its
+    /// `COMMANDS` and `visit_commands` disagree.
+    #[error("cannot build the command processor of aggregate `{aggregate}`: {reason}")]
+    Commands {
+        /// The aggregate's name.
+        aggregate: &'static str,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
     /// An upcaster could not be registered.
     #[error(transparent)]
     Upcaster(#[from] RegisterUpcasterError),

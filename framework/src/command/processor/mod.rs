@@ -53,7 +53,7 @@ use crate::config::KafkaConfig;
 use crate::kafka::{clients, op};
 use crate::store::PgStore;
 use crate::topics::{event_source, validate_prefix};
-use crate::{Aggregate, Command, Handle};
+use crate::{Aggregate, Command, CommandVisitor, DeclaresCommand};
 use contexts::RebalanceContext;
 use partitions::Core;
 use producer::new_reply_producer;
@@ -86,15 +86,16 @@ pub enum FaultPoint {
 
 /// Builds and starts the command processor of aggregate type `A`.
 ///
+/// It decides every command in `A`'s command list (`#[aggregate(commands(..))]`,
+/// read through [`Aggregate::visit_commands`]), so there is nothing to register:
+///
 /// ```no_run
-/// # async fn f<A: tributary::Aggregate>(store: tributary::PgStore) -> Result<(), tributary::command::ProcessorError> {
+/// # async fn f<Order: tributary::Aggregate>(store: tributary::PgStore) -> Result<(), tributary::command::ProcessorError> {
 /// # use tributary::{KafkaConfig, command::CommandProcessor};
-/// // let processor = CommandProcessor::<Order>::new(KafkaConfig::from_env(), "shop")?
-/// //     .handle::<PlaceOrder>()
-/// //     .handle::<CancelOrder>()
-/// //     .snapshots(store)
-/// //     .start()
-/// //     .await?;
+/// let processor = CommandProcessor::<Order>::new(KafkaConfig::from_env(), "shop")?
+///     .snapshots(store)
+///     .start()
+///     .await?;
 /// # Ok(()) }
 /// ```
 pub struct CommandProcessor<A: Aggregate> {
@@ -121,33 +122,26 @@ impl<A: Aggregate> std::fmt::Debug for CommandProcessor<A> {
 }
 
 impl<A: Aggregate> CommandProcessor<A> {
-    /// A processor for topics under `prefix`.
+    /// A processor for topics under `prefix`, deciding the commands `A` declares.
+    ///
+    /// Fails with [`ProcessorError::Commands`] if `A` declares no commands, or if
+    /// its declaration is inconsistent (only possible in a hand-written `impl
+    /// Aggregate`): two commands with one [`Command::NAME`], or
+    /// [`Aggregate::COMMANDS`] not naming what
+    /// [`visit_commands`](Aggregate::visit_commands) visits.
     pub fn new(kafka: KafkaConfig, prefix: &str) -> Result<Self, ProcessorError> {
         validate_prefix(prefix)?;
+        let handlers = dispatch_table::<A>()?;
         Ok(Self {
             kafka,
             prefix: prefix.to_owned(),
             codec: EventCodec::new(),
-            handlers: HashMap::new(),
+            handlers,
             store: None,
             settings: ProcessorSettings::default(),
             topics: TopicSettings::default(),
             fault_hook: None,
         })
-    }
-
-    /// Handles commands of type `C` with `A`'s [`Handle<C>`] implementation.
-    #[must_use]
-    pub fn handle<C>(mut self) -> Self
-    where
-        C: Command<Aggregate = A>,
-        A: Handle<C>,
-    {
-        self.handlers.insert(
-            format!("{}.{}", A::NAME, C::NAME),
-            decide::handler::<A, C>(),
-        );
-        self
     }
 
     /// Registers an upcaster for reading old event versions during restore.
@@ -347,6 +341,70 @@ impl Drop for ProcessorHandle {
     }
 }
 
+/// One handler per command `A` declares, by command type (`order.place_order`).
+fn dispatch_table<A: Aggregate>() -> Result<HashMap<String, DecideFn<A>>, ProcessorError> {
+    struct Table<A: Aggregate> {
+        handlers: HashMap<String, DecideFn<A>>,
+        visited: Vec<&'static str>,
+        duplicates: Vec<&'static str>,
+    }
+    impl<A: Aggregate> CommandVisitor<A> for Table<A> {
+        fn visit<C>(&mut self)
+        where
+            C: Command<Aggregate = A>,
+            A: DeclaresCommand<C>,
+        {
+            self.visited.push(C::NAME);
+            let replaced = self.handlers.insert(
+                format!("{}.{}", A::NAME, C::NAME),
+                decide::handler::<A, C>(),
+            );
+            if replaced.is_some() {
+                self.duplicates.push(C::NAME);
+            }
+        }
+    }
+
+    let mut table = Table {
+        handlers: HashMap::new(),
+        visited: Vec::new(),
+        duplicates: Vec::new(),
+    };
+    A::visit_commands(&mut table);
+    let fail = |reason: String| {
+        Err(ProcessorError::Commands {
+            aggregate: A::NAME,
+            reason,
+        })
+    };
+    if table.visited.is_empty() {
+        return fail(
+            "it declares no commands, so its processor would decide none; list them: \
+             `#[aggregate(..., commands(PlaceOrder, ..))]`"
+                .to_owned(),
+        );
+    }
+    if !table.duplicates.is_empty() {
+        return fail(format!(
+            "two of its commands have the same name ({}): give one another name with \
+             `#[command(name = \"..\")]`",
+            table.duplicates.join(", ")
+        ));
+    }
+    let mut listed = A::COMMANDS.to_vec();
+    listed.sort_unstable();
+    table.visited.sort_unstable();
+    if listed != table.visited {
+        return fail(format!(
+            "`Aggregate::COMMANDS` ({}) does not name the commands `visit_commands` visits \
+             ({}): list the same commands in both",
+            listed.join(", "),
+            table.visited.join(", ")
+        ));
+    }
+    Ok(table.handlers)
+}
+
 struct Shared<A: Aggregate> {
     group: String,
     layout: TopicLayout,
@@ -377,6 +435,127 @@ fn slow(step: &'static str, started: Instant) {
             step,
             took_ms = took.as_millis() as u64,
             "slow transaction step"
+        );
+    }
+}
+
+#[cfg(test)]
+mod dispatch_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use serde::{Deserialize, Serialize};
+
+    use super::dispatch_table;
+    use super::testing::{Counter, CounterError, CounterEvent};
+    use crate::command::ProcessorError;
+    use crate::{Aggregate, AggregateId, Apply, Command, CommandVisitor, DeclaresCommand, Handle};
+
+    #[test]
+    fn the_table_holds_every_declared_command() {
+        let table = dispatch_table::<Counter>().unwrap();
+        let mut keys: Vec<&str> = table.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["counter.increment"]);
+    }
+
+    /// A hand-written aggregate with the trait's defaults: no commands.
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    struct Silent;
+
+    impl Apply<CounterEvent> for Silent {
+        fn apply(&mut self, _: &CounterEvent) {}
+    }
+
+    impl Aggregate for Silent {
+        const NAME: &'static str = "silent";
+        const SNAPSHOT_EVERY: Option<u64> = None;
+        const STATE_VERSION: u32 = 1;
+        type Event = CounterEvent;
+        type Error = CounterError;
+    }
+
+    #[test]
+    fn an_aggregate_without_commands_has_no_processor() {
+        let Err(error) = dispatch_table::<Silent>() else {
+            panic!("expected an error");
+        };
+        assert!(matches!(
+            error,
+            ProcessorError::Commands {
+                aggregate: "silent",
+                ..
+            }
+        ));
+        assert!(
+            error.to_string().contains("declares no commands"),
+            "{error}"
+        );
+    }
+
+    /// Hand-written aggregates whose declarations disagree: `COMMANDS` names a
+    /// command not visited (`DRIFTED`), or one command is visited twice.
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    struct Drifted<const TWICE: bool>;
+
+    impl<const TWICE: bool> Apply<CounterEvent> for Drifted<TWICE> {
+        fn apply(&mut self, _: &CounterEvent) {}
+    }
+
+    impl<const TWICE: bool> Aggregate for Drifted<TWICE> {
+        const NAME: &'static str = "drifted";
+        const SNAPSHOT_EVERY: Option<u64> = None;
+        const STATE_VERSION: u32 = 1;
+        type Event = CounterEvent;
+        type Error = CounterError;
+        const COMMANDS: &'static [&'static str] = &["poke", "reset"];
+
+        fn visit_commands<V: CommandVisitor<Self>>(visitor: &mut V) {
+            visitor.visit::<Poke<TWICE>>();
+            if TWICE {
+                visitor.visit::<Poke<TWICE>>();
+            }
+        }
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Poke<const TWICE: bool>;
+
+    impl<const TWICE: bool> Command for Poke<TWICE> {
+        type Aggregate = Drifted<TWICE>;
+        const NAME: &'static str = "poke";
+
+        fn aggregate_id(&self) -> AggregateId {
+            AggregateId::new("d-1")
+        }
+    }
+
+    impl<const TWICE: bool> Handle<Poke<TWICE>> for Drifted<TWICE> {
+        fn handle(&self, _: Poke<TWICE>) -> Result<Vec<CounterEvent>, CounterError> {
+            Ok(vec![])
+        }
+    }
+
+    impl<const TWICE: bool> DeclaresCommand<Poke<TWICE>> for Drifted<TWICE> {}
+
+    #[test]
+    fn commands_and_visits_must_agree() {
+        let Err(error) = dispatch_table::<Drifted<false>>() else {
+            panic!("expected an error");
+        };
+        assert!(
+            error
+                .to_string()
+                .contains("`Aggregate::COMMANDS` (poke, reset) does not name the commands"),
+            "{error}"
+        );
+        let Err(error) = dispatch_table::<Drifted<true>>() else {
+            panic!("expected an error");
+        };
+        assert!(
+            error
+                .to_string()
+                .contains("two of its commands have the same name (poke)"),
+            "{error}"
         );
     }
 }

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Aggregate, AggregateId, Apply, Command, Handle};
+use crate::{Aggregate, AggregateId, Apply, Command, CommandVisitor, DeclaresCommand, Handle};
 use crate::{DomainEvent, EventType, PayloadError};
 
 /// A counter that refuses to go over `LIMIT`.
@@ -66,7 +66,14 @@ impl Aggregate for Counter {
     const STATE_VERSION: u32 = 1;
     type Event = CounterEvent;
     type Error = CounterError;
+    const COMMANDS: &'static [&'static str] = &["increment"];
+
+    fn visit_commands<V: CommandVisitor<Self>>(visitor: &mut V) {
+        visitor.visit::<Increment>();
+    }
 }
+
+impl DeclaresCommand<Increment> for Counter {}
 
 /// Emits `times` events of one each.
 #[derive(Debug, Serialize, Deserialize)]

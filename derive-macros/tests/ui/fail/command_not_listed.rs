@@ -1,0 +1,50 @@
+// `CancelOrder` names `Order` as its aggregate, but `Order`'s command list does not
+// have it: no processor would decide it. The error points at `aggregate = Order`.
+use serde::{Deserialize, Serialize};
+use tributary_core::{Apply, Command, DomainEvent, Aggregate, Handle};
+
+#[derive(Debug, Serialize, Deserialize, DomainEvent)]
+#[event(aggregate = Order)]
+enum OrderEvent {
+    Placed,
+}
+
+#[derive(Debug, Serialize, Deserialize, thiserror::Error)]
+#[error("nope")]
+struct OrderError;
+
+impl Apply<OrderEvent> for Order {
+    fn apply(&mut self, _: &OrderEvent) {}
+}
+
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[command(aggregate = Order)]
+struct PlaceOrder {
+    #[aggregate_id]
+    order_id: String,
+}
+
+impl Handle<PlaceOrder> for Order {
+    fn handle(&self, _: PlaceOrder) -> Result<Vec<OrderEvent>, OrderError> {
+        Ok(vec![OrderEvent::Placed])
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, Aggregate)]
+#[aggregate(name = "order", event = OrderEvent, error = OrderError, commands(PlaceOrder))]
+struct Order;
+
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[command(aggregate = Order)]
+struct CancelOrder {
+    #[aggregate_id]
+    order_id: String,
+}
+
+impl Handle<CancelOrder> for Order {
+    fn handle(&self, _: CancelOrder) -> Result<Vec<OrderEvent>, OrderError> {
+        Ok(vec![])
+    }
+}
+
+fn main() {}
