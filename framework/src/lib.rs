@@ -25,6 +25,7 @@ pub mod command;
 mod config;
 pub mod fuzzing;
 pub mod kafka;
+mod panics;
 pub mod projection;
 mod settings;
 mod store;

@@ -147,14 +147,10 @@ impl<A: Aggregate> Decider<'_, A> {
         let handled = match handled {
             Ok(handled) => handled,
             Err(panic) => {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a non-string panic payload".to_owned());
                 return Decision::Failed(format!(
-                    "the handler of `{}` panicked: {message}",
-                    command.command_type
+                    "the handler of `{}` panicked: {}",
+                    command.command_type,
+                    crate::panics::message(panic.as_ref())
                 ));
             }
         };

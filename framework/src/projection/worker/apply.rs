@@ -57,14 +57,11 @@ where
     use futures_util::FutureExt;
     match std::panic::AssertUnwindSafe(handler).catch_unwind().await {
         Ok(result) => result,
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a non-string panic payload".to_owned());
-            Err(format!("the handler panicked: {message}").into())
-        }
+        Err(panic) => Err(format!(
+            "the handler panicked: {}",
+            crate::panics::message(panic.as_ref())
+        )
+        .into()),
     }
 }
 
