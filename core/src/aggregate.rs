@@ -127,28 +127,32 @@ pub trait CommandVisitor<A: Aggregate> {
 )]
 pub trait DeclaresCommand<C: Command>: Handle<C> {}
 
+/// Support for the derives: `a == b` in a constant (`str`'s `==` is not `const`).
+#[doc(hidden)]
+pub const fn str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// Support for `#[derive(Aggregate)]`: whether two of `names` are equal (two listed
 /// commands with one [`Command::NAME`], which the processor could not tell apart).
 #[doc(hidden)]
 pub const fn has_duplicate(names: &[&str]) -> bool {
-    const fn same(a: &[u8], b: &[u8]) -> bool {
-        if a.len() != b.len() {
-            return false;
-        }
-        let mut i = 0;
-        while i < a.len() {
-            if a[i] != b[i] {
-                return false;
-            }
-            i += 1;
-        }
-        true
-    }
     let mut i = 0;
     while i < names.len() {
         let mut j = i + 1;
         while j < names.len() {
-            if same(names[i].as_bytes(), names[j].as_bytes()) {
+            if str_eq(names[i], names[j]) {
                 return true;
             }
             j += 1;
@@ -250,7 +254,15 @@ impl AsRef<str> for AggregateId {
 
 #[cfg(test)]
 mod tests {
-    use super::has_duplicate;
+    use super::{has_duplicate, str_eq};
+
+    #[test]
+    fn equal_strings() {
+        assert!(str_eq("", ""));
+        assert!(str_eq("order", "order"));
+        assert!(!str_eq("order", "orders"));
+        assert!(!str_eq("order", "ordex"));
+    }
 
     #[test]
     fn duplicate_names() {

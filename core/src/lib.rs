@@ -39,7 +39,7 @@ pub use tributary_derive::{Aggregate, Command, DomainEvent};
 #[doc(hidden)]
 pub mod __private {
     //! Support for the derive macros. Not a public API; may change in any release.
-    pub use crate::aggregate::{assert_declared, has_duplicate};
+    pub use crate::aggregate::{assert_declared, has_duplicate, str_eq};
     pub use crate::event::derive_support::*;
     pub use serde;
     pub use serde_json;

@@ -146,25 +146,11 @@ fn expand_inner(cx: &Ctxt, input: &DeriveInput) -> Option<TokenStream> {
         .replace('{', "{{")
         .replace('}', "}}");
         quote_spanned! {span=>
-            const _: () = {
-                const fn same(mut a: &[u8], mut b: &[u8]) -> bool {
-                    loop {
-                        match (a, b) {
-                            ([], []) => return true,
-                            ([x, rest_a @ ..], [y, rest_b @ ..]) if *x == *y => {
-                                a = rest_a;
-                                b = rest_b;
-                            }
-                            _ => return false,
-                        }
-                    }
-                }
-                if !same(
-                    <#event as #krate::DomainEvent>::AGGREGATE.as_bytes(),
-                    #name.as_bytes(),
-                ) {
-                    ::core::panic!(#message);
-                }
+            const _: () = if !#krate::__private::str_eq(
+                <#event as #krate::DomainEvent>::AGGREGATE,
+                #name,
+            ) {
+                ::core::panic!(#message);
             };
         }
     } else {
@@ -330,7 +316,7 @@ mod expansion_tests {
             "typeEvent=OrderEvent;",
             "typeError=OrderError;",
             // The reverse of the event derive's check: the enum names this aggregate.
-            r#"<OrderEventas::tributary_core::DomainEvent>::AGGREGATE.as_bytes(),"order".as_bytes()"#,
+            r#"::tributary_core::__private::str_eq(<OrderEventas::tributary_core::DomainEvent>::AGGREGATE,"order",)"#,
         ] {
             assert!(out.contains(snippet), "missing {snippet} in {out}");
         }
@@ -474,7 +460,7 @@ mod expansion_tests {
             out.contains("impl<T>::tributary_core::AggregateforG<T>"),
             "{out}"
         );
-        assert!(!out.contains("constfnsame"), "{out}");
+        assert!(!out.contains("str_eq"), "{out}");
     }
 
     #[test]
