@@ -29,6 +29,7 @@ mod panics;
 pub mod projection;
 mod settings;
 mod store;
+pub mod telemetry;
 pub mod testkit;
 
 pub use config::{KafkaConfig, is_secret_property};

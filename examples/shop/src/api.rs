@@ -12,6 +12,7 @@
 //! | `GET /stock`, `GET /stock/{sku}` | stock levels | |
 //! | `GET /customers/{customer}/notifications` | the customer's notifications | |
 //! | `GET /health` | 200 when Postgres answers and every component of this process (each command processor, each projection worker) runs and can read all its partitions; 503 naming what is wrong otherwise. Lists the components, each projection's lag | |
+//! | `GET /metrics` | Prometheus metrics of this process: Tributary's (`tributary::telemetry`, listed in docs/operations.md) | |
 //!
 //! **Retries.** Every mutating request takes an `Idempotency-Key` header (1–255
 //! printable ASCII characters, chosen by the client, e.g. a UUID; the quoted form
@@ -42,6 +43,7 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -81,6 +83,7 @@ pub struct ApiState {
     gateway: CommandGateway,
     pool: PgPool,
     running: Option<Running>,
+    metrics: Option<PrometheusHandle>,
 }
 
 impl ApiState {
@@ -90,7 +93,16 @@ impl ApiState {
             gateway,
             pool,
             running: None,
+            metrics: None,
         }
+    }
+
+    /// Serves the metrics of `handle` on `GET /metrics` (Prometheus text format);
+    /// without it `/metrics` answers 404. See [`crate::metrics::install`].
+    #[must_use]
+    pub fn with_metrics(mut self, handle: PrometheusHandle) -> Self {
+        self.metrics = Some(handle);
+        self
     }
 
     /// Reports the components running in this process (its command processors
@@ -116,6 +128,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/stock/{sku}/restock", post(restock))
         .route("/customers/{customer}/notifications", get(notifications))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -775,6 +788,24 @@ async fn notifications(
     .fetch_all(&state.pool)
     .await?;
     Ok(Json(rows))
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    match &state.metrics {
+        Some(handle) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            handle.render(),
+        )
+            .into_response(),
+        None => ApiError(
+            StatusCode::NOT_FOUND,
+            "metrics are not enabled in this process".into(),
+        )
+        .into_response(),
+    }
 }
 
 /// The body of `GET /health`.

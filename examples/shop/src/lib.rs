@@ -12,6 +12,7 @@ pub mod api;
 pub mod app;
 pub mod inventory;
 pub mod load;
+pub mod metrics;
 pub mod order;
 pub mod projections;
 pub mod saga;

@@ -96,6 +96,8 @@ async fn run(args: Vec<String>) -> Result<(), ShopError> {
     if args.demo {
         return demo(&args).await;
     }
+    // Before anything starts: components take their metric handles at start.
+    let metrics = example_shop::metrics::install()?;
     let config = ShopConfig::from_env();
     let store = config.store().await?;
     let running = config.start(&args.roles, &store).await?;
@@ -108,7 +110,9 @@ async fn run(args: Vec<String>) -> Result<(), ShopError> {
         // it) until the process is restarted: point the liveness probe there.
         config.migrate_read_models(&store).await?;
         let app = router(
-            ApiState::new(config.gateway().await?, store.pool().clone()).with_roles(&running),
+            ApiState::new(config.gateway().await?, store.pool().clone())
+                .with_roles(&running)
+                .with_metrics(metrics),
         );
         let listener = tokio::net::TcpListener::bind(&args.listen).await?;
         println!(

@@ -170,6 +170,10 @@ pub(crate) fn spawn_writer(
     written: std::sync::mpsc::Sender<Written>,
 ) -> mpsc::UnboundedSender<SnapshotJob> {
     let (tx, mut rx) = mpsc::unbounded_channel::<SnapshotJob>();
+    let written_rows =
+        metrics::counter!(crate::telemetry::SNAPSHOTS_WRITTEN, "aggregate" => aggregate_type);
+    let failures =
+        metrics::counter!(crate::telemetry::SNAPSHOT_WRITE_FAILURES, "aggregate" => aggregate_type);
     runtime.spawn(async move {
         while let Some(job) = rx.recv().await {
             let mut result = Err(StoreError::Database {
@@ -188,12 +192,16 @@ pub(crate) fn spawn_writer(
                 }
             }
             let confirmed = match &result {
-                Ok(()) => job
+                Ok(()) => {
+                    written_rows.increment(job.rows.len() as u64);
+                    job
                     .rows
                     .iter()
                     .map(|r| (r.aggregate_id.clone(), u64::try_from(r.version).unwrap_or(0)))
-                    .collect(),
+                    .collect()
+                }
                 Err(error) => {
+                    failures.increment(1);
                     tracing::error!(%error, partition = job.partition, rows = job.rows.len(),
                         "snapshot write failed for good; its aggregates stay unconfirmed and the partition's watermark does not move past them");
                     Vec::new()

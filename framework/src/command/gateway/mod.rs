@@ -19,6 +19,7 @@ use crate::codec::EventCodec;
 use crate::config::KafkaConfig;
 use crate::kafka::EncodedRecordExt as _;
 use crate::kafka::clients;
+use crate::telemetry::GatewayMetrics;
 use crate::{Aggregate, AggregateId, Command, DeclaresCommand};
 use crate::{EventEnvelope, Metadata};
 
@@ -229,16 +230,28 @@ impl CommandGateway {
         let aggregate_id = command.aggregate_id();
         let span = info_span!("send_command", command_id = %command_id, aggregate_id = %aggregate_id,
             command_type = C::NAME, aggregate = <C::Aggregate as Aggregate>::NAME);
-        self.send_inner(
-            command,
-            command_id,
-            aggregate_id,
-            options.correlation_id,
-            options.traceparent,
-            options.timeout.unwrap_or(self.inner.timeout),
-        )
-        .instrument(span)
-        .await
+        let aggregate = <C::Aggregate as Aggregate>::NAME;
+        let _in_flight = GatewayMetrics::in_flight(aggregate);
+        let started = std::time::Instant::now();
+        let result = self
+            .send_inner(
+                command,
+                command_id,
+                aggregate_id,
+                options.correlation_id,
+                options.traceparent,
+                options.timeout.unwrap_or(self.inner.timeout),
+            )
+            .instrument(span)
+            .await;
+        let outcome = match &result {
+            Ok(CommandOutcome::Accepted { .. }) => "accepted",
+            Ok(CommandOutcome::Rejected(_)) => "rejected",
+            Err(GatewayError::Timeout { .. }) => "timeout",
+            Err(_) => "error",
+        };
+        GatewayMetrics::finished(aggregate, outcome, started.elapsed().as_secs_f64());
+        result
     }
 
     async fn send_inner<C: Command>(

@@ -192,7 +192,7 @@ impl<A: Aggregate> CommandProcessor<A> {
         self.settings.validate()?;
         let layout = ensure_topics(&self.kafka, &self.prefix, A::NAME, &self.topics).await?;
         let runtime = tokio::runtime::Handle::current();
-        let stats = Arc::new(ProcessorStats::default());
+        let stats = Arc::new(ProcessorStats::exported(A::NAME));
         let (written_tx, written) = std::sync::mpsc::channel();
         let snapshot_tx = self
             .store

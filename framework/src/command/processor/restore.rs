@@ -136,6 +136,11 @@ impl<A: Aggregate> Restorer<A> {
             "partition restored"
         );
         ProcessorStats::add(&shared.stats.restores, 1);
+        shared
+            .stats
+            .timings
+            .restore
+            .record(started.elapsed().as_secs_f64());
         ProcessorStats::add(
             &shared.stats.restore_millis,
             started.elapsed().as_millis() as u64,

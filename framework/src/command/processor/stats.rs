@@ -64,51 +64,53 @@ pub struct ProcessorCounters {
 #[derive(Debug, Default)]
 pub struct ProcessorStats {
     /// Commands handled (every outcome, duplicates included).
-    pub(crate) commands: AtomicU64,
+    pub(crate) commands: Stat,
     /// Commands accepted.
-    pub(crate) accepted: AtomicU64,
+    pub(crate) accepted: Stat,
     /// Commands rejected by their handler.
-    pub(crate) rejected: AtomicU64,
+    pub(crate) rejected: Stat,
     /// Commands that failed (unknown type, undecodable).
-    pub(crate) failed: AtomicU64,
+    pub(crate) failed: Stat,
     /// Commands whose id had been processed before.
-    pub(crate) duplicates: AtomicU64,
+    pub(crate) duplicates: Stat,
     /// Events written.
-    pub(crate) events: AtomicU64,
+    pub(crate) events: Stat,
     /// Transactions committed.
-    pub(crate) transactions: AtomicU64,
+    pub(crate) transactions: Stat,
     /// Transactions aborted.
-    pub(crate) aborted: AtomicU64,
+    pub(crate) aborted: Stat,
     /// Commits refused because another owner fenced this one.
-    pub(crate) fenced: AtomicU64,
+    pub(crate) fenced: Stat,
     /// Commits refused because this instance had lost its consumer group membership
     /// (KIP-447 generation fencing).
-    pub(crate) deposed: AtomicU64,
+    pub(crate) deposed: Stat,
     /// Transactions abandoned because a Kafka client call hung past the
     /// transaction timeout (their partition was restored with a new producer).
-    pub(crate) abandoned: AtomicU64,
+    pub(crate) abandoned: Stat,
     /// Partition restores.
-    pub(crate) restores: AtomicU64,
+    pub(crate) restores: Stat,
     /// Event records read while restoring.
-    pub(crate) restore_records_read: AtomicU64,
+    pub(crate) restore_records_read: Stat,
     /// Outcome records read while restoring the dedup windows (only those of the
     /// last `dedup_window`, found by timestamp).
-    pub(crate) restore_outcomes_read: AtomicU64,
+    pub(crate) restore_outcomes_read: Stat,
     /// Events applied to aggregates while restoring (not covered by a snapshot).
-    pub(crate) restore_events_applied: AtomicU64,
+    pub(crate) restore_events_applied: Stat,
     /// Wall-clock milliseconds spent restoring partitions, in total.
-    pub(crate) restore_millis: AtomicU64,
+    pub(crate) restore_millis: Stat,
     /// Snapshots handed to the writer.
-    pub(crate) snapshots: AtomicU64,
+    pub(crate) snapshots: Stat,
     /// Snapshots that could not be read and were discarded.
-    pub(crate) snapshots_discarded: AtomicU64,
+    pub(crate) snapshots_discarded: Stat,
     /// Commands answered "unavailable" because their partition is quarantined.
-    pub(crate) unavailable: AtomicU64,
+    pub(crate) unavailable: Stat,
     /// Commands that arrived on a partition other than their aggregate id's and
     /// were forwarded to it.
-    pub(crate) forwarded: AtomicU64,
+    pub(crate) forwarded: Stat,
     /// Reply producers replaced after a fatal error.
-    pub(crate) reply_producers_replaced: AtomicU64,
+    pub(crate) reply_producers_replaced: Stat,
+    /// The exported histograms.
+    pub(crate) timings: Timings,
     pub(super) owned: Mutex<Vec<i32>>,
     pub(super) quarantined: Mutex<Vec<(i32, String)>>,
 }
@@ -118,27 +120,27 @@ impl ProcessorStats {
     /// be a few increments apart).
     pub fn counters(&self) -> ProcessorCounters {
         ProcessorCounters {
-            commands: self.commands.load(Ordering::Relaxed),
-            accepted: self.accepted.load(Ordering::Relaxed),
-            rejected: self.rejected.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
-            duplicates: self.duplicates.load(Ordering::Relaxed),
-            events: self.events.load(Ordering::Relaxed),
-            transactions: self.transactions.load(Ordering::Relaxed),
-            aborted: self.aborted.load(Ordering::Relaxed),
-            fenced: self.fenced.load(Ordering::Relaxed),
-            deposed: self.deposed.load(Ordering::Relaxed),
-            abandoned: self.abandoned.load(Ordering::Relaxed),
-            restores: self.restores.load(Ordering::Relaxed),
-            restore_records_read: self.restore_records_read.load(Ordering::Relaxed),
-            restore_outcomes_read: self.restore_outcomes_read.load(Ordering::Relaxed),
-            restore_events_applied: self.restore_events_applied.load(Ordering::Relaxed),
-            restore_millis: self.restore_millis.load(Ordering::Relaxed),
-            snapshots: self.snapshots.load(Ordering::Relaxed),
-            snapshots_discarded: self.snapshots_discarded.load(Ordering::Relaxed),
-            unavailable: self.unavailable.load(Ordering::Relaxed),
-            forwarded: self.forwarded.load(Ordering::Relaxed),
-            reply_producers_replaced: self.reply_producers_replaced.load(Ordering::Relaxed),
+            commands: self.commands.get(),
+            accepted: self.accepted.get(),
+            rejected: self.rejected.get(),
+            failed: self.failed.get(),
+            duplicates: self.duplicates.get(),
+            events: self.events.get(),
+            transactions: self.transactions.get(),
+            aborted: self.aborted.get(),
+            fenced: self.fenced.get(),
+            deposed: self.deposed.get(),
+            abandoned: self.abandoned.get(),
+            restores: self.restores.get(),
+            restore_records_read: self.restore_records_read.get(),
+            restore_outcomes_read: self.restore_outcomes_read.get(),
+            restore_events_applied: self.restore_events_applied.get(),
+            restore_millis: self.restore_millis.get(),
+            snapshots: self.snapshots.get(),
+            snapshots_discarded: self.snapshots_discarded.get(),
+            unavailable: self.unavailable.get(),
+            forwarded: self.forwarded.get(),
+            reply_producers_replaced: self.reply_producers_replaced.get(),
         }
     }
 
@@ -155,8 +157,108 @@ impl ProcessorStats {
         lock(&self.quarantined).clone()
     }
 
-    pub(super) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+    pub(super) fn add(stat: &Stat, n: u64) {
+        stat.value.fetch_add(n, Ordering::Relaxed);
+        stat.exported.increment(n);
+    }
+
+    /// Statistics whose counters are also reported through the `metrics` facade
+    /// (see [`crate::telemetry`]), labelled with `aggregate`.
+    pub(crate) fn exported(aggregate: &'static str) -> Self {
+        use crate::telemetry::*;
+        let labelled = |name: &'static str, label: &'static str, value: &'static str| {
+            Stat::exported(metrics::counter!(name, "aggregate" => aggregate, label => value))
+        };
+        let plain =
+            |name: &'static str| Stat::exported(metrics::counter!(name, "aggregate" => aggregate));
+        Self {
+            accepted: labelled(COMMANDS, "outcome", "accepted"),
+            rejected: labelled(COMMANDS, "outcome", "rejected"),
+            failed: labelled(COMMANDS, "outcome", "failed"),
+            duplicates: labelled(COMMANDS, "outcome", "duplicate"),
+            unavailable: labelled(COMMANDS, "outcome", "unavailable"),
+            forwarded: plain(COMMANDS_FORWARDED),
+            events: plain(EVENTS_WRITTEN),
+            transactions: labelled(TRANSACTIONS, "result", "committed"),
+            aborted: labelled(TRANSACTIONS, "result", "aborted"),
+            fenced: labelled(TRANSACTIONS, "result", "fenced"),
+            deposed: labelled(TRANSACTIONS, "result", "deposed"),
+            abandoned: labelled(TRANSACTIONS, "result", "abandoned"),
+            restores: plain(RESTORES),
+            restore_records_read: labelled(RESTORE_RECORDS, "kind", "events"),
+            restore_outcomes_read: labelled(RESTORE_RECORDS, "kind", "outcomes"),
+            restore_events_applied: plain(RESTORE_EVENTS_APPLIED),
+            snapshots_discarded: plain(SNAPSHOTS_DISCARDED),
+            reply_producers_replaced: plain(REPLY_PRODUCERS_REPLACED),
+            timings: Timings {
+                decide_batch: metrics::histogram!(DECIDE_BATCH_SECONDS, "aggregate" => aggregate),
+                batch_size: metrics::histogram!(COMMAND_BATCH_SIZE, "aggregate" => aggregate),
+                commit: metrics::histogram!(TRANSACTION_COMMIT_SECONDS, "aggregate" => aggregate),
+                restore: metrics::histogram!(RESTORE_SECONDS, "aggregate" => aggregate),
+            },
+            ..Self::default()
+        }
+    }
+}
+
+/// One counter of [`ProcessorStats`]: its value, and its exported metric (a no-op
+/// when not exported).
+#[derive(Debug)]
+pub(crate) struct Stat {
+    value: AtomicU64,
+    exported: metrics::Counter,
+}
+
+impl Default for Stat {
+    fn default() -> Self {
+        Self::exported(metrics::Counter::noop())
+    }
+}
+
+impl Stat {
+    fn exported(counter: metrics::Counter) -> Self {
+        Self {
+            value: AtomicU64::new(0),
+            exported: counter,
+        }
+    }
+
+    fn get(&self) -> u64 {
+        self.value.load(Ordering::Relaxed)
+    }
+}
+
+/// The histograms of a processor (no-ops unless [`ProcessorStats::exported`]).
+#[derive(Debug)]
+pub(crate) struct Timings {
+    /// Deciding one partition's batch.
+    pub(crate) decide_batch: metrics::Histogram,
+    /// Commands per partition batch.
+    pub(crate) batch_size: metrics::Histogram,
+    /// `commit_transaction`.
+    pub(crate) commit: metrics::Histogram,
+    /// Restoring one partition.
+    pub(crate) restore: metrics::Histogram,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Self {
+            decide_batch: metrics::Histogram::noop(),
+            batch_size: metrics::Histogram::noop(),
+            commit: metrics::Histogram::noop(),
+            restore: metrics::Histogram::noop(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl ProcessorStats {
+    /// Two accepted commands, one rejected, one aborted transaction.
+    pub(crate) fn count_for_test(&self) {
+        Self::add(&self.accepted, 2);
+        Self::add(&self.rejected, 1);
+        Self::add(&self.aborted, 1);
     }
 }
 

@@ -69,6 +69,9 @@ pub(super) fn transact<A: Aggregate>(
         fault(FaultPoint::BeforeOffsets);
     }
     slow("produce", step);
+    let timings = &shared.stats.timings;
+    timings.decide_batch.record(step.elapsed().as_secs_f64());
+    timings.batch_size.record(messages.len() as f64);
     let mut offsets = TopicPartitionList::new();
     offsets.add_partition_offset(&shared.layout.commands, partition, Offset::Offset(last + 1))?;
     let step = Instant::now();
@@ -79,6 +82,7 @@ pub(super) fn transact<A: Aggregate>(
     fault(FaultPoint::BeforeCommit);
     let step = Instant::now();
     part.producer.commit_transaction(timeout)?;
+    timings.commit.record(step.elapsed().as_secs_f64());
     slow("commit", step);
     Ok(new_seen)
 }

@@ -89,6 +89,7 @@ impl<P: Projection> ProjectionWorker<P> {
                 }
                 Err(Failure::Infra(error)) => {
                     tracing::error!(projection = P::NAME, topic = %part.topic, partition = part.partition, error = %error, "batch failed and was rolled back; retrying after a pause");
+                    self.metrics.outage_retries.increment(1);
                     self.status
                         .send_modify(|s| s.last_error = Some(error.to_string()));
                     tokio::select! {
@@ -235,6 +236,7 @@ impl<P: Projection> ProjectionWorker<P> {
                 TryError::Handler { index, error }
             }
         };
+        let started = std::time::Instant::now();
         async {
             let mut tx = self.store.pool().begin().await.map_err(infra("begin batch"))?;
             if part.live
@@ -274,6 +276,11 @@ impl<P: Projection> ProjectionWorker<P> {
             tracing::debug!(projection = P::NAME, topic = %part.topic, partition = part.partition, first, last, from = ?part.checkpoint, "batch committed");
             part.checkpoint = Some(last + 1);
             let applied = items.len() as u64;
+            self.metrics.applied.increment(applied);
+            self.metrics.batch_size.record(applied as f64);
+            self.metrics
+                .batch_seconds
+                .record(started.elapsed().as_secs_f64());
             self.status.send_modify(|s| {
                 s.applied += applied;
                 s.last_error = None;
@@ -341,6 +348,7 @@ impl<P: Projection> ProjectionWorker<P> {
         }
         tx.commit().await.map_err(infra("commit park"))?;
         part.checkpoint = Some(next);
+        self.metrics.dead_letters.increment(1);
         self.status.send_modify(|s| s.parked += 1);
         Ok(())
     }

@@ -16,6 +16,7 @@ mod rebalance;
 mod rebuild;
 mod runner;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
@@ -39,6 +40,7 @@ use crate::projection::status::{ProjectionHandle, ProjectionStatus, Shutdown, Wo
 use crate::projection::topics;
 use crate::projection::{Handles, Projection};
 use crate::store::PgStore;
+use crate::telemetry::ProjectionMetrics;
 use crate::topics::{InvalidPrefix, events_topic, validate_prefix};
 
 use rebalance::RebalanceContext;
@@ -62,6 +64,7 @@ pub struct ProjectionWorker<P: Projection> {
     invalid_prefix: Option<InvalidPrefix>,
     config: ProjectionSettings,
     status: Arc<watch::Sender<ProjectionStatus>>,
+    metrics: ProjectionMetrics,
 }
 
 impl<P: Projection> Clone for ProjectionWorker<P> {
@@ -74,6 +77,7 @@ impl<P: Projection> Clone for ProjectionWorker<P> {
             invalid_prefix: self.invalid_prefix.clone(),
             config: self.config.clone(),
             status: Arc::clone(&self.status),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -103,6 +107,7 @@ impl<P: Projection> ProjectionWorker<P> {
             invalid_prefix: None,
             config: ProjectionSettings::default(),
             status: Arc::new(status),
+            metrics: ProjectionMetrics::new(P::NAME),
         }
     }
 
@@ -264,6 +269,7 @@ impl<P: Projection> ProjectionWorker<P> {
             connect: self.store.pool().connect_options(),
             pending: Mutex::new(Vec::new()),
             flag: AtomicBool::new(false),
+            ends: Mutex::new(HashMap::new()),
         };
         self.consumer_config()
             .create_with_context(context)

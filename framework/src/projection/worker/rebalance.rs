@@ -36,6 +36,10 @@ pub(super) struct RebalanceContext {
     pub(super) connect: Arc<PgConnectOptions>,
     pub(super) pending: Mutex<Vec<RebalanceEvent>>,
     pub(super) flag: AtomicBool,
+    /// The last stable offset of each fetched partition, from the client's
+    /// statistics (`statistics.interval.ms`): the end of what a read_committed
+    /// consumer can read, for the lag gauge.
+    pub(super) ends: Mutex<HashMap<(String, i32), i64>>,
 }
 
 impl RebalanceContext {
@@ -106,7 +110,34 @@ impl RebalanceContext {
     }
 }
 
+impl RebalanceContext {
+    /// The last stable offset of `partition` at the last statistics, if known.
+    pub(super) fn end_of(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.ends
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&(topic.to_owned(), partition))
+            .copied()
+    }
+}
+
 impl ClientContext for RebalanceContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut ends = self
+            .ends
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (name, topic) in statistics.topics {
+            // Partition -1 is librdkafka's internal "unassigned" partition; a
+            // negative offset is "not known yet".
+            for (id, partition) in topic.partitions {
+                if id >= 0 && partition.ls_offset >= 0 {
+                    ends.insert((name.clone(), id), partition.ls_offset);
+                }
+            }
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         crate::kafka::log_client_error("projection consumer", error, reason);
     }

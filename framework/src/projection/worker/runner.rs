@@ -88,6 +88,7 @@ impl<P: Projection> Runner<'_, P> {
                 .collect();
             if jobs.is_empty() {
                 self.advance_past_markers().await;
+                self.report_lag();
                 self.commit_kafka(CommitMode::Async);
                 continue;
             }
@@ -139,7 +140,21 @@ impl<P: Projection> Runner<'_, P> {
                 None => {}
             }
             self.advance_past_markers().await;
+            self.report_lag();
             self.commit_kafka(CommitMode::Async);
+        }
+    }
+
+    /// Sets the lag gauge of every ready partition: the last stable offset of the
+    /// client's last statistics (no broker round trip) minus the checkpoint.
+    fn report_lag(&self) {
+        for part in self.parts.iter().filter(|p| p.ready) {
+            if let Some(end) = self.consumer.context().end_of(&part.topic, part.partition) {
+                let next = part.checkpoint.unwrap_or(part.position);
+                self.worker
+                    .metrics
+                    .lag(&part.topic, part.partition, end - next);
+            }
         }
     }
 
