@@ -31,6 +31,7 @@ mod settings;
 mod store;
 pub mod telemetry;
 pub mod testkit;
+mod trace_context;
 
 pub use config::{KafkaConfig, is_secret_property};
 pub use settings::InvalidSetting;

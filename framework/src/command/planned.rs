@@ -193,12 +193,18 @@ impl PlannedCommand {
     }
 
     /// The options [`PlannedCommand::send`] sends with: its command id, correlation
-    /// id and trace context, and the gateway's default timeout.
+    /// id and trace context, and the gateway's default timeout. The trace context
+    /// is the cause's (the event's: [`PlannedCommand::caused_by`]), so the command
+    /// joins the trace of the command that wrote the event; without a cause, with
+    /// the `otel` feature, the current span's.
     pub fn send_options(&self) -> SendOptions {
         SendOptions {
             command_id: Some(self.command_id.clone()),
             correlation_id: self.correlation_id.clone(),
-            traceparent: self.traceparent.clone(),
+            traceparent: self
+                .traceparent
+                .clone()
+                .or_else(|| crate::trace_context::traceparent_of(&tracing::Span::current())),
             timeout: None,
         }
     }

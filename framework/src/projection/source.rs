@@ -22,6 +22,8 @@ pub(crate) trait Source<P>: Send + Sync {
     fn topic(&self) -> &str;
     fn batched(&self) -> bool;
     fn decode(&self, record: &RecordRef<'_>) -> Result<Decoded, DecodeError>;
+    /// The W3C trace context the event was written in, if it carries one.
+    fn traceparent<'a>(&self, event: &'a Decoded) -> Option<&'a str>;
     fn apply_one<'a>(
         &'a self,
         projection: &'a P,
@@ -60,6 +62,14 @@ where
 
     fn decode(&self, record: &RecordRef<'_>) -> Result<Decoded, DecodeError> {
         self.codec.decode(record).map(|e| Box::new(e) as Decoded)
+    }
+
+    fn traceparent<'a>(&self, event: &'a Decoded) -> Option<&'a str> {
+        event
+            .downcast_ref::<EventEnvelope<E>>()?
+            .metadata
+            .traceparent
+            .as_deref()
     }
 
     fn apply_one<'a>(

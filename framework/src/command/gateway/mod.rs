@@ -20,6 +20,7 @@ use crate::config::KafkaConfig;
 use crate::kafka::EncodedRecordExt as _;
 use crate::kafka::clients;
 use crate::telemetry::GatewayMetrics;
+use crate::trace_context;
 use crate::{Aggregate, AggregateId, Command, DeclaresCommand};
 use crate::{EventEnvelope, Metadata};
 
@@ -230,6 +231,10 @@ impl CommandGateway {
         let aggregate_id = command.aggregate_id();
         let span = info_span!("send_command", command_id = %command_id, aggregate_id = %aggregate_id,
             command_type = C::NAME, aggregate = <C::Aggregate as Aggregate>::NAME);
+        // The command's record carries this span's context (with `otel`), whose
+        // parent is the given trace context, if any.
+        trace_context::continue_trace(&span, options.traceparent.as_deref());
+        let traceparent = trace_context::traceparent_of(&span).or(options.traceparent);
         let aggregate = <C::Aggregate as Aggregate>::NAME;
         let _in_flight = GatewayMetrics::in_flight(aggregate);
         let started = std::time::Instant::now();
@@ -239,7 +244,7 @@ impl CommandGateway {
                 command_id,
                 aggregate_id,
                 options.correlation_id,
-                options.traceparent,
+                traceparent,
                 options.timeout.unwrap_or(self.inner.timeout),
             )
             .instrument(span)

@@ -15,6 +15,7 @@ use crate::Aggregate;
 use crate::command::wire::{self, OutcomeWire, ReplyWire};
 use crate::kafka::EncodedRecordExt as _;
 use crate::kafka::record_ref;
+use crate::trace_context;
 
 use super::decide::{Accepted, Decider, Decision, Prior, prior};
 use super::partitions::{NewSeen, PartitionState, PendingReply};
@@ -145,6 +146,13 @@ pub(super) fn handle_one<A: Aggregate>(
         version = tracing::field::Empty,
         outcome = tracing::field::Empty
     );
+    // The span continues the sender's trace, and the events carry its context.
+    trace_context::continue_trace(&span, command.traceparent);
+    let traceparent = trace_context::traceparent_of(&span);
+    let mut command = command;
+    if traceparent.is_some() {
+        command.traceparent = traceparent.as_deref();
+    }
     let _enter = span.enter();
 
     // One writer per aggregate rests on every command of an aggregate reaching the

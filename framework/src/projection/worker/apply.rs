@@ -19,6 +19,7 @@ use crate::projection::error::{PoisonReport, ProjectionError};
 use crate::projection::source::{Decoded, Source};
 use crate::projection::status::Shutdown;
 use crate::projection::{HandlerError, Projection};
+use crate::trace_context;
 
 /// How often a live worker looks again whether a rebuild of its projection ended.
 const REBUILD_POLL: Duration = Duration::from_secs(1);
@@ -64,6 +65,14 @@ where
         .into()),
     }
 }
+
+/// The level of the per-event spans: INFO with `otel`, where they are the
+/// read-model step of a command's trace; DEBUG without, where they only add detail
+/// to logs.
+#[cfg(feature = "otel")]
+const EVENT_SPAN_LEVEL: tracing::Level = tracing::Level::INFO;
+#[cfg(not(feature = "otel"))]
+const EVENT_SPAN_LEVEL: tracing::Level = tracing::Level::DEBUG;
 
 impl<P: Projection> ProjectionWorker<P> {
     /// Applies the collected records, one partition after the other, each on a copy
@@ -247,8 +256,21 @@ impl<P: Projection> ProjectionWorker<P> {
                 let _ = tx.rollback().await;
                 return Err(TryError::Rebuilding);
             }
+            // One span per event, continuing the trace the event was written in.
+            let event_span = |message: &OwnedMessage, event: &Decoded| {
+                let span = tracing::span!(EVENT_SPAN_LEVEL, "projection_event", projection = P::NAME, topic = %part.topic, partition = part.partition, offset = message.offset());
+                trace_context::continue_trace(&span, source.traceparent(event));
+                span
+            };
             match mode {
                 Mode::Batched => {
+                    // The events are applied together: with `otel`, their spans
+                    // cover the batch (without it, nobody would see them).
+                    let _spans: Vec<tracing::Span> = if cfg!(feature = "otel") {
+                        items.iter().map(|(m, d)| event_span(m, d)).collect()
+                    } else {
+                        Vec::new()
+                    };
                     let events = items.iter().map(|(_, d)| *d).collect();
                     catching_panics(source.apply_many(&self.projection, events, &mut tx))
                         .await
@@ -256,7 +278,7 @@ impl<P: Projection> ProjectionWorker<P> {
                 }
                 Mode::PerEvent => {
                     for (index, (message, event)) in items.iter().enumerate() {
-                        let span = tracing::debug_span!("projection_event", projection = P::NAME, topic = %part.topic, partition = part.partition, offset = message.offset());
+                        let span = event_span(message, event);
                         catching_panics(source.apply_one(&self.projection, event, &mut tx))
                             .instrument(span)
                             .await
