@@ -24,7 +24,9 @@ struct Event {
     ce_type: Option<String>,
     ce_id: Option<String>,
     ce_time: Option<String>,
-    sequence: Option<String>,
+    /// The aggregate version (`ce_sequence`, written zero-padded so it sorts as
+    /// text), as a number when it is one.
+    sequence: Option<serde_json::Value>,
     payload: serde_json::Value,
 }
 
@@ -68,7 +70,10 @@ fn event<M: Message>(message: &M) -> Event {
         ce_type: header(headers::TYPE),
         ce_id: header(headers::ID),
         ce_time: header(headers::TIME),
-        sequence: header(headers::SEQUENCE),
+        sequence: header(headers::SEQUENCE).map(|s| {
+            s.parse::<u64>()
+                .map_or_else(|_| json!(s), serde_json::Value::from)
+        }),
         payload: payload(message.payload()),
     }
 }
@@ -159,7 +164,13 @@ fn text(topic: &str, id: &str, scan: &Scan) -> String {
             "@{}  {}  seq {}  {}  {}\n  {}\n",
             e.offset,
             or_dash(&e.ce_type),
-            or_dash(&e.sequence),
+            e.sequence.as_ref().map_or_else(
+                || "-".to_owned(),
+                |s| match s {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                }
+            ),
             or_dash(&e.ce_time),
             or_dash(&e.ce_id),
             e.payload
@@ -247,7 +258,7 @@ mod tests {
                 ce_type: Some("account.deposited.v1".to_owned()),
                 ce_id: Some("e1".to_owned()),
                 ce_time: Some("2025-01-01T00:00:00Z".to_owned()),
-                sequence: Some("1".to_owned()),
+                sequence: Some(json!(1)),
                 payload: json!({"amount": 5}),
             }],
         };
@@ -256,6 +267,6 @@ mod tests {
             "p.account.events partition 2 offsets 0..9: 1 event(s) of `a`\n\
              @4  account.deposited.v1  seq 1  2025-01-01T00:00:00Z  e1\n  {\"amount\":5}\n"
         );
-        assert_eq!(to_json("t", "a", &scan)["events"][0]["sequence"], "1");
+        assert_eq!(to_json("t", "a", &scan)["events"][0]["sequence"], 1);
     }
 }
