@@ -209,11 +209,16 @@ impl PgStore {
     pub async fn connect_without_migrating(url: &str, schema: &str) -> Result<Self, StoreError> {
         validate_schema(schema)?;
         let options = PgConnectOptions::from_str(url).map_err(StoreError::InvalidUrl)?;
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .connect_with(options.options([("search_path", schema)]))
+        // One attempt first, so that an unreachable server is reported at once and
+        // with its cause (a pool retries until its acquire timeout, then only says
+        // that it timed out).
+        let probe = sqlx::ConnectOptions::connect(&options)
             .await
             .map_err(StoreError::db("connect"))?;
+        let _ = sqlx::Connection::close(probe).await;
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect_lazy_with(options.options([("search_path", schema)]));
         Ok(Self {
             pool,
             schema: schema.to_owned(),

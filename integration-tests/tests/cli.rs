@@ -544,6 +544,29 @@ async fn unreachable_services_and_bad_usage_have_their_exit_codes() {
     assert_eq!(exit, Exit::Unreachable, "{out}");
     let json: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(json["exit_code"], 3);
+    assert!(
+        json["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Postgres connect failed"),
+        "{json}"
+    );
+    // A schema Tributary never migrated: the CLI does not migrate it, and says so.
+    let url = database_url();
+    let (exit, out) = cli(&[
+        "--database-url",
+        &url,
+        "--schema",
+        "cli_never_migrated",
+        "projections",
+        "status",
+    ])
+    .await;
+    assert_eq!(exit, Exit::Failed, "{out}");
+    assert!(
+        out.contains("schema `cli_never_migrated` lacks Tributary migrations 1 (snapshots)"),
+        "{out}"
+    );
     let (exit, out) = cli(&["doctor"]).await;
     assert_eq!(exit, Exit::Usage);
     assert!(out.contains("--prefix"), "{out}");
