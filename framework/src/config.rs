@@ -57,6 +57,22 @@ impl KafkaConfig {
         self.get("bootstrap.servers").unwrap_or_default()
     }
 
+    /// Every property, sorted by name, with the value of each secret one
+    /// ([`is_secret_property`]) replaced by `<redacted>`: safe to print.
+    pub fn redacted_properties(&self) -> Vec<(&str, &str)> {
+        self.properties
+            .iter()
+            .map(|(key, value)| {
+                let shown = if is_secret_property(key) {
+                    "<redacted>"
+                } else {
+                    value.as_str()
+                };
+                (key.as_str(), shown)
+            })
+            .collect()
+    }
+
     /// An rdkafka client configuration with every property set.
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
@@ -119,5 +135,10 @@ mod tests {
             debug.contains("broker:9093") && debug.contains("svc") && debug.contains("sasl_ssl")
         );
         assert_eq!(config.get("sasl.password"), Some("hunter2"));
+        let listed = format!("{:?}", config.redacted_properties());
+        for secret in ["hunter2", "s3cret", "abc123", "BEGIN PRIVATE KEY"] {
+            assert!(!listed.contains(secret), "{secret} leaked: {listed}");
+        }
+        assert!(listed.contains("(\"sasl.username\", \"svc\")"), "{listed}");
     }
 }

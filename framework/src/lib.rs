@@ -35,7 +35,7 @@ mod trace_context;
 
 pub use config::{KafkaConfig, is_secret_property};
 pub use settings::InvalidSetting;
-pub use store::{PgStore, StoreError};
+pub use store::{LATEST_MIGRATION, MigrationStatus, PgStore, StoreError};
 pub use tributary_core::{
     Aggregate, AggregateId, Apply, Command, CommandVisitor, DeclaresCommand, DecodeError,
     DomainEvent, EncodeError, EncodedRecord, EventCodec, EventEnvelope, EventType, Handle,

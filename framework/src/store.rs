@@ -25,7 +25,57 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "projections",
         include_str!("../migrations/0002_projections.sql"),
     ),
+    (
+        3,
+        "dead_letter_discard",
+        include_str!("../migrations/0003_dead_letter_discard.sql"),
+    ),
 ];
+
+/// The version of the newest migration this build of Tributary knows (and
+/// [`PgStore::connect`] applies).
+pub const LATEST_MIGRATION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+/// Which of Tributary's migrations a schema has, compared with this build's list
+/// ([`PgStore::migration_status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationStatus {
+    /// Versions recorded in the schema's `tributary_migrations` table, ascending.
+    pub applied: Vec<i32>,
+    /// Migrations of this build the schema lacks, as `(version, name)`:
+    /// [`PgStore::connect`] (any process of the application built with this
+    /// version) applies them.
+    pub missing: Vec<(i32, &'static str)>,
+    /// Applied versions this build does not know: the schema was migrated by a
+    /// newer Tributary.
+    pub unknown: Vec<i32>,
+}
+
+impl MigrationStatus {
+    /// Whether the schema has every migration of this build.
+    pub fn is_current(&self) -> bool {
+        self.missing.is_empty()
+    }
+
+    fn compare(mut applied: Vec<i32>) -> Self {
+        applied.sort_unstable();
+        let missing = MIGRATIONS
+            .iter()
+            .filter(|(version, _, _)| !applied.contains(version))
+            .map(|(version, name, _)| (*version, *name))
+            .collect();
+        let unknown = applied
+            .iter()
+            .copied()
+            .filter(|v| !MIGRATIONS.iter().any(|(known, _, _)| known == v))
+            .collect();
+        Self {
+            applied,
+            missing,
+            unknown,
+        }
+    }
+}
 
 /// Why Postgres could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +202,54 @@ impl PgStore {
         Ok(store)
     }
 
+    /// Connects to `url` with `schema` as the search path, without creating the
+    /// schema or applying migrations: for tools that inspect a deployment (the
+    /// `tributary` CLI) and must not change it. [`PgStore::migration_status`] says
+    /// whether the schema is migrated.
+    pub async fn connect_without_migrating(url: &str, schema: &str) -> Result<Self, StoreError> {
+        validate_schema(schema)?;
+        let options = PgConnectOptions::from_str(url).map_err(StoreError::InvalidUrl)?;
+        // One attempt first, so that an unreachable server is reported at once and
+        // with its cause (a pool retries until its acquire timeout, then only says
+        // that it timed out).
+        let probe = sqlx::ConnectOptions::connect(&options)
+            .await
+            .map_err(StoreError::db("connect"))?;
+        let _ = sqlx::Connection::close(probe).await;
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect_lazy_with(options.options([("search_path", schema)]));
+        Ok(Self {
+            pool,
+            schema: schema.to_owned(),
+        })
+    }
+
+    /// Which of Tributary's migrations the schema has: all of them are missing in a
+    /// schema Tributary never connected to.
+    pub async fn migration_status(&self) -> Result<MigrationStatus, StoreError> {
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.tables
+                            WHERE table_schema = $1 AND table_name = 'tributary_migrations')",
+        )
+        .bind(&self.schema)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(StoreError::db("look for tributary_migrations"))?;
+        let applied = if exists {
+            sqlx::query_scalar(&format!(
+                "SELECT version FROM {}.tributary_migrations",
+                self.schema
+            ))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::db("read tributary_migrations"))?
+        } else {
+            Vec::new()
+        };
+        Ok(MigrationStatus::compare(applied))
+    }
+
     /// The pool; its connections use this store's schema.
     pub fn pool(&self) -> &PgPool {
         &self.pool
@@ -210,6 +308,21 @@ impl PgStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn migration_status_compares_with_this_build() {
+        assert_eq!(LATEST_MIGRATION, 3);
+        let current = MigrationStatus::compare(vec![3, 1, 2]);
+        assert!(current.is_current());
+        assert_eq!(current.applied, vec![1, 2, 3]);
+        let behind = MigrationStatus::compare(vec![1, 2]);
+        assert!(!behind.is_current());
+        assert_eq!(behind.missing, vec![(3, "dead_letter_discard")]);
+        let ahead = MigrationStatus::compare(vec![1, 2, 3, 4]);
+        assert!(ahead.is_current());
+        assert_eq!(ahead.unknown, vec![4]);
+        assert_eq!(MigrationStatus::compare(Vec::new()).missing.len(), 3);
+    }
 
     #[test]
     fn schema_names_are_plain_identifiers() {

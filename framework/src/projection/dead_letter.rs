@@ -5,13 +5,15 @@ use rdkafka::message::{Headers, Message, OwnedMessage};
 use sqlx::{PgConnection, PgExecutor};
 
 use crate::codec::RecordRef;
-use crate::projection::error::{PoisonReason, PoisonReport};
+use crate::projection::error::{PoisonReason, PoisonReport, ProjectionError};
 
 /// A parked record of a projection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
     /// Id, for [`crate::projection::ProjectionWorker::replay_dead_letter`].
     pub id: i64,
+    /// The projection that parked it.
+    pub projection: String,
     /// Topic of the record.
     pub topic: String,
     /// Partition of the record.
@@ -36,9 +38,33 @@ pub struct DeadLetter {
     pub replayed_at: Option<DateTime<Utc>>,
     /// The error of the last failed replay.
     pub replay_error: Option<String>,
+    /// When an operator discarded it: marked handled without applying it
+    /// (`tributary dead-letters discard`, [`crate::projection::catalog::discard_dead_letter`]).
+    pub discarded_at: Option<DateTime<Utc>>,
+    /// Why it was discarded, as the operator wrote it.
+    pub discard_reason: Option<String>,
 }
 
 impl DeadLetter {
+    /// Whether it is still parked: neither replayed nor discarded.
+    pub fn is_open(&self) -> bool {
+        self.replayed_at.is_none() && self.discarded_at.is_none()
+    }
+
+    /// Refuses to replay a discarded dead letter.
+    pub(crate) fn ensure_not_discarded(
+        &self,
+        projection: &'static str,
+    ) -> Result<(), ProjectionError> {
+        match self.discarded_at {
+            Some(_) => Err(ProjectionError::Discarded {
+                projection,
+                id: self.id,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// A view of the stored record, as the codec reads it.
     pub fn record(&self) -> RecordRef<'_> {
         RecordRef {
@@ -63,8 +89,9 @@ pub struct ReplaySummary {
 }
 
 #[derive(sqlx::FromRow)]
-struct Row {
+pub(crate) struct Row {
     id: i64,
+    projection: String,
     topic: String,
     partition: i32,
     record_offset: i64,
@@ -78,12 +105,15 @@ struct Row {
     parked_at: DateTime<Utc>,
     replayed_at: Option<DateTime<Utc>>,
     replay_error: Option<String>,
+    discarded_at: Option<DateTime<Utc>>,
+    discard_reason: Option<String>,
 }
 
 impl From<Row> for DeadLetter {
     fn from(row: Row) -> Self {
         Self {
             id: row.id,
+            projection: row.projection,
             topic: row.topic,
             partition: row.partition,
             offset: row.record_offset,
@@ -100,12 +130,15 @@ impl From<Row> for DeadLetter {
             parked_at: row.parked_at,
             replayed_at: row.replayed_at,
             replay_error: row.replay_error,
+            discarded_at: row.discarded_at,
+            discard_reason: row.discard_reason,
         }
     }
 }
 
-const COLUMNS: &str = "id, topic, partition, record_offset, record_key, payload, header_names, \
-     header_values, reason, error, attempts, parked_at, replayed_at, replay_error";
+pub(crate) const COLUMNS: &str = "id, projection, topic, partition, record_offset, record_key, \
+     payload, header_names, header_values, reason, error, attempts, parked_at, replayed_at, \
+     replay_error, discarded_at, discard_reason";
 
 /// Parks a record. Re-parking the same record (after a rebuild) replaces the row.
 pub(crate) async fn park(
@@ -129,7 +162,8 @@ pub(crate) async fn park(
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          ON CONFLICT (projection, topic, partition, record_offset) DO UPDATE SET
             reason = EXCLUDED.reason, error = EXCLUDED.error, attempts = EXCLUDED.attempts,
-            parked_at = now(), replayed_at = NULL, replay_error = NULL",
+            parked_at = now(), replayed_at = NULL, replay_error = NULL,
+            discarded_at = NULL, discard_reason = NULL",
     )
     .bind(report.projection)
     .bind(&report.topic)
@@ -147,8 +181,8 @@ pub(crate) async fn park(
     Ok(())
 }
 
-/// Dead letters of a projection, oldest first; only those still parked unless
-/// `include_replayed`.
+/// Dead letters of a projection, oldest first; only the open ones (neither replayed
+/// nor discarded) unless `include_replayed`.
 pub(crate) async fn list<'e>(
     conn: impl PgExecutor<'e>,
     projection: &str,
@@ -156,7 +190,8 @@ pub(crate) async fn list<'e>(
 ) -> Result<Vec<DeadLetter>, sqlx::Error> {
     let rows: Vec<Row> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM tributary_dead_letters
-         WHERE projection = $1 AND ($2 OR replayed_at IS NULL) ORDER BY id"
+         WHERE projection = $1 AND ($2 OR (replayed_at IS NULL AND discarded_at IS NULL))
+         ORDER BY id"
     ))
     .bind(projection)
     .bind(include_replayed)
@@ -180,11 +215,11 @@ pub(crate) async fn get<'e>(
     Ok(row.map(DeadLetter::from))
 }
 
-/// Marks a dead letter replayed, only if it still is parked.
+/// Marks a dead letter replayed, only if it still is open.
 pub(crate) async fn mark_replayed(conn: &mut PgConnection, id: i64) -> Result<bool, sqlx::Error> {
     let result = sqlx::query(
         "UPDATE tributary_dead_letters SET replayed_at = now(), replay_error = NULL
-         WHERE id = $1 AND replayed_at IS NULL",
+         WHERE id = $1 AND replayed_at IS NULL AND discarded_at IS NULL",
     )
     .bind(id)
     .execute(conn)

@@ -162,6 +162,17 @@ pub enum ProjectionError {
         /// The id.
         id: i64,
     },
+    /// The dead letter was discarded by an operator (marked handled without being
+    /// applied); it is not replayed.
+    #[error(
+        "dead letter {id} of projection `{projection}` was discarded (marked handled without being applied); it is not replayed. Rebuild the projection to apply its record again"
+    )]
+    Discarded {
+        /// The projection.
+        projection: &'static str,
+        /// The id.
+        id: i64,
+    },
     /// Replaying a dead letter failed; it stays parked with the new error.
     #[error(
         "replaying dead letter {id} of projection `{projection}` failed, it stays parked: {error}"

@@ -62,6 +62,7 @@
 //!
 //! See `docs/projections.md` for the guarantees, failure modes and tuning.
 
+pub mod catalog;
 mod checkpoint;
 mod dead_letter;
 mod error;

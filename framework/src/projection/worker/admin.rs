@@ -72,6 +72,7 @@ impl<P: Projection> ProjectionWorker<P> {
                 id,
             });
         }
+        letter.ensure_not_discarded(P::NAME)?;
         let failed = |error: String| async move {
             dead_letter::record_replay_error(self.store.pool(), id, &error)
                 .await
