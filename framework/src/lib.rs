@@ -24,6 +24,7 @@ pub use tributary_core::{codec, topics};
 pub mod command;
 mod config;
 pub mod fuzzing;
+pub mod history;
 pub mod kafka;
 mod panics;
 pub mod projection;

@@ -193,22 +193,7 @@ impl<E: DomainEvent> EventCodec<E> {
                 "in UTC, the year is outside 0000-9999",
             ));
         }
-        let subject = headers.required_str(headers::SUBJECT)?;
-        if subject.is_empty() {
-            return Err(invalid(
-                headers::SUBJECT,
-                subject,
-                "the aggregate id must not be empty",
-            ));
-        }
-        if let Some(key) = record.key
-            && key != subject.as_bytes()
-        {
-            return Err(DecodeError::KeyMismatch {
-                key: lossy(key),
-                subject: subject.to_owned(),
-            });
-        }
+        let subject = subject(&headers, record)?;
         let content_type = headers.required_str(headers::CONTENT_TYPE)?;
         let media_type = content_type.split(';').next().unwrap_or_default().trim();
         if !media_type.eq_ignore_ascii_case(CONTENT_TYPE) {
@@ -216,14 +201,7 @@ impl<E: DomainEvent> EventCodec<E> {
                 found: content_type.to_owned(),
             });
         }
-        let sequence = headers.required_str(headers::SEQUENCE)?;
-        let sequence = parse_sequence(sequence).ok_or_else(|| {
-            invalid(
-                headers::SEQUENCE,
-                sequence,
-                "expected a decimal integer from 1 to 2^64 - 1",
-            )
-        })?;
+        let sequence = sequence(&headers)?;
         let metadata = Metadata {
             causation_id: headers
                 .optional_str(headers::CAUSATION_ID)?
@@ -326,6 +304,49 @@ impl<E: DomainEvent> EventCodec<E> {
                 },
             })
     }
+}
+
+/// The aggregate id (`ce_subject`, equal to the key) and the sequence
+/// (`ce_sequence`) of an event record, read from its headers without decoding the
+/// payload: what an index of the log needs, and readable for event types and
+/// versions this release does not know. The same checks as [`EventCodec::decode`]
+/// apply to these two headers.
+pub fn subject_and_sequence<'a>(record: &RecordRef<'a>) -> Result<(&'a str, u64), DecodeError> {
+    let headers = Headers(&record.headers);
+    Ok((subject(&headers, record)?, sequence(&headers)?))
+}
+
+/// `ce_subject`: present, not empty, and equal to the key when there is one.
+fn subject<'a>(headers: &Headers<'_, 'a>, record: &RecordRef<'a>) -> Result<&'a str, DecodeError> {
+    let subject = headers.required_str(headers::SUBJECT)?;
+    if subject.is_empty() {
+        return Err(invalid(
+            headers::SUBJECT,
+            subject,
+            "the aggregate id must not be empty",
+        ));
+    }
+    if let Some(key) = record.key
+        && key != subject.as_bytes()
+    {
+        return Err(DecodeError::KeyMismatch {
+            key: lossy(key),
+            subject: subject.to_owned(),
+        });
+    }
+    Ok(subject)
+}
+
+/// `ce_sequence`: a decimal integer from 1.
+fn sequence(headers: &Headers<'_, '_>) -> Result<u64, DecodeError> {
+    let sequence = headers.required_str(headers::SEQUENCE)?;
+    parse_sequence(sequence).ok_or_else(|| {
+        invalid(
+            headers::SEQUENCE,
+            sequence,
+            "expected a decimal integer from 1 to 2^64 - 1",
+        )
+    })
 }
 
 #[cfg(test)]

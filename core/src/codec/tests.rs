@@ -547,6 +547,44 @@ fn an_empty_source_is_refused() {
     ));
 }
 
+#[test]
+fn subject_and_sequence_read_only_those_headers() {
+    let record = codec().encode(&sample(), "/shop/order").unwrap();
+    assert_eq!(
+        subject_and_sequence(&record.as_record()).unwrap(),
+        ("order-42", 7)
+    );
+    // An event type this release does not know, and a payload that is not JSON:
+    // an index can still place the record.
+    let mut unknown = with_header(&record, "ce_type", Some(b"order.refunded.v9"));
+    unknown.value = b"not json".to_vec();
+    assert_eq!(
+        subject_and_sequence(&unknown.as_record()).unwrap(),
+        ("order-42", 7)
+    );
+    let missing = with_header(&record, "ce_sequence", None);
+    assert!(matches!(
+        subject_and_sequence(&missing.as_record()),
+        Err(DecodeError::MissingHeader {
+            name: "ce_sequence"
+        })
+    ));
+    let zero = with_header(&record, "ce_sequence", Some(b"0"));
+    assert!(matches!(
+        subject_and_sequence(&zero.as_record()),
+        Err(DecodeError::InvalidHeader {
+            name: "ce_sequence",
+            ..
+        })
+    ));
+    let mut other_key = record.clone();
+    other_key.key = b"order-43".to_vec();
+    assert!(matches!(
+        subject_and_sequence(&other_key.as_record()),
+        Err(DecodeError::KeyMismatch { .. })
+    ));
+}
+
 fn arb_event() -> impl Strategy<Value = ShopEvent> {
     prop_oneof![
         (

@@ -73,6 +73,23 @@ pub(crate) fn restore_reader(kafka: &KafkaConfig, group: &str) -> ClientConfig {
     config
 }
 
+/// The history reader (`history::History`): fetches chosen offsets of one events
+/// partition, committed records only. It assigns partitions itself and never joins
+/// its group or commits. Small fetches: it wants a few records at a time, far
+/// apart, not a stream.
+pub(crate) fn history_reader(kafka: &KafkaConfig, group: &str) -> ClientConfig {
+    let mut config = no_auto_commit(kafka, group);
+    config
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "10")
+        .set("fetch.error.backoff.ms", "10")
+        .set("max.partition.fetch.bytes", "65536")
+        .set("queued.max.messages.kbytes", "1024")
+        .set("enable.partition.eof", "true");
+    config
+}
+
 /// A client that only asks for watermarks. `read_uncommitted`: the last stable
 /// offset can lag (or read 0 on some brokers) while transactions are open.
 pub(crate) fn watermark_reader(kafka: &KafkaConfig, group: Option<&str>) -> ClientConfig {

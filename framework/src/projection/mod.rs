@@ -68,7 +68,7 @@ mod dead_letter;
 mod error;
 mod lag;
 mod settings;
-mod source;
+pub(crate) mod source;
 mod status;
 mod topics;
 mod worker;

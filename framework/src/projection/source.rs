@@ -21,7 +21,8 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub(crate) trait Source<P>: Send + Sync {
     fn topic(&self) -> &str;
     fn batched(&self) -> bool;
-    fn decode(&self, record: &RecordRef<'_>) -> Result<Decoded, DecodeError>;
+    /// Decodes the record found at `at` (partition, offset) of the topic.
+    fn decode(&self, record: &RecordRef<'_>, at: (i32, i64)) -> Result<Decoded, DecodeError>;
     /// The W3C trace context the event was written in, if it carries one.
     fn traceparent<'a>(&self, event: &'a Decoded) -> Option<&'a str>;
     fn apply_one<'a>(
@@ -60,7 +61,7 @@ where
         <P as Handles<E>>::BATCHED
     }
 
-    fn decode(&self, record: &RecordRef<'_>) -> Result<Decoded, DecodeError> {
+    fn decode(&self, record: &RecordRef<'_>, _at: (i32, i64)) -> Result<Decoded, DecodeError> {
         self.codec.decode(record).map(|e| Box::new(e) as Decoded)
     }
 

@@ -90,7 +90,7 @@ impl<P: Projection> ProjectionWorker<P> {
             ))
             .await;
         };
-        let decoded = match source.decode(&letter.record()) {
+        let decoded = match source.decode(&letter.record(), (letter.partition, letter.offset)) {
             Ok(decoded) => decoded,
             Err(error) => return failed(error.to_string()).await,
         };

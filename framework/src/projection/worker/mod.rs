@@ -128,6 +128,16 @@ impl<P: Projection> ProjectionWorker<P> {
         self
     }
 
+    /// Adds a subscription read through `source` (the framework's own projections,
+    /// such as the event index, that read records their own way).
+    pub(crate) fn subscribe_source(mut self, prefix: &str, source: Arc<dyn Source<P>>) -> Self {
+        if let Err(invalid) = validate_prefix(prefix) {
+            self.invalid_prefix.get_or_insert(invalid);
+        }
+        self.sources.push(source);
+        self
+    }
+
     /// Replaces the settings (checked when the worker starts: see
     /// [`ProjectionSettings::validate`]).
     #[must_use]

@@ -359,7 +359,10 @@ impl<P: Projection> Runner<'_, P> {
         let source = self.worker.sources.get(part.source)?;
         part.position = message.offset() + 1;
         part.at_end = false;
-        let decoded = source.decode(&record_ref(&message));
+        let decoded = source.decode(
+            &record_ref(&message),
+            (message.partition(), message.offset()),
+        );
         Some(pending.push(part.id, message, decoded))
     }
 
