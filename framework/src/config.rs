@@ -27,14 +27,30 @@ impl KafkaConfig {
     /// Settings from `KAFKA_BOOTSTRAP_SERVERS` (default `127.0.0.1:9092`) and every
     /// `TRIBUTARY_KAFKA_<PROPERTY>` variable, where `<PROPERTY>` is a librdkafka
     /// property with `.` written as `_` (`TRIBUTARY_KAFKA_SECURITY_PROTOCOL=ssl`).
+    /// See [`KafkaConfig::from_vars`].
     pub fn from_env() -> Self {
-        let bootstrap = std::env::var("KAFKA_BOOTSTRAP_SERVERS")
-            .unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
-        let mut config = Self::new(bootstrap);
-        for (key, value) in std::env::vars() {
-            if let Some(property) = key.strip_prefix("TRIBUTARY_KAFKA_") {
-                config = config.set(property.to_ascii_lowercase().replace('_', "."), value);
+        Self::from_vars(std::env::vars())
+    }
+
+    /// Settings from the `(name, value)` pairs of environment variables, read as
+    /// [`KafkaConfig::from_env`] reads the process environment: the value of
+    /// `KAFKA_BOOTSTRAP_SERVERS` (default `127.0.0.1:9092`) and, for each
+    /// `TRIBUTARY_KAFKA_<PROPERTY>`, the librdkafka property `<property>` (lowercase,
+    /// `_` becomes `.`: `TRIBUTARY_KAFKA_SASL_PASSWORD` sets `sasl.password`).
+    /// Other variables are ignored.
+    pub fn from_vars(vars: impl Iterator<Item = (String, String)>) -> Self {
+        let mut bootstrap = None;
+        let mut properties = Vec::new();
+        for (key, value) in vars {
+            if key == "KAFKA_BOOTSTRAP_SERVERS" {
+                bootstrap = Some(value);
+            } else if let Some(property) = key.strip_prefix("TRIBUTARY_KAFKA_") {
+                properties.push((property.to_ascii_lowercase().replace('_', "."), value));
             }
+        }
+        let mut config = Self::new(bootstrap.unwrap_or_else(|| "127.0.0.1:9092".to_owned()));
+        for (property, value) in properties {
+            config = config.set(property, value);
         }
         config
     }
@@ -140,5 +156,53 @@ mod tests {
             assert!(!listed.contains(secret), "{secret} leaked: {listed}");
         }
         assert!(listed.contains("(\"sasl.username\", \"svc\")"), "{listed}");
+    }
+
+    #[test]
+    fn sasl_scram_over_tls_from_vars_passes_through_and_is_redacted() {
+        let vars = [
+            ("KAFKA_BOOTSTRAP_SERVERS", "kafka-1:9093,kafka-2:9093"),
+            ("TRIBUTARY_KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+            ("TRIBUTARY_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
+            ("TRIBUTARY_KAFKA_SASL_USERNAME", "shop-processor"),
+            ("TRIBUTARY_KAFKA_SASL_PASSWORD", "pa55-Wörd;x=1"),
+            ("TRIBUTARY_KAFKA_SSL_CA_LOCATION", "/etc/tributary/ca.pem"),
+            ("PATH", "/usr/bin"),
+            ("KAFKA_OTHER", "ignored"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let config = KafkaConfig::from_vars(vars.into_iter());
+        assert_eq!(config.bootstrap_servers(), "kafka-1:9093,kafka-2:9093");
+        assert_eq!(config.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(config.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(config.get("sasl.username"), Some("shop-processor"));
+        assert_eq!(config.get("sasl.password"), Some("pa55-Wörd;x=1"));
+        assert_eq!(config.get("ssl.ca.location"), Some("/etc/tributary/ca.pem"));
+        assert_eq!(config.get("path"), None);
+        assert_eq!(config.get("other"), None);
+        assert_eq!(
+            config.client_config().get("sasl.password"),
+            Some("pa55-Wörd;x=1")
+        );
+
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("pa55"), "password leaked: {debug}");
+        assert!(
+            debug.contains(r#""sasl.password": "<redacted>""#),
+            "{debug}"
+        );
+        assert!(debug.contains("shop-processor") && debug.contains("SCRAM-SHA-512"));
+        let pretty = format!("{config:#?}");
+        assert!(!pretty.contains("pa55"), "password leaked: {pretty}");
+    }
+
+    #[test]
+    fn from_vars_defaults_the_bootstrap_servers() {
+        let config = KafkaConfig::from_vars(std::iter::empty());
+        assert_eq!(config.bootstrap_servers(), "127.0.0.1:9092");
+        assert_eq!(
+            format!("{config:?}"),
+            r#"{"bootstrap.servers": "127.0.0.1:9092"}"#
+        );
     }
 }

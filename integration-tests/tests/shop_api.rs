@@ -3,7 +3,9 @@
 //! 1. every mutating endpoint is idempotent with an `Idempotency-Key`: a retry
 //!    answers the same and has one effect;
 //! 2. `/health` names every role of the process and answers 503 when one is dead;
-//! 3. a SKU restocked a moment ago is not refused as unknown by the order path.
+//! 3. a SKU restocked a moment ago is not refused as unknown by the order path;
+//! 4. access control: 401 without a known bearer token, customers act on their own
+//!    orders only, restock/pay/ship are for admins, and error bodies carry no SQL.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -14,6 +16,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use example_shop::api::{ApiState, router};
 use example_shop::app::{Component, Role, ShopConfig};
+use example_shop::auth::ApiKeys;
 use example_shop::inventory::InventoryEvent;
 use example_shop::order::OrderEvent;
 use serde_json::{Value, json};
@@ -34,9 +37,50 @@ fn config(prefix: &str, store: &PgStore) -> ShopConfig {
     }
 }
 
-/// `method path` with an optional JSON body and an optional `Idempotency-Key`.
+/// The admin's token in the tests' key table.
+const ADMIN: &str = "test-admin-token-0123456789";
+
+/// The token of `customer` in the tests' key table.
+fn customer_token(customer: &str) -> String {
+    format!("test-token-of-{customer}")
+}
+
+/// The tests' key table: the admin `ops` and the customers ada and bob.
+fn keys() -> ApiKeys {
+    let spec = format!(
+        "{ADMIN}=admin:ops,{}=customer:ada,{}=customer:bob",
+        customer_token("ada"),
+        customer_token("bob")
+    );
+    ApiKeys::parse(&spec).unwrap()
+}
+
+/// The API of `config` on `store`, with the tests' key table.
+async fn api_state(config: &ShopConfig, store: &PgStore) -> ApiState {
+    ApiState::new(config.gateway().await.unwrap(), store.pool().clone()).with_keys(keys())
+}
+
+/// `method path` with an optional JSON body and an optional `Idempotency-Key`,
+/// as the principal who may send it: `POST /orders` as the body's customer,
+/// everything else as the admin.
 async fn call(
     api: &Router,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    key: Option<&str>,
+) -> (StatusCode, Value) {
+    let token = match (method, path, body.and_then(|b| b["customer"].as_str())) {
+        ("POST", "/orders", Some(customer)) => customer_token(customer),
+        _ => ADMIN.to_owned(),
+    };
+    call_as(api, Some(&token), method, path, body, key).await
+}
+
+/// [`call`] as the principal of `token` (none: anonymous).
+async fn call_as(
+    api: &Router,
+    token: Option<&str>,
     method: &str,
     path: &str,
     body: Option<&Value>,
@@ -46,6 +90,9 @@ async fn call(
         .method(method)
         .uri(path)
         .header("content-type", "application/json");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
     if let Some(key) = key {
         request = request.header("idempotency-key", key);
     }
@@ -110,10 +157,7 @@ async fn retries_with_the_same_idempotency_key_have_one_effect() {
     let store = pg_store(&prefix).await;
     let config = config(&prefix, &store);
     let running = config.start(&Role::ALL, &store).await.unwrap();
-    let api = router(ApiState::new(
-        config.gateway().await.unwrap(),
-        store.pool().clone(),
-    ));
+    let api = router(api_state(&config, &store).await);
     let mut failures = Vec::new();
 
     // Restock: the retry must not add the quantity again.
@@ -197,6 +241,7 @@ async fn retries_with_the_same_idempotency_key_have_one_effect() {
             .uri("/stock/tea/restock")
             .header("content-type", "application/json")
             .header("idempotency-key", bad.as_bytes())
+            .header("authorization", format!("Bearer {ADMIN}"))
             .body(Body::from(restock.to_string()))
             .unwrap();
         let status = api.clone().oneshot(request).await.unwrap().status();
@@ -322,9 +367,7 @@ async fn health_names_every_role_and_fails_when_one_dies() {
     let store = pg_store(&prefix).await;
     let config = config(&prefix, &store);
     let running = config.start(&Role::ALL, &store).await.unwrap();
-    let api = router(
-        ApiState::new(config.gateway().await.unwrap(), store.pool().clone()).with_roles(&running),
-    );
+    let api = router(api_state(&config, &store).await.with_roles(&running));
     let mut failures = Vec::new();
 
     let (status, body) = health_until(&api, StatusCode::OK).await;
@@ -419,10 +462,7 @@ async fn a_sku_restocked_a_moment_ago_is_not_unknown() {
         .await
         .unwrap();
     config.migrate_read_models(&store).await.unwrap();
-    let api = router(ApiState::new(
-        config.gateway().await.unwrap(),
-        store.pool().clone(),
-    ));
+    let api = router(api_state(&config, &store).await);
 
     let (status, body) = call(
         &api,
@@ -490,4 +530,217 @@ async fn a_sku_restocked_a_moment_ago_is_not_unknown() {
     }
     projections.shutdown().await.unwrap();
     processors.shutdown().await.unwrap();
+}
+
+/// Asserts a 401 with `WWW-Authenticate: Bearer` and an `error` for `request`.
+async fn assert_unauthorized(api: &Router, request: Request<Body>) {
+    let what = format!("{} {}", request.method(), request.uri());
+    let response = api.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{what}");
+    assert_eq!(
+        response
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap()),
+        Some("Bearer"),
+        "{what}"
+    );
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    assert!(body["error"].is_string(), "{what}: {body}");
+}
+
+/// Polls `GET /orders/{id}` as `token` until the order has `status`.
+async fn wait_status_as(api: &Router, token: &str, order_id: &str, status: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let path = format!("/orders/{order_id}");
+        let (code, body) = call_as(api, Some(token), "GET", &path, None, None).await;
+        if code == StatusCode::OK && body["status"] == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "order {order_id} not {status} after 60 s: {code} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn customers_act_on_their_own_orders_and_admins_run_the_shop() {
+    let prefix = unique_prefix("shopauth");
+    let store = pg_store(&prefix).await;
+    let config = config(&prefix, &store);
+    let running = config.start(&Role::ALL, &store).await.unwrap();
+    let api = router(api_state(&config, &store).await.with_roles(&running));
+    let (ada, bob) = (customer_token("ada"), customer_token("bob"));
+    let (ada, bob, admin) = (Some(ada.as_str()), Some(bob.as_str()), Some(ADMIN));
+    let line = json!([{"sku": "tea", "quantity": 1, "price_cents": 450}]);
+
+    // No token, a malformed header, an unknown token: 401, before anything else.
+    for (method, path) in [
+        ("GET", "/orders"),
+        ("GET", "/orders/o-1"),
+        ("POST", "/orders"),
+        ("POST", "/stock/tea/restock"),
+        ("GET", "/stock"),
+        ("GET", "/customers/ada/notifications"),
+    ] {
+        for authorization in [None, Some("Basic YWRhOg=="), Some("Bearer not-a-token")] {
+            let mut request = Request::builder()
+                .method(method)
+                .uri(path)
+                .header("content-type", "application/json");
+            if let Some(value) = authorization {
+                request = request.header("authorization", value);
+            }
+            let request = request.body(Body::from("{}")).unwrap();
+            assert_unauthorized(&api, request).await;
+        }
+    }
+    // Probes and scrapers need none.
+    let (status, _) = call_as(&api, None, "GET", "/health", None, None).await;
+    assert_ne!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = call_as(&api, None, "GET", "/metrics", None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}"); // no exporter installed here
+
+    // Restock, pay and ship are for admins.
+    let restock = json!({"quantity": 10});
+    let (status, body) = call_as(
+        &api,
+        ada,
+        "POST",
+        "/stock/tea/restock",
+        Some(&restock),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"], "restocking needs the admin role");
+    let (status, body) = call_as(
+        &api,
+        admin,
+        "POST",
+        "/stock/tea/restock",
+        Some(&restock),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["version"], 1);
+
+    // A customer places its own orders: the body may name itself, no one else.
+    let mine = json!({"order_id": "o-ada-1", "lines": line});
+    let (status, body) = call_as(&api, ada, "POST", "/orders", Some(&mine), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let for_bob = json!({"order_id": "o-ada-2", "customer": "bob", "lines": line});
+    let (status, body) = call_as(&api, ada, "POST", "/orders", Some(&for_bob), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let by_admin = json!({"order_id": "o-ops-1", "customer": "ada", "lines": line});
+    let (status, body) = call_as(&api, admin, "POST", "/orders", Some(&by_admin), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let bobs = json!({"order_id": "o-bob-1", "customer": "bob", "lines": line});
+    let (status, body) = call_as(&api, bob, "POST", "/orders", Some(&bobs), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    wait_status_as(&api, ADMIN, "o-ada-1", "confirmed").await;
+    wait_status_as(&api, ADMIN, "o-bob-1", "confirmed").await;
+
+    // Reading: one's own orders; another's order is not found (its id does not leak).
+    let (status, body) = call_as(&api, ada, "GET", "/orders/o-ada-1", None, None).await;
+    assert_eq!((status, &body["customer"]), (StatusCode::OK, &json!("ada")));
+    let (status, body) = call_as(&api, bob, "GET", "/orders/o-ada-1", None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["error"], "no order o-ada-1 (yet)");
+    let (status, body) = call_as(&api, bob, "GET", "/orders", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ids = |body: &Value| -> Vec<String> {
+        body.as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["order_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&body), ["o-bob-1"]);
+    let (status, _) = call_as(&api, bob, "GET", "/orders?customer=ada", None, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = call_as(&api, admin, "GET", "/orders?customer=ada", None, None).await;
+    assert_eq!(
+        (status, ids(&body)),
+        (StatusCode::OK, vec!["o-ada-1".to_owned()])
+    );
+    let (status, body) = call_as(&api, admin, "GET", "/orders", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut all = ids(&body);
+    all.sort();
+    assert_eq!(all, ["o-ada-1", "o-bob-1"]);
+    let (status, _) = call_as(&api, bob, "GET", "/customers/ada/notifications", None, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) =
+        call_as(&api, ada, "GET", "/customers/ada/notifications", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.is_array(), "{body}");
+    let (status, body) = call_as(&api, bob, "GET", "/stock/tea", None, None).await;
+    assert_eq!((status, &body["sku"]), (StatusCode::OK, &json!("tea")));
+
+    // Pay and ship: admins only. Cancel: the order's customer (another: not found).
+    for action in ["pay", "ship"] {
+        let path = format!("/orders/o-ada-1/{action}");
+        let (status, body) = call_as(&api, ada, "POST", &path, None, None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{action}: {body}");
+    }
+    let cancel = json!({});
+    let path = "/orders/o-ada-1/cancel";
+    let (status, body) = call_as(&api, bob, "POST", path, Some(&cancel), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = call_as(&api, ada, "POST", path, Some(&cancel), None).await;
+    assert_eq!(
+        (status, &body["status"]),
+        (StatusCode::OK, &json!("cancelled")),
+        "{body}"
+    );
+    let (status, body) = call_as(&api, admin, "POST", "/orders/o-bob-1/pay", None, None).await;
+    assert_eq!(
+        (status, &body["status"]),
+        (StatusCode::OK, &json!("paid")),
+        "{body}"
+    );
+
+    // A failing query answers 500 with a correlation id, not the SQL error.
+    sqlx::query("DROP TABLE order_summaries")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    for (token, path) in [
+        (ada, "/orders/o-ada-1"),
+        (admin, "/orders"),
+        (ada, "/orders/o-ada-1/cancel"),
+    ] {
+        let method = if path.ends_with("cancel") {
+            "POST"
+        } else {
+            "GET"
+        };
+        let (status, body) = call_as(&api, token, method, path, Some(&cancel), None).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{path}: {body}");
+        let text = body.to_string();
+        for internal in [
+            "relation \"", // ("correlation id" contains "relation")
+            "order_summaries",
+            "SELECT",
+            "does not exist",
+            "42P01",
+        ] {
+            assert!(!text.contains(internal), "{path}: {internal} in {text}");
+        }
+        let id = body["correlation_id"].as_str().unwrap();
+        assert_eq!(
+            body["error"],
+            format!("internal error reading the read models (correlation id {id})")
+        );
+    }
+    // (The order_summaries worker may have failed on the missing table.)
+    let _ = running.shutdown().await;
 }

@@ -108,11 +108,11 @@ async fn run_load(
     run: &str,
     on_placed: Option<Arc<dyn Fn(usize) + Send + Sync>>,
 ) -> (LoadPlan, Settled) {
-    let api = router(ApiState::new(
-        config.gateway().await.unwrap(),
-        store.pool().clone(),
-    ));
     let plan = LoadPlan::half_stocked(ORDERS, CLIENTS, SKUS, run);
+    let api = router(
+        ApiState::new(config.gateway().await.unwrap(), store.pool().clone())
+            .with_keys(plan.tokens.api_keys().unwrap()),
+    );
     load::seed_catalogue(&api, store.pool(), &plan)
         .await
         .unwrap();
@@ -243,21 +243,28 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     let store = pg_store(&prefix).await;
     let config = config(&prefix, &store);
     let running = config.start(&Role::ALL, &store).await.unwrap();
-    let api = router(ApiState::new(
-        config.gateway().await.unwrap(),
-        store.pool().clone(),
-    ));
     let plan = LoadPlan {
         skus: 1,
         stock_per_sku: 5,
         ..LoadPlan::half_stocked(1, 1, 1, &prefix)
     };
+    let api = router(
+        ApiState::new(config.gateway().await.unwrap(), store.pool().clone())
+            .with_keys(plan.tokens.api_keys().unwrap()),
+    );
+    // Orders as customer-00, the rest as the admin.
+    let customer = plan.tokens.customer("customer-00");
+    let admin = Some(plan.tokens.admin());
+    let bearer = format!("Bearer {}", customer.unwrap());
     load::seed_catalogue(&api, store.pool(), &plan)
         .await
         .unwrap();
 
     let raw = |body: &'static str, content_type: Option<&'static str>| {
-        let mut request = axum::http::Request::builder().method("POST").uri("/orders");
+        let mut request = axum::http::Request::builder()
+            .method("POST")
+            .uri("/orders")
+            .header("authorization", &bearer);
         if let Some(ct) = content_type {
             request = request.header("content-type", ct);
         }
@@ -277,7 +284,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     };
     let line =
         |sku: &str, quantity: i64| json!({"sku": sku, "quantity": quantity, "price_cents": 100});
-    let order = |lines: Vec<serde_json::Value>| json!({"customer": "ada", "lines": lines});
+    let order = |lines: Vec<serde_json::Value>| json!({"customer": "customer-00", "lines": lines});
 
     let mut cases: Vec<(&str, StatusCode, &str, (StatusCode, String))> = Vec::new();
     cases.push((
@@ -302,7 +309,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     for (what, body, status, message) in [
         (
             "unknown field",
-            json!({"customer": "ada", "lines": [], "coupon": 1}),
+            json!({"customer": "customer-00", "lines": [], "coupon": 1}),
             StatusCode::BAD_REQUEST,
             "unknown field `coupon`",
         ),
@@ -337,14 +344,14 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
             "appears twice",
         ),
         (
-            "bad customer",
+            "another customer",
             json!({"customer": "a b", "lines": [line("sku-00", 1)]}),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "customer must be",
+            StatusCode::FORBIDDEN,
+            "cannot place an order for customer a b",
         ),
     ] {
         cases.push((what, status, message, {
-            let (s, v) = load::call(&api, "POST", "/orders", Some(&body))
+            let (s, v) = load::call(&api, customer, "POST", "/orders", Some(&body))
                 .await
                 .unwrap();
             (s, v.to_string())
@@ -382,7 +389,9 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     ] {
         let method = if body.is_some() { "POST" } else { "GET" };
         cases.push((what, status, message, {
-            let (s, v) = load::call(&api, method, path, body.as_ref()).await.unwrap();
+            let (s, v) = load::call(&api, admin, method, path, body.as_ref())
+                .await
+                .unwrap();
             (s, v.to_string())
         }));
     }
@@ -398,6 +407,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     // log, and the stock moved by its quantity only.
     let (status, body) = load::call(
         &api,
+        customer,
         "POST",
         "/orders",
         Some(&order(vec![line("sku-00", 2)])),

@@ -110,13 +110,14 @@ async fn metrics_after_a_load_match_what_it_did() {
     let store = pg_store(&prefix).await;
     let config = config(&prefix, &store);
     let running = config.start(&Role::ALL, &store).await.unwrap();
+    let plan = LoadPlan::half_stocked(ORDERS, CLIENTS, SKUS, &prefix);
     let api = router(
         ApiState::new(config.gateway().await.unwrap(), store.pool().clone())
             .with_roles(&running)
-            .with_metrics(handle),
+            .with_metrics(handle)
+            .with_keys(plan.tokens.api_keys().unwrap()),
     );
 
-    let plan = LoadPlan::half_stocked(ORDERS, CLIENTS, SKUS, &prefix);
     load::seed_catalogue(&api, store.pool(), &plan)
         .await
         .unwrap();

@@ -50,7 +50,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use example_shop::api::keyed_order_id;
 use example_shop::inventory::InventoryEvent;
-use example_shop::load::LoadPlan;
+use example_shop::load::{LoadPlan, LoadTokens};
 use example_shop::order::OrderEvent;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -93,7 +93,9 @@ async fn separate_processes_started_in_any_order_with_a_processor_killed_keep_ev
     let prefix = unique_prefix("shopproc");
     let schema = prefix.replace('-', "_").to_ascii_lowercase();
     let started = Instant::now();
+    let plan = LoadPlan::half_stocked(ORDERS, CLIENTS, SKUS, &prefix);
     let mut shop = Shop::new(&binary, &bootstrap, &prefix, &schema);
+    shop.env.push(("SHOP_API_KEYS", plan.tokens.spec()));
 
     // 1. The API and the first processor process at once: nothing has created the
     //    shop's topics yet.
@@ -107,7 +109,7 @@ async fn separate_processes_started_in_any_order_with_a_processor_killed_keep_ev
         .trim_start_matches("example-shop: HTTP API on http://")
         .parse()
         .unwrap_or_else(|e| panic!("no address in {listening:?}: {e}"));
-    let client = Client::new(addr);
+    let client = Client::new(addr, plan.tokens.clone());
     wait_healthy(&client).await;
     println!(
         "API on {addr}, healthy {:.1} s after the start",
@@ -117,7 +119,6 @@ async fn separate_processes_started_in_any_order_with_a_processor_killed_keep_ev
     // 2. The catalogue is restocked from now on, while the inventory's topics do
     //    not exist yet: the API answers 503 (no topic, and it must not make the
     //    broker create one) and the client retries with the same key.
-    let plan = LoadPlan::half_stocked(ORDERS, CLIENTS, SKUS, &prefix);
     let restocked: BTreeMap<String, i64> = plan
         .sku_names()
         .into_iter()
@@ -606,6 +607,7 @@ fn modified(path: &Path) -> SystemTime {
 #[derive(Debug, Clone)]
 struct Client {
     addr: SocketAddr,
+    tokens: LoadTokens,
 }
 
 /// Why requests were sent again.
@@ -641,8 +643,8 @@ impl std::fmt::Display for Retries {
 }
 
 impl Client {
-    fn new(addr: SocketAddr) -> Self {
-        Self { addr }
+    fn new(addr: SocketAddr, tokens: LoadTokens) -> Self {
+        Self { addr, tokens }
     }
 
     /// One request; the status and the JSON body (`Null` if not JSON).
@@ -653,6 +655,7 @@ impl Client {
         body: Option<&Value>,
         key: Option<&str>,
     ) -> Result<(u16, Value), String> {
+        let body_customer = body.and_then(|b| b["customer"].as_str()).map(str::to_owned);
         let exchange = async {
             let mut stream = TcpStream::connect(self.addr)
                 .await
@@ -667,6 +670,15 @@ impl Client {
             if let Some(key) = key {
                 request.push_str(&format!("idempotency-key: {key}\r\n"));
             }
+            // Orders as their customer, everything else as the admin.
+            let customer = body_customer
+                .as_deref()
+                .and_then(|c| self.tokens.customer(c));
+            let token = match (method, path, customer) {
+                ("POST", "/orders", Some(token)) => token,
+                _ => self.tokens.admin(),
+            };
+            request.push_str(&format!("authorization: Bearer {token}\r\n"));
             request.push_str("\r\n");
             request.push_str(&body);
             stream

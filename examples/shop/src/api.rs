@@ -1,18 +1,30 @@
 //! The HTTP API (axum, JSON). Commands go through the [`CommandGateway`]; queries
 //! read the Postgres read models.
 //!
-//! | method and path | what | `Idempotency-Key` |
-//! |---|---|---|
-//! | `POST /orders` | place an order `{order_id?, customer, lines: [{sku, quantity, price_cents}]}` → 202 | optional; without `order_id` the key decides the order id |
-//! | `POST /orders/{id}/cancel` | cancel `{reason?}` | optional |
-//! | `POST /orders/{id}/pay`, `POST /orders/{id}/ship` | mark a confirmed order paid, a paid one shipped | optional |
-//! | `GET /orders/{id}` | the order's summary | |
-//! | `GET /orders?customer=&status=&limit=` | list summaries, newest first | |
-//! | `POST /stock/{sku}/restock` | add stock `{quantity}` | optional |
-//! | `GET /stock`, `GET /stock/{sku}` | stock levels | |
-//! | `GET /customers/{customer}/notifications` | the customer's notifications | |
-//! | `GET /health` | 200 when Postgres answers and every component of this process (each command processor, each projection worker) runs and can read all its partitions; 503 naming what is wrong otherwise. Lists the components, each projection's lag | |
-//! | `GET /metrics` | Prometheus metrics of this process: Tributary's (`tributary::telemetry`, listed in docs/operations.md) | |
+//! | method and path | what | Auth | `Idempotency-Key` |
+//! |---|---|---|---|
+//! | `POST /orders` | place an order `{order_id?, customer?, lines: [{sku, quantity, price_cents}]}` → 202 | customer: the order is the caller's; `customer`, if sent, must be the caller's id (403 otherwise); admins: 403 | optional; without `order_id` the key decides the order id |
+//! | `POST /orders/{id}/cancel` | cancel `{reason?}` | the order's customer (another's order: 404), or admin | optional |
+//! | `POST /orders/{id}/pay`, `POST /orders/{id}/ship` | mark a confirmed order paid, a paid one shipped | admin (customer: 403) | optional |
+//! | `GET /orders/{id}` | the order's summary | the order's customer (another's: 404), or admin | |
+//! | `GET /orders?customer=&status=&limit=` | list summaries, newest first | customer: its own (another `customer`: 403); admin: all | |
+//! | `POST /stock/{sku}/restock` | add stock `{quantity}` | admin (customer: 403) | optional |
+//! | `GET /stock`, `GET /stock/{sku}` | stock levels | any principal | |
+//! | `GET /customers/{customer}/notifications` | the customer's notifications | that customer (another: 403), or admin | |
+//! | `GET /health` | 200 when Postgres answers and every component of this process (each command processor, each projection worker) runs and can read all its partitions; 503 naming what is wrong otherwise. Lists the components, each projection's lag | open | |
+//! | `GET /metrics` | Prometheus metrics of this process: Tributary's (`tributary::telemetry`, listed in docs/operations.md) | open | |
+//!
+//! **Authentication.** Every route but `/health` and `/metrics` needs
+//! `Authorization: Bearer <token>`; the token maps to a customer or an admin
+//! through the key table ([`crate::auth::ApiKeys`], from `SHOP_API_KEYS`; the api
+//! role refuses to start without it). No token, a malformed header or an unknown
+//! token is 401 with `WWW-Authenticate: Bearer`; a principal without the right is
+//! 403 — except for another customer's order, which is 404 so that order ids do
+//! not leak. The rules are in [`crate::auth`]. `/health` and `/metrics` stay open
+//! for load-balancer probes and Prometheus scrapers, which carry no token: serve
+//! the API behind a proxy that exposes only the other routes (and terminates TLS),
+//! and keep the probe and scrape paths on the internal network — `/health` names
+//! the failing components and their errors.
 //!
 //! **Retries.** Every mutating request takes an `Idempotency-Key` header (1–255
 //! printable ASCII characters, chosen by the client, e.g. a UUID; the quoted form
@@ -34,10 +46,14 @@
 //! either, every request places a new order under a new id.
 //!
 //! Every error is `{"error": "..."}` with a 4xx/5xx status; a request that fails
-//! validation changes nothing.
+//! validation changes nothing. Failures of the service itself (Postgres, Kafka, the
+//! command processors) never show their details: the body is a generic message and a
+//! `correlation_id`, and the details are logged (`tracing::error!`) with that id.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{
+    DefaultBodyLimit, FromRef, FromRequest, FromRequestParts, Path, Query, Request, State,
+};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -55,6 +71,7 @@ use tributary::{Command, DeclaresCommand, EventEnvelope};
 use uuid::Uuid;
 
 use crate::app::{ComponentHealth, Role, Running};
+use crate::auth::{ApiKeys, Principal};
 use crate::inventory::{InventoryError, InventoryEvent, Restock, VerifySku};
 use crate::order::{
     CancelOrder, Line, MarkPaid, MarkShipped, Order, OrderError, OrderEvent, PlaceOrder,
@@ -84,17 +101,28 @@ pub struct ApiState {
     pool: PgPool,
     running: Option<Running>,
     metrics: Option<PrometheusHandle>,
+    keys: ApiKeys,
 }
 
 impl ApiState {
-    /// Handlers send through `gateway` and read the read models from `pool`.
+    /// Handlers send through `gateway` and read the read models from `pool`. The
+    /// key table is empty until [`ApiState::with_keys`]: every route but `/health`
+    /// and `/metrics` answers 401.
     pub fn new(gateway: CommandGateway, pool: PgPool) -> Self {
         Self {
             gateway,
             pool,
             running: None,
             metrics: None,
+            keys: ApiKeys::new(),
         }
+    }
+
+    /// Authenticates requests with `keys` (see [`crate::auth`]).
+    #[must_use]
+    pub fn with_keys(mut self, keys: ApiKeys) -> Self {
+        self.keys = keys;
+        self
     }
 
     /// Serves the metrics of `handle` on `GET /metrics` (Prometheus text format);
@@ -112,6 +140,12 @@ impl ApiState {
     pub fn with_roles(mut self, running: &Running) -> Self {
         self.running = Some(running.clone());
         self
+    }
+}
+
+impl FromRef<ApiState> for ApiKeys {
+    fn from_ref(state: &ApiState) -> Self {
+        state.keys.clone()
     }
 }
 
@@ -133,47 +167,114 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// An error response: a status and `{"error": message}`.
+/// An error response: a status and `{"error": message}`, plus `correlation_id`
+/// for failures of the service (whose details are only logged) and
+/// `WWW-Authenticate: Bearer` for a 401.
 #[derive(Debug)]
-pub struct ApiError(StatusCode, String);
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    correlation_id: Option<Uuid>,
+}
 
 impl ApiError {
+    /// An error answered with `status` and `message`.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            correlation_id: None,
+        }
+    }
+
+    /// A failure of the service: answers `status` with the generic `public`
+    /// message and a new correlation id; `detail` (which may name tables, queries,
+    /// brokers) is only logged, with the id.
+    pub fn internal(status: StatusCode, public: &str, detail: &dyn std::fmt::Display) -> Self {
+        let id = Uuid::now_v7();
+        tracing::error!(correlation_id = %id, error = %detail, status = status.as_u16(), "{public}");
+        Self {
+            status,
+            message: format!("{public} (correlation id {id})"),
+            correlation_id: Some(id),
+        }
+    }
+
+    /// A 401: no usable credentials.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, message)
+    }
+
     /// The status.
     pub fn status(&self) -> StatusCode {
-        self.0
+        self.status
     }
 
     /// The message.
     pub fn message(&self) -> &str {
-        &self.1
+        &self.message
+    }
+
+    /// The id under which the details of a service failure were logged.
+    pub fn correlation_id(&self) -> Option<Uuid> {
+        self.correlation_id
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
-        Self(StatusCode::BAD_REQUEST, message.into())
+        Self::new(StatusCode::BAD_REQUEST, message)
     }
 
     fn unprocessable(message: impl Into<String>) -> Self {
-        Self(StatusCode::UNPROCESSABLE_ENTITY, message.into())
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, message)
     }
 
     fn not_found(message: impl Into<String>) -> Self {
-        Self(StatusCode::NOT_FOUND, message.into())
+        Self::new(StatusCode::NOT_FOUND, message)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        let body = match self.correlation_id {
+            Some(id) => json!({ "error": self.message, "correlation_id": id }),
+            None => json!({ "error": self.message }),
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
     }
 }
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        tracing::error!(%error, "read model query failed");
-        Self(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the read models are unavailable; try again".into(),
-        )
+        // Postgres out of reach: retrying helps. Anything else (a failing query, a
+        // missing table, a row that does not decode) is a fault of the service.
+        let unreachable = matches!(
+            error,
+            sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+        );
+        if unreachable {
+            Self::internal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the read models are unavailable; try again",
+                &error,
+            )
+        } else {
+            Self::internal(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error reading the read models",
+                &error,
+            )
+        }
     }
 }
 
@@ -183,21 +284,20 @@ const RETRY_HINT: &str = "retry with the same Idempotency-Key (or, for POST /ord
 impl From<GatewayError> for ApiError {
     fn from(error: GatewayError) -> Self {
         match error {
-            GatewayError::Timeout { .. } => Self(
+            GatewayError::Timeout { .. } => Self::internal(
                 StatusCode::GATEWAY_TIMEOUT,
-                format!("{error}; the command may still be applied: {RETRY_HINT}"),
+                &format!("no outcome in time; the command may still be applied: {RETRY_HINT}"),
+                &error,
             ),
-            GatewayError::AlreadyPending(_) => Self(
+            GatewayError::AlreadyPending(_) => Self::new(
                 StatusCode::CONFLICT,
-                "a request with the same Idempotency-Key (or order_id) is still waiting for its outcome; retry once it has answered".into(),
+                "a request with the same Idempotency-Key (or order_id) is still waiting for its outcome; retry once it has answered",
             ),
-            other => {
-                tracing::error!(error = %other, "command not sent");
-                Self(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("{other}; {RETRY_HINT}"),
-                )
-            }
+            other => Self::internal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("the command could not be sent; {RETRY_HINT}"),
+                &other,
+            ),
         }
     }
 }
@@ -310,7 +410,7 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
         other => other,
     };
-    ApiError(status, rejection.body_text())
+    ApiError::new(status, rejection.body_text())
 }
 
 /// Ids of orders, SKUs and customers: 1–64 of `A-Z a-z 0-9 . _ -`.
@@ -362,24 +462,27 @@ pub struct PlaceOrderRequest {
     /// Chosen by the client for safe retries; derived from the `Idempotency-Key`
     /// when absent ([`keyed_order_id`]), a new UUID when there is no key either.
     pub order_id: Option<String>,
-    /// Who orders.
-    pub customer: String,
+    /// Who orders: the caller, a customer. Optional; when sent it must be the
+    /// caller's customer id (403 otherwise).
+    pub customer: Option<String>,
     /// What.
     pub lines: Vec<Line>,
 }
 
 async fn place_order(
     State(state): State<ApiState>,
+    principal: Principal,
     key: IdempotencyKey,
     JsonBody(req): JsonBody<PlaceOrderRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let customer = principal.ordering_customer(req.customer.as_deref())?;
     let order_id = match (req.order_id, &key.0) {
         (Some(order_id), _) => order_id,
         (None, Some(key)) => keyed_order_id(key),
         (None, None) => Uuid::now_v7().to_string(),
     };
     valid_id("order_id", &order_id)?;
-    valid_id("customer", &req.customer)?;
+    valid_id("customer", &customer)?;
     validate_lines(&req.lines).map_err(ApiError::unprocessable)?;
     for line in &req.lines {
         valid_id("sku", &line.sku)?;
@@ -400,7 +503,7 @@ async fn place_order(
     }
     let command = PlaceOrder {
         order_id: order_id.clone(),
-        customer: req.customer,
+        customer,
         lines: req.lines,
     };
     let (customer, lines) = (command.customer.clone(), command.lines.clone());
@@ -462,9 +565,9 @@ async fn unknown_skus(state: &ApiState, skus: &[&str]) -> Result<Vec<String>, Ap
     while let Some(joined) = checks.join_next().await {
         let (sku, outcome) = joined.map_err(|error| {
             tracing::error!(%error, "SKU check task failed");
-            ApiError(
+            ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "could not check the SKUs; try again".into(),
+                "could not check the SKUs; try again",
             )
         })?;
         match outcome {
@@ -496,7 +599,7 @@ fn order_rejection(error: OrderError) -> ApiError {
         OrderError::Invalid(_) | OrderError::UnknownLine(_) => StatusCode::UNPROCESSABLE_ENTITY,
         OrderError::AlreadyPlaced | OrderError::WrongStatus { .. } => StatusCode::CONFLICT,
     };
-    ApiError(status, error.to_string())
+    ApiError::new(status, error.to_string())
 }
 
 /// Body of `POST /orders/{id}/cancel`.
@@ -509,11 +612,24 @@ pub struct CancelRequest {
 
 async fn cancel_order(
     State(state): State<ApiState>,
+    principal: Principal,
     Path(order_id): Path<String>,
     key: IdempotencyKey,
     JsonBody(req): JsonBody<CancelRequest>,
 ) -> Result<Json<Value>, ApiError> {
     valid_id("order_id", &order_id)?;
+    if let Some(customer) = principal.customer() {
+        // The order summaries say whose the order is. They lag the order's events by
+        // a moment: an order placed a moment ago may be "not found (yet)".
+        let owner: Option<String> =
+            sqlx::query_scalar("SELECT customer FROM order_summaries WHERE order_id = $1")
+                .bind(&order_id)
+                .fetch_optional(&state.pool)
+                .await?;
+        if owner.as_deref() != Some(customer) {
+            return Err(ApiError::not_found(format!("no order {order_id} (yet)")));
+        }
+    }
     let reason = req
         .reason
         .unwrap_or_else(|| "cancelled by the customer".into());
@@ -543,9 +659,11 @@ async fn cancel_order(
 
 async fn pay_order(
     State(state): State<ApiState>,
+    principal: Principal,
     Path(order_id): Path<String>,
     key: IdempotencyKey,
 ) -> Result<Json<Value>, ApiError> {
+    principal.require_admin("paying an order")?;
     valid_id("order_id", &order_id)?;
     let command = MarkPaid {
         order_id: order_id.clone(),
@@ -559,9 +677,11 @@ async fn pay_order(
 
 async fn ship_order(
     State(state): State<ApiState>,
+    principal: Principal,
     Path(order_id): Path<String>,
     key: IdempotencyKey,
 ) -> Result<Json<Value>, ApiError> {
+    principal.require_admin("shipping an order")?;
     valid_id("order_id", &order_id)?;
     let command = MarkShipped {
         order_id: order_id.clone(),
@@ -632,13 +752,17 @@ const SUMMARY_COLUMNS: &str =
 
 async fn get_order(
     State(state): State<ApiState>,
+    principal: Principal,
     Path(order_id): Path<String>,
 ) -> Result<Json<OrderSummary>, ApiError> {
     valid_id("order_id", &order_id)?;
+    // Another customer's order is "not found", as one that does not exist.
     let row: Option<OrderSummary> = sqlx::query_as(&format!(
-        "SELECT {SUMMARY_COLUMNS} FROM order_summaries WHERE order_id = $1"
+        "SELECT {SUMMARY_COLUMNS} FROM order_summaries
+         WHERE order_id = $1 AND ($2::text IS NULL OR customer = $2)"
     ))
     .bind(&order_id)
+    .bind(principal.customer())
     .fetch_optional(&state.pool)
     .await?;
     row.map(Json)
@@ -649,7 +773,8 @@ async fn get_order(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListOrders {
-    /// Only this customer's orders.
+    /// Only this customer's orders (a customer lists only its own: see the
+    /// module documentation).
     pub customer: Option<String>,
     /// Only orders in this status.
     pub status: Option<String>,
@@ -659,9 +784,11 @@ pub struct ListOrders {
 
 async fn list_orders(
     State(state): State<ApiState>,
+    principal: Principal,
     query: Result<Query<ListOrders>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<OrderSummary>>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let customer = principal.orders_filter(q.customer)?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::unprocessable("limit must be between 1 and 1000"));
@@ -671,7 +798,7 @@ async fn list_orders(
          WHERE ($1::text IS NULL OR customer = $1) AND ($2::text IS NULL OR status = $2)
          ORDER BY placed_at DESC, order_id LIMIT $3"
     ))
-    .bind(q.customer)
+    .bind(customer)
     .bind(q.status)
     .bind(limit)
     .fetch_all(&state.pool)
@@ -689,10 +816,12 @@ pub struct RestockRequest {
 
 async fn restock(
     State(state): State<ApiState>,
+    principal: Principal,
     Path(sku): Path<String>,
     key: IdempotencyKey,
     JsonBody(req): JsonBody<RestockRequest>,
 ) -> Result<Json<Value>, ApiError> {
+    principal.require_admin("restocking")?;
     valid_id("sku", &sku)?;
     if req.quantity == 0 || req.quantity > 1_000_000_000 {
         return Err(ApiError::unprocessable(
@@ -724,7 +853,7 @@ fn inventory_rejection(error: InventoryError) -> ApiError {
         InventoryError::UnknownSku(_) => StatusCode::NOT_FOUND,
         _ => StatusCode::CONFLICT,
     };
-    ApiError(status, error.to_string())
+    ApiError::new(status, error.to_string())
 }
 
 /// One row of `stock_levels`.
@@ -740,7 +869,10 @@ pub struct StockLevel {
     pub shipped: i64,
 }
 
-async fn list_stock(State(state): State<ApiState>) -> Result<Json<Vec<StockLevel>>, ApiError> {
+async fn list_stock(
+    State(state): State<ApiState>,
+    _principal: Principal,
+) -> Result<Json<Vec<StockLevel>>, ApiError> {
     let rows =
         sqlx::query_as("SELECT sku, available, reserved, shipped FROM stock_levels ORDER BY sku")
             .fetch_all(&state.pool)
@@ -750,6 +882,7 @@ async fn list_stock(State(state): State<ApiState>) -> Result<Json<Vec<StockLevel
 
 async fn get_stock(
     State(state): State<ApiState>,
+    _principal: Principal,
     Path(sku): Path<String>,
 ) -> Result<Json<StockLevel>, ApiError> {
     valid_id("sku", &sku)?;
@@ -777,9 +910,16 @@ pub struct Notification {
 
 async fn notifications(
     State(state): State<ApiState>,
+    principal: Principal,
     Path(customer): Path<String>,
 ) -> Result<Json<Vec<Notification>>, ApiError> {
     valid_id("customer", &customer)?;
+    if !principal.may_access(&customer) {
+        return Err(crate::auth::Denied(format!(
+            "you cannot read the notifications of customer {customer}"
+        ))
+        .into());
+    }
     let rows = sqlx::query_as(
         "SELECT order_id, kind, message, created_at FROM notifications
          WHERE customer = $1 ORDER BY created_at, order_id",
@@ -800,11 +940,7 @@ async fn metrics(State(state): State<ApiState>) -> Response {
             handle.render(),
         )
             .into_response(),
-        None => ApiError(
-            StatusCode::NOT_FOUND,
-            "metrics are not enabled in this process".into(),
-        )
-        .into_response(),
+        None => ApiError::not_found("metrics are not enabled in this process").into_response(),
     }
 }
 

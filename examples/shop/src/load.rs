@@ -15,6 +15,73 @@ use sqlx::PgPool;
 use tower::ServiceExt;
 
 use crate::app::ShopError;
+use crate::auth::{ApiKeys, Principal, generate_token};
+
+/// Customers of the generated orders (`customer-00` … `customer-49`).
+pub const CUSTOMERS: usize = 50;
+
+/// The bearer tokens of a load: an admin's for the restocks and one per customer
+/// for its orders, new random ones per plan. `Debug` shows no token.
+#[derive(Clone)]
+pub struct LoadTokens {
+    admin: String,
+    customers: BTreeMap<String, String>,
+}
+
+impl LoadTokens {
+    /// New random tokens for the admin `load` and the customers of the plan.
+    pub fn generate() -> Self {
+        Self {
+            admin: generate_token(),
+            customers: (0..CUSTOMERS)
+                .map(|n| (customer_name(n), generate_token()))
+                .collect(),
+        }
+    }
+
+    /// The admin's token.
+    pub fn admin(&self) -> &str {
+        &self.admin
+    }
+
+    /// The token of `customer`, if it is one of the load's.
+    pub fn customer(&self, customer: &str) -> Option<&str> {
+        self.customers.get(customer).map(String::as_str)
+    }
+
+    /// These tokens as a `SHOP_API_KEYS` value (see [`crate::auth`]), for an API
+    /// in another process. It holds the tokens: do not log it.
+    pub fn spec(&self) -> String {
+        let mut entries = vec![format!("{}=admin:load", self.admin)];
+        entries.extend(
+            self.customers
+                .iter()
+                .map(|(customer, token)| format!("{token}=customer:{customer}")),
+        );
+        entries.join(",")
+    }
+
+    /// The key table with these tokens, for [`crate::api::ApiState::with_keys`].
+    pub fn api_keys(&self) -> Result<ApiKeys, ShopError> {
+        let mut keys = ApiKeys::new().with(&self.admin, Principal::Admin("load".into()));
+        for (customer, token) in &self.customers {
+            keys = keys.and_then(|k| k.with(token, Principal::Customer(customer.clone())));
+        }
+        keys.map_err(|e| ShopError::Usage(e.to_string()))
+    }
+}
+
+impl std::fmt::Debug for LoadTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadTokens")
+            .field("customers", &self.customers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn customer_name(n: usize) -> String {
+    format!("customer-{:02}", n % CUSTOMERS)
+}
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -31,6 +98,8 @@ pub struct LoadPlan {
     pub run: String,
     /// Seed of the order generator.
     pub seed: u64,
+    /// The tokens the load sends: give the API [`LoadTokens::api_keys`].
+    pub tokens: LoadTokens,
 }
 
 impl LoadPlan {
@@ -46,6 +115,7 @@ impl LoadPlan {
             stock_per_sku: (expected_units_per_sku / 2).max(1),
             run: run.to_owned(),
             seed: 42,
+            tokens: LoadTokens::generate(),
         }
     }
 
@@ -77,7 +147,7 @@ impl LoadPlan {
             .collect();
         json!({
             "order_id": format!("order-{}-{n:05}", self.run),
-            "customer": format!("customer-{:02}", n % 50),
+            "customer": customer_name(n),
             "lines": lines,
         })
     }
@@ -101,19 +171,22 @@ impl SplitMix {
     }
 }
 
-/// Calls the API in-process (no socket): `method path` with an optional JSON body.
+/// Calls the API in-process (no socket): `method path` with an optional JSON body,
+/// as the principal of the bearer `token` (none: anonymous).
 pub async fn call(
     router: &Router,
+    token: Option<&str>,
     method: &str,
     path: &str,
     body: Option<&Value>,
 ) -> Result<(StatusCode, Value), ShopError> {
-    call_keyed(router, method, path, body, None).await
+    call_keyed(router, token, method, path, body, None).await
 }
 
 /// [`call`] with an optional `Idempotency-Key` header.
 pub async fn call_keyed(
     router: &Router,
+    token: Option<&str>,
     method: &str,
     path: &str,
     body: Option<&Value>,
@@ -123,6 +196,9 @@ pub async fn call_keyed(
         .method(method)
         .uri(path)
         .header("content-type", "application/json");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
     if let Some(key) = idempotency_key {
         request = request.header(crate::api::IDEMPOTENCY_KEY, key);
     }
@@ -145,7 +221,7 @@ pub async fn call_keyed(
     Ok((status, value))
 }
 
-/// Restocks every SKU of the plan through the API (retrying while the
+/// Restocks every SKU of the plan through the API as the plan's admin (retrying while the
 /// processors start, with an `Idempotency-Key` per SKU and run so that a retry
 /// never restocks twice), then waits until the stock read model lists them all.
 pub async fn seed_catalogue(
@@ -157,7 +233,8 @@ pub async fn seed_catalogue(
         let body = json!({ "quantity": plan.stock_per_sku });
         let path = format!("/stock/{sku}/restock");
         let key = format!("seed-{}-{sku}", plan.run);
-        let (status, value, _) = retrying(router, "POST", &path, &body, Some(&key)).await?;
+        let admin = Some(plan.tokens.admin());
+        let (status, value, _) = retrying(router, admin, "POST", &path, &body, Some(&key)).await?;
         if status != StatusCode::OK {
             return Err(ShopError::Usage(format!(
                 "restocking {sku} failed: {status} {value}"
@@ -190,6 +267,7 @@ pub async fn seed_catalogue(
 /// twice. Returns the answer and the number of retries.
 async fn retrying(
     router: &Router,
+    token: Option<&str>,
     method: &str,
     path: &str,
     body: &Value,
@@ -197,7 +275,7 @@ async fn retrying(
 ) -> Result<(StatusCode, Value, usize), ShopError> {
     let mut retries = 0;
     loop {
-        let (status, value) = call_keyed(router, method, path, Some(body), key).await?;
+        let (status, value) = call_keyed(router, token, method, path, Some(body), key).await?;
         let transient =
             status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::GATEWAY_TIMEOUT;
         if !transient || retries >= 60 {
@@ -222,7 +300,8 @@ pub struct LoadReport {
     pub elapsed: Duration,
 }
 
-/// Places the plan's orders from `plan.clients` concurrent clients. `on_placed`
+/// Places the plan's orders from `plan.clients` concurrent clients, each order
+/// with the token of its customer. `on_placed`
 /// is called with the count after each accepted order (the tests kill and restart
 /// parts of the shop from it).
 pub async fn place_orders(
@@ -250,8 +329,9 @@ pub async fn place_orders(
                     return Ok::<_, ShopError>(report);
                 }
                 let body = plan.order(n);
+                let token = plan.tokens.customer(&customer_name(n));
                 let (status, value, retries) =
-                    retrying(&router, "POST", "/orders", &body, None).await?;
+                    retrying(&router, token, "POST", "/orders", &body, None).await?;
                 report.retries += retries;
                 if status == StatusCode::ACCEPTED {
                     report.accepted += 1;
@@ -376,5 +456,35 @@ pub async fn wait_settled(
             return Ok(picture);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_load_tokens_make_a_key_table_in_process_and_as_shop_api_keys() {
+        let plan = LoadPlan::half_stocked(10, 2, 3, "t");
+        let tokens = &plan.tokens;
+        let in_process = tokens.api_keys().unwrap();
+        let parsed = ApiKeys::parse(&tokens.spec()).unwrap();
+        for keys in [&in_process, &parsed] {
+            assert_eq!(keys.len(), CUSTOMERS + 1);
+            assert_eq!(
+                keys.authenticate(tokens.admin()),
+                Some(&Principal::Admin("load".into()))
+            );
+            let customer = plan.order(7)["customer"].as_str().unwrap().to_owned();
+            assert_eq!(customer, "customer-07");
+            assert_eq!(
+                keys.authenticate(tokens.customer(&customer).unwrap()),
+                Some(&Principal::Customer(customer.clone()))
+            );
+        }
+        assert_eq!(tokens.customer("ada"), None);
+        assert!(!format!("{tokens:?}").contains(tokens.admin()));
+        assert_ne!(tokens.admin(), LoadTokens::generate().admin());
     }
 }

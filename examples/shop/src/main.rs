@@ -9,7 +9,8 @@
 //!                                    stream of orders, then a summary table; exits
 //! ```
 //! Environment: `KAFKA_BOOTSTRAP_SERVERS`, `DATABASE_URL`, `SHOP_TOPIC_PREFIX`,
-//! `SHOP_SCHEMA`, `RUST_LOG`.
+//! `SHOP_SCHEMA`, `SHOP_API_KEYS` (the API's bearer tokens, required by the api
+//! role: see `example_shop::auth`; `--demo` makes its own), `RUST_LOG`.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use example_shop::api::{ApiState, router};
 use example_shop::app::{Role, ShopConfig, ShopError};
+use example_shop::auth::ApiKeys;
 use example_shop::load::{self, LoadPlan};
 
 #[tokio::main]
@@ -96,6 +98,13 @@ async fn run(args: Vec<String>) -> Result<(), ShopError> {
     if args.demo {
         return demo(&args).await;
     }
+    // The API without keys would refuse every request: refuse to start instead,
+    // before anything else starts.
+    let keys = if args.roles.contains(&Role::Api) {
+        Some(ApiKeys::from_env().map_err(|e| ShopError::Usage(e.to_string()))?)
+    } else {
+        None
+    };
     // Before anything starts: components take their metric handles at start.
     let metrics = example_shop::metrics::install()?;
     let config = ShopConfig::from_env();
@@ -105,14 +114,15 @@ async fn run(args: Vec<String>) -> Result<(), ShopError> {
         "example-shop: roles {:?}, topics {}.*, schema {}",
         args.roles, config.prefix, config.schema
     );
-    if args.roles.contains(&Role::Api) {
+    if let Some(keys) = keys {
         // A component that dies is logged and makes /health answer 503 (naming
         // it) until the process is restarted: point the liveness probe there.
         config.migrate_read_models(&store).await?;
         let app = router(
             ApiState::new(config.gateway().await?, store.pool().clone())
                 .with_roles(&running)
-                .with_metrics(metrics),
+                .with_metrics(metrics)
+                .with_keys(keys),
         );
         let listener = tokio::net::TcpListener::bind(&args.listen).await?;
         println!(
@@ -156,8 +166,11 @@ async fn demo(args: &Args) -> Result<(), ShopError> {
     let started = Instant::now();
     let store = config.store().await?;
     let running = config.start(&Role::ALL, &store).await?;
-    let api =
-        router(ApiState::new(config.gateway().await?, store.pool().clone()).with_roles(&running));
+    let api = router(
+        ApiState::new(config.gateway().await?, store.pool().clone())
+            .with_roles(&running)
+            .with_keys(plan.tokens.api_keys()?),
+    );
     println!(
         "  started 2 command processors, 3 projections and the fulfilment process manager in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -215,7 +228,9 @@ async fn demo(args: &Args) -> Result<(), ShopError> {
         "  notifications: {notifications} for {} decided orders",
         settled.decided()
     );
-    let (_, sample) = load::call(&api, "GET", "/customers/customer-00/notifications", None).await?;
+    let token = plan.tokens.customer("customer-00");
+    let path = "/customers/customer-00/notifications";
+    let (_, sample) = load::call(&api, token, "GET", path, None).await?;
     if let Some(first) = sample.as_array().and_then(|a| a.first()) {
         println!("  e.g. GET /customers/customer-00/notifications → {first}");
     }
