@@ -191,6 +191,8 @@ struct Decoded {
 pub struct Admin {
     program: Option<&'static str>,
     default_prefix: Option<&'static str>,
+    default_schema: Option<&'static str>,
+    default_database_url: Option<&'static str>,
     aggregates: Vec<Box<dyn RegisteredAggregate>>,
     projections: Vec<Box<dyn RegisteredProjection>>,
 }
@@ -200,6 +202,7 @@ impl fmt::Debug for Admin {
         f.debug_struct("Admin")
             .field("program", &self.program)
             .field("default_prefix", &self.default_prefix)
+            .field("default_schema", &self.default_schema)
             .field("aggregates", &self.aggregate_names())
             .field("projections", &self.projection_names())
             .finish()
@@ -224,6 +227,21 @@ impl Admin {
     #[must_use]
     pub fn default_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.default_prefix = Some(Box::leak(prefix.into().into_boxed_str()));
+        self
+    }
+
+    /// The `--schema` when neither it nor `TRIBUTARY_SCHEMA` is given (instead of
+    /// `public`): the application's schema, which its registered workers use.
+    #[must_use]
+    pub fn default_schema(mut self, schema: impl Into<String>) -> Self {
+        self.default_schema = Some(Box::leak(schema.into().into_boxed_str()));
+        self
+    }
+
+    /// The `--database-url` when neither it nor `DATABASE_URL` is given.
+    #[must_use]
+    pub fn default_database_url(mut self, url: impl Into<String>) -> Self {
+        self.default_database_url = Some(Box::leak(url.into().into_boxed_str()));
         self
     }
 
@@ -284,6 +302,12 @@ impl Admin {
     pub(crate) fn configure(&self, mut command: clap::Command) -> clap::Command {
         if let Some(name) = self.program {
             command = command.name(name).bin_name(name);
+        }
+        if let Some(schema) = self.default_schema {
+            command = command.mut_arg("schema", |arg| arg.default_value(schema));
+        }
+        if let Some(url) = self.default_database_url {
+            command = command.mut_arg("database_url", |arg| arg.default_value(url));
         }
         if let Some(prefix) = self.default_prefix {
             let optional = |arg: clap::Arg| arg.default_value(prefix).required(false);
@@ -708,8 +732,54 @@ fn progress_message(progress: &RebuildProgress) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use clap::{CommandFactory, FromArgMatches};
+
+    use crate::args::{Cli, Command};
+
+    fn parse(admin: &Admin, args: &[&str]) -> Result<Cli, clap::Error> {
+        let mut command = admin.configure(Cli::command());
+        command
+            .try_get_matches_from_mut(args)
+            .and_then(|matches| Cli::from_arg_matches(&matches))
+    }
+
+    #[test]
+    fn the_entry_point_defaults_prefix_and_schema() {
+        let admin = Admin::new()
+            .program_name("shop admin")
+            .default_prefix("shop")
+            .default_schema("shop_schema");
+        admin.configure(Cli::command()).debug_assert();
+        let cli = parse(&admin, &["x", "events", "order", "o1"]).unwrap();
+        assert!(matches!(cli.command, Command::Events { prefix, .. } if prefix == "shop"));
+        let cli = parse(&admin, &["x", "events", "--prefix", "p", "order", "o1"]).unwrap();
+        assert!(matches!(cli.command, Command::Events { prefix, .. } if prefix == "p"));
+        let cli = parse(&admin, &["x", "topics", "validate", "--aggregate", "order"]).unwrap();
+        assert!(matches!(cli.command, Command::Topics(_)));
+        // Without the default, --prefix stays required.
+        assert!(parse(&Admin::new(), &["x", "events", "order", "o1"]).is_err());
+        let usage = parse(&admin, &["x", "--help"]).unwrap_err().to_string();
+        assert!(usage.contains("shop admin"), "{usage}");
+    }
+
+    #[test]
+    fn replay_takes_an_id_or_all_with_a_projection() {
+        let admin = Admin::new();
+        assert!(parse(&admin, &["x", "dead-letters", "replay", "7"]).is_ok());
+        assert!(
+            parse(
+                &admin,
+                &["x", "dead-letters", "replay", "--all", "--projection", "p"]
+            )
+            .is_ok()
+        );
+        assert!(parse(&admin, &["x", "dead-letters", "replay", "--all"]).is_err());
+        assert!(parse(&admin, &["x", "dead-letters", "replay"]).is_err());
+        assert!(parse(&admin, &["x", "dead-letters", "replay", "7", "--all"]).is_err());
+    }
 
     #[test]
     fn only_yes_confirms() {
