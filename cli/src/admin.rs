@@ -301,7 +301,9 @@ impl Admin {
     /// The defaults this entry point sets on the command line.
     pub(crate) fn configure(&self, mut command: clap::Command) -> clap::Command {
         if let Some(name) = self.program {
-            command = command.name(name).bin_name(name);
+            command = command.name(name).bin_name(name).about(
+                "Operations on a Tributary deployment, with the application's codecs (decoded events, --state) and projections (dead-letters replay, projections rebuild)",
+            );
         }
         if let Some(schema) = self.default_schema {
             command = command.mut_arg("schema", |arg| arg.default_value(schema));
