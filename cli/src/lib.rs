@@ -24,11 +24,19 @@
 //! |------|---------|
 //! | 0 | success; every check passed (warnings allowed) |
 //! | 1 | a check failed, or what was asked for does not exist |
-//! | 2 | usage error, or a command this generic binary cannot run (`dead-letters replay`) |
+//! | 2 | usage error, or a command this generic binary cannot run (`dead-letters replay`, `projections rebuild`, `events --state`) |
 //! | 3 | Kafka or Postgres cannot be reached, or refused the request |
 //!
 //! The library entry point, [`run`], is what the binary calls; tests call it in
 //! process with a buffer.
+//!
+//! ## The embedded form
+//!
+//! An application's own binary embeds the CLI as an [`Admin`] built with its
+//! aggregates' codecs and its projections' workers: `events` then decodes, upcasts
+//! and folds the state (`--state`, `--at-version`), and `dead-letters replay` and
+//! `projections rebuild` run through the registered workers. The sample shop ships
+//! it as `example-shop admin`.
 
 mod admin;
 mod args;
