@@ -233,10 +233,14 @@ impl ShopConfig {
         if let Some(url) = option("--database-url") {
             config.database_url = url;
         }
-        if let Some(schema) = option("--schema") {
-            config.schema = schema;
+        // The workers' schema, given to the CLI too (TRIBUTARY_SCHEMA, which it
+        // would read otherwise, is not the shop's setting).
+        let mut argv = vec!["example-shop admin".to_owned()];
+        match option("--schema") {
+            Some(schema) => config.schema = schema,
+            None => argv.extend(["--schema".to_owned(), config.schema.clone()]),
         }
-        let argv = std::iter::once("example-shop admin".to_owned()).chain(args.iter().cloned());
+        argv.extend(args.iter().cloned());
         match PgStore::connect_without_migrating(&config.database_url, &config.schema).await {
             Ok(store) => config.admin(&store).run_stdout(argv).await,
             Err(_) => config.admin_codecs().run_stdout(argv).await,
