@@ -7,7 +7,8 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  success; every check passed (warnings allowed)
   1  a check failed, or what was asked for does not exist (topic, projection, dead letter, events)
-  2  usage error: bad arguments, or a command this generic binary cannot run (dead-letters replay)
+  2  usage error: bad arguments, or a command this generic binary cannot run (dead-letters replay,
+     projections rebuild, events --state: they need the application's embedded admin entry point)
   3  Kafka or Postgres cannot be reached, or refused the request
 
 Environment: KAFKA_BOOTSTRAP_SERVERS and TRIBUTARY_KAFKA_<PROPERTY> (any librdkafka property,
@@ -85,9 +86,10 @@ pub(crate) enum Command {
     /// Records projections parked because they could not apply them.
     #[command(subcommand, name = "dead-letters")]
     DeadLetters(DeadLettersCommand),
-    /// An aggregate's raw events: scans the one partition of its events topic that
+    /// An aggregate's events: scans the one partition of its events topic that
     /// holds ID (read_committed) and prints the records with that key, in order.
-    /// A decoded form, and an index instead of a scan, come later.
+    /// Raw here; decoded (and `--state`) in an application's embedded admin entry
+    /// point that registers the aggregate.
     Events {
         /// The application's topic prefix.
         #[arg(long)]
@@ -99,6 +101,13 @@ pub(crate) enum Command {
         /// Start the scan at this offset instead of the partition's start.
         #[arg(long, value_name = "OFFSET")]
         from_offset: Option<i64>,
+        /// Stop at this aggregate version (`ce_sequence`).
+        #[arg(long, value_name = "N")]
+        at_version: Option<u64>,
+        /// Also print the aggregate's state folded from its events up to that version
+        /// (embedded admin entry point only).
+        #[arg(long)]
+        state: bool,
     },
     /// The effective connection settings, secrets redacted.
     Config,
@@ -149,6 +158,15 @@ pub(crate) enum ProjectionsCommand {
         /// Only this projection.
         name: Option<String>,
     },
+    /// Reset a projection's read model and replay every event through its handlers
+    /// (embedded admin entry point only: it runs the application's code).
+    Rebuild {
+        /// The projection.
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 /// `tributary dead-letters …`
@@ -177,10 +195,18 @@ pub(crate) enum DeadLettersCommand {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Not available here: replaying needs the projection's code. Exits 2.
+    /// Apply a parked record through its projection's handler and mark it replayed
+    /// (embedded admin entry point only: it runs the application's code).
     Replay {
         /// The dead letter's id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
         id: Option<i64>,
+        /// The projection (required with --all; checked against the letter's).
+        #[arg(long, required_if_eq("all", "true"))]
+        projection: Option<String>,
+        /// Every open dead letter of --projection, oldest first.
+        #[arg(long)]
+        all: bool,
     },
 }
 

@@ -10,7 +10,7 @@ use crate::error::CliError;
 use crate::output::{Report, bytes, table, time};
 
 /// Why `replay` is not offered by this binary.
-const REPLAY: &str = "dead-letters replay is not available in the generic `tributary` binary: replaying applies the record through the projection's handler, which is the application's code. Replay from the application (ProjectionWorker::replay_dead_letter / replay_dead_letters), or from an admin entry point it embeds; `tributary dead-letters discard` closes a letter without applying it";
+pub(crate) const REPLAY: &str = "dead-letters replay is not available in the generic `tributary` binary: replaying applies the record through the projection's handler, which is the application's code. Run it from the application's embedded admin entry point (tributary_cli::Admin, e.g. `example-shop admin dead-letters replay ID`); `tributary dead-letters discard` closes a letter without applying it";
 
 pub(crate) async fn run(
     context: &Context,

@@ -3,6 +3,7 @@
 use tributary::StoreError;
 use tributary::command::TopicError;
 use tributary::kafka::KafkaOpError;
+use tributary::projection::ProjectionError;
 use tributary::projection::catalog::CatalogError;
 
 use crate::Exit;
@@ -45,6 +46,9 @@ pub(crate) enum CliError {
     /// A catalog query failed.
     #[error("{0}")]
     Catalog(#[from] CatalogError),
+    /// A projection operation (replay, rebuild) failed.
+    #[error("{0}")]
+    Projection(#[from] ProjectionError),
     /// A blocking thread ended abnormally.
     #[error("a worker thread ended abnormally: {0}")]
     Thread(String),
@@ -61,7 +65,10 @@ impl CliError {
             }
             Self::Kafka(_)
             | Self::Topics(TopicError::Kafka(_))
-            | Self::Catalog(CatalogError::Kafka(_)) => Exit::Unreachable,
+            | Self::Catalog(CatalogError::Kafka(_))
+            | Self::Projection(ProjectionError::Kafka { .. } | ProjectionError::Database { .. }) => {
+                Exit::Unreachable
+            }
             _ => Exit::Failed,
         }
     }

@@ -8,7 +8,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
-use tributary::codec::headers;
+use tributary::codec::{RecordRef, headers};
 use tributary::command::wire::partition_for;
 use tributary::kafka::KafkaOpError;
 
@@ -18,9 +18,9 @@ use crate::output::{Report, bytes};
 use crate::topics::check_names;
 
 /// One record of the aggregate.
-#[derive(Debug, Clone, PartialEq)]
-struct Event {
-    offset: i64,
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct Event {
+    pub(crate) offset: i64,
     ce_type: Option<String>,
     ce_id: Option<String>,
     ce_time: Option<String>,
@@ -28,16 +28,62 @@ struct Event {
     /// text), as a number when it is one.
     sequence: Option<serde_json::Value>,
     payload: serde_json::Value,
+    /// The record as read, for decoding by a registered codec.
+    pub(crate) raw: RawRecord,
+}
+
+/// A record's key, value and headers, owned.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct RawRecord {
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) value: Option<Vec<u8>>,
+    pub(crate) headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl RawRecord {
+    /// A borrowed view, as codecs decode.
+    pub(crate) fn as_ref(&self) -> RecordRef<'_> {
+        RecordRef {
+            key: self.key.as_deref(),
+            value: self.value.as_deref(),
+            headers: self
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_deref()))
+                .collect(),
+        }
+    }
+
+    /// The last value of header `name`, as text.
+    pub(crate) fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .rev()
+            .find(|(key, _)| key == name)
+            .and_then(|(_, value)| value.as_deref())
+            .map(|value| String::from_utf8_lossy(value).into_owned())
+    }
 }
 
 /// What the scan read.
 #[derive(Debug)]
-struct Scan {
-    partition: i32,
+pub(crate) struct Scan {
+    pub(crate) partition: i32,
     /// Offsets scanned, `start..end`.
-    start: i64,
-    end: i64,
-    events: Vec<Event>,
+    pub(crate) start: i64,
+    pub(crate) end: i64,
+    pub(crate) events: Vec<Event>,
+}
+
+impl Event {
+    /// The aggregate version from `ce_sequence`, when it is a number.
+    pub(crate) fn version(&self) -> Option<u64> {
+        self.sequence.as_ref().and_then(|s| match s {
+            serde_json::Value::Number(n) => n.as_u64(),
+            serde_json::Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        })
+    }
 }
 
 fn op(operation: &'static str) -> impl FnOnce(KafkaError) -> CliError {
@@ -45,7 +91,7 @@ fn op(operation: &'static str) -> impl FnOnce(KafkaError) -> CliError {
 }
 
 /// A payload as JSON when it is, else as `{"encoding", "data"}`.
-fn payload(value: Option<&[u8]>) -> serde_json::Value {
+pub(crate) fn payload(value: Option<&[u8]>) -> serde_json::Value {
     match value {
         None => serde_json::Value::Null,
         Some(value) => serde_json::from_slice(value).unwrap_or_else(|_| {
@@ -56,15 +102,19 @@ fn payload(value: Option<&[u8]>) -> serde_json::Value {
 }
 
 fn event<M: Message>(message: &M) -> Event {
-    let header = |name: &str| {
-        message.headers().and_then(|h| {
-            h.iter()
-                .filter(|h| h.key == name)
-                .last()
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-        })
+    let raw = RawRecord {
+        key: message.key().map(<[u8]>::to_vec),
+        value: message.payload().map(<[u8]>::to_vec),
+        headers: message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default(),
     };
+    let header = |name: &str| raw.header(name);
     Event {
         offset: message.offset(),
         ce_type: header(headers::TYPE),
@@ -75,6 +125,7 @@ fn event<M: Message>(message: &M) -> Event {
                 .map_or_else(|_| json!(s), serde_json::Value::from)
         }),
         payload: payload(message.payload()),
+        raw,
     }
 }
 
@@ -203,14 +254,34 @@ fn to_json(topic: &str, id: &str, scan: &Scan) -> serde_json::Value {
     })
 }
 
-/// `tributary events`.
+/// `tributary events`: the raw records, up to `at_version` if given.
 pub(crate) async fn run(
     context: &Context,
     prefix: &str,
     aggregate: &str,
     id: &str,
     from_offset: Option<i64>,
+    at_version: Option<u64>,
 ) -> Result<Report, CliError> {
+    let (topic, mut scan) = scan_events(context, prefix, aggregate, id, from_offset).await?;
+    if let Some(at) = at_version {
+        scan.events.retain(|e| e.version().is_none_or(|v| v <= at));
+    }
+    Ok(Report::ok(
+        text(&topic, id, &scan),
+        to_json(&topic, id, &scan),
+    ))
+}
+
+/// The records of `id` in its partition of `{prefix}.{aggregate}.events`, with
+/// the topic's name; `NotFound` when there are none.
+pub(crate) async fn scan_events(
+    context: &Context,
+    prefix: &str,
+    aggregate: &str,
+    id: &str,
+    from_offset: Option<i64>,
+) -> Result<(String, Scan), CliError> {
     check_names(prefix, aggregate)?;
     let topic = tributary::topics::events_topic(prefix, aggregate);
     let config = context.kafka.client_config();
@@ -227,10 +298,7 @@ pub(crate) async fn run(
             scan.partition, scan.start, scan.end
         )));
     }
-    Ok(Report::ok(
-        text(&topic, id, &scan),
-        to_json(&topic, id, &scan),
-    ))
+    Ok((topic, scan))
 }
 
 #[cfg(test)]
@@ -260,6 +328,7 @@ mod tests {
                 ce_time: Some("2025-01-01T00:00:00Z".to_owned()),
                 sequence: Some(json!(1)),
                 payload: json!({"amount": 5}),
+                ..Event::default()
             }],
         };
         assert_eq!(

@@ -24,12 +24,21 @@
 //! |------|---------|
 //! | 0 | success; every check passed (warnings allowed) |
 //! | 1 | a check failed, or what was asked for does not exist |
-//! | 2 | usage error, or a command this generic binary cannot run (`dead-letters replay`) |
+//! | 2 | usage error, or a command this generic binary cannot run (`dead-letters replay`, `projections rebuild`, `events --state`) |
 //! | 3 | Kafka or Postgres cannot be reached, or refused the request |
 //!
 //! The library entry point, [`run`], is what the binary calls; tests call it in
 //! process with a buffer.
+//!
+//! ## The embedded form
+//!
+//! An application's own binary embeds the CLI as an [`Admin`] built with its
+//! aggregates' codecs and its projections' workers: `events` then decodes, upcasts
+//! and folds the state (`--state`, `--at-version`), and `dead-letters replay` and
+//! `projections rebuild` run through the registered workers. The sample shop ships
+//! it as `example-shop admin`.
 
+mod admin;
 mod args;
 mod context;
 mod dead_letters;
@@ -43,9 +52,10 @@ mod topics;
 use std::ffi::OsString;
 use std::io::Write;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
-use crate::args::{Cli, Command};
+pub use crate::admin::Admin;
+use crate::args::{Cli, Command, DeadLettersCommand, ProjectionsCommand};
 use crate::context::Context;
 use crate::output::Report;
 
@@ -79,12 +89,33 @@ impl From<Exit> for std::process::ExitCode {
 /// Parses `args` (the program name first, as `std::env::args_os()` gives them),
 /// runs the command and writes its output to `out`: text, or one JSON document with
 /// `--json`. Errors are written to `out` too. Returns the exit code.
+///
+/// This is the generic binary: `events` shows raw records, and `dead-letters
+/// replay`, `projections rebuild` and `events --state` exit 2. An application's
+/// own binary runs them through an [`Admin`] it embeds.
 pub async fn run<I, T>(args: I, out: &mut dyn Write) -> Exit
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let cli = match Cli::try_parse_from(args) {
+    dispatch(args, out, None, false).await
+}
+
+/// Parses and runs a command, with the application's registrations when `admin`
+/// is given; `terminal` tells whether `out` is one (for the progress bar).
+async fn dispatch<I, T>(args: I, out: &mut dyn Write, admin: Option<&Admin>, terminal: bool) -> Exit
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let mut command = Cli::command();
+    if let Some(admin) = admin {
+        command = admin.configure(command);
+    }
+    let parsed = command
+        .try_get_matches_from_mut(args)
+        .and_then(|matches| Cli::from_arg_matches(&matches));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(error) => {
             // --help and --version end here too, with exit code 0.
@@ -93,13 +124,13 @@ where
             } else {
                 Exit::Usage
             };
-            let _ = write!(out, "{}", error.render());
+            let _ = write!(out, "{}", error.format(&mut command).render());
             return exit;
         }
     };
     let json = cli.global.json;
     let context = Context::new(&cli.global);
-    let report = match execute(cli.command, &context).await {
+    let report = match execute(cli.command, &context, admin, json, terminal).await {
         Ok(report) => report,
         Err(error) => Report::error(&error),
     };
@@ -110,18 +141,67 @@ where
     }
 }
 
-async fn execute(command: Command, context: &Context) -> Result<Report, error::CliError> {
+/// Why the generic binary cannot run a command, and where to run it instead.
+fn embedded_only(what: &str) -> error::CliError {
+    error::CliError::Usage(format!(
+        "{what} is not available in the generic `tributary` binary: it needs the application's code (its codecs or its projection's handlers). Run it from the application's embedded admin entry point (tributary_cli::Admin, e.g. `example-shop admin …`)"
+    ))
+}
+
+async fn execute(
+    command: Command,
+    context: &Context,
+    admin: Option<&Admin>,
+    json: bool,
+    terminal: bool,
+) -> Result<Report, error::CliError> {
     match command {
         Command::Doctor { prefix, aggregates } => doctor::run(context, &prefix, &aggregates).await,
         Command::Topics(command) => topics::run(context, command).await,
+        Command::Projections(ProjectionsCommand::Rebuild { name, yes }) => match admin {
+            Some(admin) => admin.rebuild(&name, yes, json, terminal).await,
+            None => Err(embedded_only("projections rebuild")),
+        },
         Command::Projections(command) => projections::run(context, command).await,
+        Command::DeadLetters(DeadLettersCommand::Replay {
+            id,
+            projection,
+            all,
+        }) => match admin {
+            Some(admin) => admin.replay(context, id, projection.as_deref(), all).await,
+            None => Err(error::CliError::Usage(dead_letters::REPLAY.to_owned())),
+        },
         Command::DeadLetters(command) => dead_letters::run(context, command).await,
         Command::Events {
             prefix,
             aggregate,
             id,
             from_offset,
-        } => events::run(context, &prefix, &aggregate, &id, from_offset).await,
+            at_version,
+            state,
+        } => {
+            let request = admin::EventsRequest {
+                prefix: &prefix,
+                aggregate: &aggregate,
+                id: &id,
+                from_offset,
+                at_version,
+                state,
+            };
+            match admin {
+                Some(admin) => match admin.events(context, request).await {
+                    Some(result) => result,
+                    None => {
+                        events::run(context, &prefix, &aggregate, &id, from_offset, at_version)
+                            .await
+                    }
+                },
+                None if state => Err(embedded_only("events --state")),
+                None => {
+                    events::run(context, &prefix, &aggregate, &id, from_offset, at_version).await
+                }
+            }
+        }
         Command::Config => Ok(context.describe()),
     }
 }

@@ -12,10 +12,11 @@ pub(crate) async fn run(
     context: &Context,
     command: ProjectionsCommand,
 ) -> Result<Report, CliError> {
-    let store = context.migrated_store().await?;
     let name = match &command {
         ProjectionsCommand::Status { name } | ProjectionsCommand::Lag { name } => name.as_deref(),
+        ProjectionsCommand::Rebuild { .. } => return Err(rebuild_here()),
     };
+    let store = context.migrated_store().await?;
     if let Some(name) = name {
         let known = catalog::projection_names(&store).await?;
         if !known.iter().any(|k| k == name) {
@@ -31,7 +32,15 @@ pub(crate) async fn run(
             let lags = catalog::projection_lag(&store, &context.kafka, name).await?;
             Ok(Report::ok(lag_text(&lags), lag_json(&lags)))
         }
+        ProjectionsCommand::Rebuild { .. } => Err(rebuild_here()),
     }
+}
+
+/// `lib.rs` routes a rebuild to the embedded entry point before this module.
+fn rebuild_here() -> CliError {
+    CliError::Usage(
+        "projections rebuild runs the projection's handlers: use the application's embedded admin entry point (tributary_cli::Admin)".to_owned(),
+    )
 }
 
 fn unknown(name: &str, known: &[String]) -> CliError {

@@ -190,6 +190,63 @@ impl ShopConfig {
         self.worker::<_, OrderEvent>(Notifications, store)
     }
 
+    /// The embedded operations CLI (`example-shop admin …`): every `tributary`
+    /// subcommand, with the order and inventory codecs (decoded `events`, `--state`)
+    /// and the read models' workers on `store` (`dead-letters replay`,
+    /// `projections rebuild`). `--prefix`, `--schema` and `--database-url` default
+    /// to this configuration's. The fulfilment process manager is not registered:
+    /// replaying or rebuilding it would send its commands again.
+    pub fn admin(&self, store: &PgStore) -> tributary_cli::Admin {
+        self.admin_codecs()
+            .projection(self.order_summaries(store))
+            .projection(self.stock_levels(store))
+            .projection(self.notifications(store))
+    }
+
+    /// [`ShopConfig::admin`] without the workers (which need a store).
+    fn admin_codecs(&self) -> tributary_cli::Admin {
+        tributary_cli::Admin::new()
+            .program_name("example-shop admin")
+            .default_prefix(self.prefix.clone())
+            .default_schema(self.schema.clone())
+            .default_database_url(self.database_url.clone())
+            .aggregate::<Order>(EventCodec::new())
+            .aggregate::<Inventory>(EventCodec::new())
+    }
+
+    /// Runs `example-shop admin <args>` on standard output. The workers use the
+    /// `--schema` and `--database-url` given in `args`, else this configuration's;
+    /// when Postgres cannot be reached the commands that need it report so (exit 3)
+    /// and the others (`events`, `topics`, `--help`) still run.
+    pub async fn run_admin(&self, args: &[String]) -> tributary_cli::Exit {
+        let option = |name: &str| {
+            let inline = format!("{name}=");
+            args.iter().enumerate().find_map(|(i, arg)| {
+                if arg == name {
+                    args.get(i + 1).cloned()
+                } else {
+                    arg.strip_prefix(&inline).map(str::to_owned)
+                }
+            })
+        };
+        let mut config = self.clone();
+        if let Some(url) = option("--database-url") {
+            config.database_url = url;
+        }
+        // The workers' schema, given to the CLI too (TRIBUTARY_SCHEMA, which it
+        // would read otherwise, is not the shop's setting).
+        let mut argv = vec!["example-shop admin".to_owned()];
+        match option("--schema") {
+            Some(schema) => config.schema = schema,
+            None => argv.extend(["--schema".to_owned(), config.schema.clone()]),
+        }
+        argv.extend(args.iter().cloned());
+        match PgStore::connect_without_migrating(&config.database_url, &config.schema).await {
+            Ok(store) => config.admin(&store).run_stdout(argv).await,
+            Err(_) => config.admin_codecs().run_stdout(argv).await,
+        }
+    }
+
     /// The worker running the order-fulfilment process manager. It retries a
     /// batch whose commands got no outcome (broker or processor down) for as long
     /// as it takes, rather than parking the events.

@@ -7,6 +7,10 @@
 //! example-shop --demo [--orders N] [--clients N] [--skus N]
 //!                                    all roles in this process, a seeded catalogue and a
 //!                                    stream of orders, then a summary table; exits
+//! example-shop admin <subcommand…>   the operations CLI with the shop's codecs and read
+//!                                    models: events (decoded, --state), dead-letters
+//!                                    replay, projections rebuild, and every `tributary`
+//!                                    subcommand; `example-shop admin --help`
 //! ```
 //! Environment: `KAFKA_BOOTSTRAP_SERVERS`, `DATABASE_URL`, `SHOP_TOPIC_PREFIX`,
 //! `SHOP_SCHEMA`, `SHOP_API_KEYS` (the API's bearer tokens, required by the api
@@ -31,7 +35,12 @@ async fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Err(err) = run(std::env::args().skip(1).collect()).await {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("admin") {
+        let exit = ShopConfig::from_env().run_admin(&args[1..]).await;
+        std::process::exit(i32::from(exit.code()));
+    }
+    if let Err(err) = run(args).await {
         eprintln!("example-shop: {err}");
         std::process::exit(1);
     }
@@ -80,7 +89,7 @@ fn parse(args: Vec<String>) -> Result<Args, ShopError> {
             "--skus" => parsed.skus = number("--skus", value("--skus")?)?,
             "-h" | "--help" => {
                 return Err(ShopError::Usage(
-                    "usage: example-shop [--role api,order-processor,inventory-processor,projections] [--listen ADDR]\n       example-shop --demo [--orders N] [--clients N] [--skus N]".into(),
+                    "usage: example-shop [--role api,order-processor,inventory-processor,projections] [--listen ADDR]\n       example-shop --demo [--orders N] [--clients N] [--skus N]\n       example-shop admin <subcommand…>   (example-shop admin --help)".into(),
                 ));
             }
             other => {
