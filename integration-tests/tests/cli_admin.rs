@@ -68,10 +68,12 @@ async fn shop_admin_decodes_an_orders_events_folds_its_state_and_rebuilds_the_su
     let store = pg_store(&prefix).await;
     let config = shop_config(&prefix, &store);
     let running = config.start(&Role::ALL, &store).await.unwrap();
-    let api = router(
-        ApiState::new(config.gateway().await.unwrap(), store.pool().clone()).with_roles(&running),
-    );
     let plan = LoadPlan::half_stocked(1, 1, 1, &prefix);
+    let api = router(
+        ApiState::new(config.gateway().await.unwrap(), store.pool().clone())
+            .with_roles(&running)
+            .with_keys(plan.tokens.api_keys().unwrap()),
+    );
     load::seed_catalogue(&api, store.pool(), &plan)
         .await
         .unwrap();

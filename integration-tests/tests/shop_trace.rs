@@ -72,12 +72,12 @@ async fn one_order_is_one_trace_from_the_api_to_the_stock_read_model() {
     let store = pg_store(&prefix).await;
     let config = config(&prefix, &store);
     let running = config.start(&Role::ALL, &store).await.unwrap();
-    let api = router(ApiState::new(
-        config.gateway().await.unwrap(),
-        store.pool().clone(),
-    ));
     // One order of one line, fully stocked: placed, reserved, confirmed.
     let plan = LoadPlan::half_stocked(1, 1, 1, &prefix);
+    let api = router(
+        ApiState::new(config.gateway().await.unwrap(), store.pool().clone())
+            .with_keys(plan.tokens.api_keys().unwrap()),
+    );
     load::seed_catalogue(&api, store.pool(), &plan)
         .await
         .unwrap();
