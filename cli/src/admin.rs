@@ -721,16 +721,32 @@ fn show_progress(bar: &indicatif::ProgressBar, progress: &RebuildProgress) {
     bar.set_message(progress_message(progress));
 }
 
-/// `{events} events, {rate} offsets/s, ETA {eta}`.
+/// `{events} events, {rate} offsets/s, ETA {eta}`, then each partition's
+/// `partition:position/end` (with its topic when there are several).
 fn progress_message(progress: &RebuildProgress) -> String {
-    format!(
+    let mut message = format!(
         "{} events, {:.0} offsets/s, ETA {}",
         progress.events,
         progress.rate_per_sec,
         progress
             .eta
             .map_or_else(|| "-".to_owned(), |eta| format!("{}s", eta.as_secs()))
-    )
+    );
+    let several_topics = progress
+        .partitions
+        .windows(2)
+        .any(|w| w[0].topic != w[1].topic);
+    for p in &progress.partitions {
+        if several_topics {
+            message.push_str(&format!(
+                "  {}[{}] {}/{}",
+                p.topic, p.partition, p.position, p.high
+            ));
+        } else {
+            message.push_str(&format!("  p{} {}/{}", p.partition, p.position, p.high));
+        }
+    }
+    message
 }
 
 #[cfg(test)]
@@ -738,6 +754,7 @@ fn progress_message(progress: &RebuildProgress) -> String {
 mod tests {
     use super::*;
     use clap::{CommandFactory, FromArgMatches};
+    use tributary::projection::PartitionProgress;
 
     use crate::args::{Cli, Command};
 
@@ -801,10 +818,30 @@ mod tests {
             rate_per_sec: 25.4,
             eta: Some(Duration::from_secs(2)),
             elapsed: Duration::from_secs(2),
+            partitions: vec![
+                PartitionProgress {
+                    topic: "shop.order.events".into(),
+                    partition: 0,
+                    position: 30,
+                    high: 60,
+                },
+                PartitionProgress {
+                    topic: "shop.order.events".into(),
+                    partition: 1,
+                    position: 20,
+                    high: 40,
+                },
+            ],
         };
         assert_eq!(
             progress_message(&progress),
-            "48 events, 25 offsets/s, ETA 2s"
+            "48 events, 25 offsets/s, ETA 2s  p0 30/60  p1 20/40"
+        );
+        let mut two_topics = progress.clone();
+        two_topics.partitions[1].topic = "shop.inventory.events".into();
+        assert!(
+            progress_message(&two_topics)
+                .ends_with("shop.order.events[0] 30/60  shop.inventory.events[1] 20/40")
         );
     }
 

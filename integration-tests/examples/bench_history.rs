@@ -28,7 +28,9 @@ use tributary::kafka::EncodedRecordExt as _;
 use tributary::projection::{ProjectionSettings, ProjectionWorker};
 use tributary_integration_tests::command_support::{Counter, CounterEvent};
 use tributary_integration_tests::projection_support::{EventsTopic, kafka_config};
-use tributary_integration_tests::{create_topic, describe_broker, kafka_bootstrap, pg_store, unique_prefix};
+use tributary_integration_tests::{
+    create_topic, describe_broker, kafka_bootstrap, pg_store, unique_prefix,
+};
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -91,7 +93,8 @@ fn scan_for(bootstrap: &str, topic: &str, key: &str) -> (usize, Duration) {
         .unwrap();
     let started = Instant::now();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
     consumer.assign(&tpl).unwrap();
     let mut found = 0;
     loop {

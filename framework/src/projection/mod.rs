@@ -84,7 +84,10 @@ pub use dead_letter::{DeadLetter, ReplaySummary};
 pub use error::{PoisonReason, PoisonReport, ProjectionError};
 pub use lag::PartitionLag;
 pub use settings::{PoisonPolicy, ProjectionSettings, RetryPolicy};
-pub use status::{ProjectionHandle, ProjectionStatus, RebuildProgress, RebuildReport, WorkerState};
+pub use status::{
+    PartitionProgress, ProjectionHandle, ProjectionStatus, RebuildProgress, RebuildReport,
+    WorkerState,
+};
 pub use worker::ProjectionWorker;
 
 /// The error a handler or hook returns. Any error type converts with `?`

@@ -42,6 +42,21 @@ pub struct RebuildProgress {
     pub eta: Option<Duration>,
     /// Time since the rebuild started.
     pub elapsed: Duration,
+    /// Where the rebuild is on each partition, in topic and partition order.
+    pub partitions: Vec<PartitionProgress>,
+}
+
+/// A rebuild's position on one partition.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PartitionProgress {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The next offset to replay (up to `high`).
+    pub position: i64,
+    /// The high-water mark when the rebuild started: where it ends.
+    pub high: i64,
 }
 
 /// The outcome of a finished rebuild.

@@ -13,7 +13,9 @@ use super::{ProjectionWorker, lock_projection};
 use crate::projection::Projection;
 use crate::projection::error::ProjectionError;
 use crate::projection::lag;
-use crate::projection::status::{RebuildProgress, RebuildReport, Shutdown, WorkerState};
+use crate::projection::status::{
+    PartitionProgress, RebuildProgress, RebuildReport, Shutdown, WorkerState,
+};
 
 impl<P: Projection> ProjectionWorker<P> {
     /// Rebuilds the read model: runs `reset` and deletes the projection's checkpoints
@@ -247,15 +249,23 @@ impl RebuildTracker {
     }
 
     pub(super) fn progress(&self, parts: &[Part], events: u64) -> RebuildProgress {
+        let partitions: Vec<PartitionProgress> = self
+            .marks
+            .iter()
+            .map(|(topic, partition, low, high)| PartitionProgress {
+                topic: topic.clone(),
+                partition: *partition,
+                position: Self::position(parts, topic, *partition)
+                    .unwrap_or(*low)
+                    .clamp(*low, (*high).max(*low)),
+                high: *high,
+            })
+            .collect();
         let done: u64 = self
             .marks
             .iter()
-            .map(|(topic, partition, low, high)| {
-                let at = Self::position(parts, topic, *partition)
-                    .unwrap_or(*low)
-                    .min(*high);
-                u64::try_from(at - low).unwrap_or(0)
-            })
+            .zip(&partitions)
+            .map(|((_, _, low, _), p)| u64::try_from(p.position - low).unwrap_or(0))
             .sum();
         let elapsed = self.started.elapsed();
         let rate = done as f64 / elapsed.as_secs_f64().max(1e-9);
@@ -268,6 +278,7 @@ impl RebuildTracker {
             rate_per_sec: rate,
             eta,
             elapsed,
+            partitions,
         }
     }
 }
@@ -336,6 +347,15 @@ mod tests {
         assert_eq!(progress.total, 34);
         assert_eq!(progress.events, 17);
         assert!(progress.eta.is_some());
+        let positions: Vec<(&str, i32, i64, i64)> = progress
+            .partitions
+            .iter()
+            .map(|p| (p.topic.as_str(), p.partition, p.position, p.high))
+            .collect();
+        assert_eq!(
+            positions,
+            [("a", 0, 4, 10), ("a", 1, 120, 120), ("b", 0, 0, 4)]
+        );
         let none = tracker.progress(&[], 0);
         assert_eq!(none.done, 0);
         assert_eq!(none.eta, None, "no rate, no ETA");
