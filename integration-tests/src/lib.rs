@@ -9,6 +9,7 @@ pub mod node;
 pub mod projection_support;
 pub mod proxy;
 pub mod raw_log;
+pub mod shop_support;
 
 use std::time::Duration;
 

@@ -9,16 +9,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use example_shop::api::{ApiState, router};
-use example_shop::app::{Role, ShopConfig};
+use example_shop::app::Role;
 use example_shop::load::{self, LoadPlan};
 use serde_json::Value;
 use tributary::projection::ProjectionWorker;
-use tributary::{EventEnvelope, KafkaConfig, PgStore};
+use tributary::{EventEnvelope, PgStore};
 use tributary_cli::{Admin, Exit};
 use tributary_integration_tests::projection_support::{
     AccountEvent, EventsTopic, RawRecord, Totals, kafka_config, produce, test_config,
     wait_caught_up,
 };
+use tributary_integration_tests::shop_support::shop_config;
 use tributary_integration_tests::{
     create_topic, database_url, kafka_bootstrap, pg_store, unique_prefix,
 };
@@ -40,18 +41,6 @@ async fn admin_json(admin: &Admin, args: &[&str]) -> (Exit, Value) {
     (exit, json)
 }
 
-fn shop_config(prefix: &str, store: &PgStore) -> ShopConfig {
-    ShopConfig {
-        kafka: KafkaConfig::new(kafka_bootstrap()),
-        prefix: prefix.to_owned(),
-        database_url: database_url(),
-        schema: store.schema().to_owned(),
-        partitions: 4,
-        session_timeout: Duration::from_secs(6),
-        command_timeout: Duration::from_secs(10),
-    }
-}
-
 /// Every row of `order_summaries`, as JSON, in order.
 async fn summaries(store: &PgStore) -> Vec<Value> {
     sqlx::query_scalar::<_, Value>(
@@ -66,7 +55,7 @@ async fn summaries(store: &PgStore) -> Vec<Value> {
 async fn shop_admin_decodes_an_orders_events_folds_its_state_and_rebuilds_the_summaries() {
     let prefix = unique_prefix("cli-admin-shop");
     let store = pg_store(&prefix).await;
-    let config = shop_config(&prefix, &store);
+    let config = shop_config(&prefix, &store, 4);
     let running = config.start(&Role::ALL, &store).await.unwrap();
     let plan = LoadPlan::half_stocked(1, 1, 1, &prefix);
     let api = router(

@@ -21,21 +21,10 @@ use example_shop::inventory::InventoryEvent;
 use example_shop::order::OrderEvent;
 use serde_json::{Value, json};
 use tower::ServiceExt;
-use tributary::{KafkaConfig, PgStore};
+use tributary::PgStore;
 use tributary_integration_tests::command_support::read_events;
-use tributary_integration_tests::{database_url, kafka_bootstrap, pg_store, unique_prefix};
-
-fn config(prefix: &str, store: &PgStore) -> ShopConfig {
-    ShopConfig {
-        kafka: KafkaConfig::new(kafka_bootstrap()),
-        prefix: prefix.to_owned(),
-        database_url: database_url(),
-        schema: store.schema().to_owned(),
-        partitions: 4,
-        session_timeout: Duration::from_secs(6),
-        command_timeout: Duration::from_secs(10),
-    }
-}
+use tributary_integration_tests::shop_support::shop_config;
+use tributary_integration_tests::{kafka_bootstrap, pg_store, unique_prefix};
 
 /// The admin's token in the tests' key table.
 const ADMIN: &str = "test-admin-token-0123456789";
@@ -155,7 +144,7 @@ async fn twice(
 async fn retries_with_the_same_idempotency_key_have_one_effect() {
     let prefix = unique_prefix("shopidem");
     let store = pg_store(&prefix).await;
-    let config = config(&prefix, &store);
+    let config = shop_config(&prefix, &store, 4);
     let running = config.start(&Role::ALL, &store).await.unwrap();
     let api = router(api_state(&config, &store).await);
     let mut failures = Vec::new();
@@ -365,7 +354,7 @@ async fn health_until(api: &Router, want: StatusCode) -> (StatusCode, Value) {
 async fn health_names_every_role_and_fails_when_one_dies() {
     let prefix = unique_prefix("shophealth");
     let store = pg_store(&prefix).await;
-    let config = config(&prefix, &store);
+    let config = shop_config(&prefix, &store, 4);
     let running = config.start(&Role::ALL, &store).await.unwrap();
     let api = router(api_state(&config, &store).await.with_roles(&running));
     let mut failures = Vec::new();
@@ -454,7 +443,7 @@ async fn health_names_every_role_and_fails_when_one_dies() {
 async fn a_sku_restocked_a_moment_ago_is_not_unknown() {
     let prefix = unique_prefix("shopnewsku");
     let store = pg_store(&prefix).await;
-    let config = config(&prefix, &store);
+    let config = shop_config(&prefix, &store, 4);
     // The processors only: the stock read model lags behind the inventory as far
     // as it can (its worker is not running yet).
     let processors = config
@@ -573,7 +562,7 @@ async fn wait_status_as(api: &Router, token: &str, order_id: &str, status: &str)
 async fn customers_act_on_their_own_orders_and_admins_run_the_shop() {
     let prefix = unique_prefix("shopauth");
     let store = pg_store(&prefix).await;
-    let config = config(&prefix, &store);
+    let config = shop_config(&prefix, &store, 4);
     let running = config.start(&Role::ALL, &store).await.unwrap();
     let api = router(api_state(&config, &store).await.with_roles(&running));
     let (ada, bob) = (customer_token("ada"), customer_token("bob"));

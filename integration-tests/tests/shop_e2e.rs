@@ -17,31 +17,20 @@ use example_shop::inventory::InventoryEvent;
 use example_shop::load::{self, LoadPlan, Settled};
 use example_shop::order::OrderEvent;
 use tokio::sync::mpsc;
-use tributary::{KafkaConfig, PgStore};
+use tributary::PgStore;
 use tributary_integration_tests::command_support::{assert_gapless, read_events};
-use tributary_integration_tests::{database_url, kafka_bootstrap, pg_store, unique_prefix};
+use tributary_integration_tests::shop_support::shop_config;
+use tributary_integration_tests::{kafka_bootstrap, pg_store, unique_prefix};
 
 const ORDERS: usize = 1000;
 const CLIENTS: usize = 50;
 const SKUS: usize = 20;
 
-fn config(prefix: &str, store: &PgStore) -> ShopConfig {
-    ShopConfig {
-        kafka: KafkaConfig::new(kafka_bootstrap()),
-        prefix: prefix.to_owned(),
-        database_url: database_url(),
-        schema: store.schema().to_owned(),
-        partitions: 4,
-        session_timeout: Duration::from_secs(6),
-        command_timeout: Duration::from_secs(10),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_orders_keep_every_invariant() {
     let prefix = unique_prefix("shop");
     let store = pg_store(&prefix).await;
-    let config = config(&prefix, &store);
+    let config = shop_config(&prefix, &store, 4);
     let running = config.start(&Role::ALL, &store).await.unwrap();
     let (plan, settled) = run_load(&config, &store, &prefix, None).await;
     if !settled.settled {
@@ -55,7 +44,7 @@ async fn a_thousand_orders_keep_every_invariant() {
 async fn killing_processors_and_workers_midway_changes_nothing() {
     let prefix = unique_prefix("shopkill");
     let store = pg_store(&prefix).await;
-    let config = config(&prefix, &store);
+    let config = shop_config(&prefix, &store, 4);
     let running = config.start(&Role::ALL, &store).await.unwrap();
 
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -241,7 +230,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
 
     let prefix = unique_prefix("shopbad");
     let store = pg_store(&prefix).await;
-    let config = config(&prefix, &store);
+    let config = shop_config(&prefix, &store, 4);
     let running = config.start(&Role::ALL, &store).await.unwrap();
     let plan = LoadPlan {
         skus: 1,

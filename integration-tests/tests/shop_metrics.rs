@@ -12,29 +12,17 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use example_shop::api::{ApiState, router};
-use example_shop::app::{Role, ShopConfig};
+use example_shop::app::Role;
 use example_shop::load::{self, LoadPlan};
 use tower::ServiceExt as _;
 use tributary::telemetry;
-use tributary::{KafkaConfig, PgStore};
-use tributary_integration_tests::{database_url, kafka_bootstrap, pg_store, unique_prefix};
+use tributary_integration_tests::shop_support::shop_config;
+use tributary_integration_tests::{pg_store, unique_prefix};
 
 const ORDERS: usize = 60;
 const CLIENTS: usize = 6;
 const SKUS: usize = 5;
 const PARTITIONS: i32 = 4;
-
-fn config(prefix: &str, store: &PgStore) -> ShopConfig {
-    ShopConfig {
-        kafka: KafkaConfig::new(kafka_bootstrap()),
-        prefix: prefix.to_owned(),
-        database_url: database_url(),
-        schema: store.schema().to_owned(),
-        partitions: PARTITIONS,
-        session_timeout: Duration::from_secs(6),
-        command_timeout: Duration::from_secs(10),
-    }
-}
 
 /// One scrape: `name{sorted labels}` → value, for every sample line.
 #[derive(Debug)]
@@ -108,7 +96,7 @@ async fn metrics_after_a_load_match_what_it_did() {
     let handle = example_shop::metrics::install().unwrap();
     let prefix = unique_prefix("shopmetrics");
     let store = pg_store(&prefix).await;
-    let config = config(&prefix, &store);
+    let config = shop_config(&prefix, &store, PARTITIONS);
     let running = config.start(&Role::ALL, &store).await.unwrap();
     let plan = LoadPlan::half_stocked(ORDERS, CLIENTS, SKUS, &prefix);
     let api = router(

@@ -11,27 +11,15 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use example_shop::api::{ApiState, router};
-use example_shop::app::{Role, ShopConfig};
+use example_shop::app::Role;
 use example_shop::load::{self, LoadPlan};
 use opentelemetry::Value;
 use opentelemetry::trace::{TraceId, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tributary::{KafkaConfig, PgStore};
-use tributary_integration_tests::{database_url, kafka_bootstrap, pg_store, unique_prefix};
-
-fn config(prefix: &str, store: &PgStore) -> ShopConfig {
-    ShopConfig {
-        kafka: KafkaConfig::new(kafka_bootstrap()),
-        prefix: prefix.to_owned(),
-        database_url: database_url(),
-        schema: store.schema().to_owned(),
-        partitions: 2,
-        session_timeout: Duration::from_secs(6),
-        command_timeout: Duration::from_secs(10),
-    }
-}
+use tributary_integration_tests::shop_support::shop_config;
+use tributary_integration_tests::{pg_store, unique_prefix};
 
 fn attribute<'a>(span: &'a SpanData, key: &str) -> Option<&'a str> {
     span.attributes
@@ -70,7 +58,7 @@ async fn one_order_is_one_trace_from_the_api_to_the_stock_read_model() {
 
     let prefix = unique_prefix("shoptrace");
     let store = pg_store(&prefix).await;
-    let config = config(&prefix, &store);
+    let config = shop_config(&prefix, &store, 2);
     let running = config.start(&Role::ALL, &store).await.unwrap();
     // One order of one line, fully stocked: placed, reserved, confirmed.
     let plan = LoadPlan::half_stocked(1, 1, 1, &prefix);
