@@ -55,6 +55,13 @@ pub const SNAPSHOT_WRITE_FAILURES: &str = "tributary_snapshot_write_failures_tot
 /// Counter: snapshots that could not be read at restore and were discarded (the
 /// aggregate was rebuilt from its events), by `aggregate`.
 pub const SNAPSHOTS_DISCARDED: &str = "tributary_snapshots_discarded_total";
+/// Counter: aggregates loaded from their snapshot rows on demand (a command for an
+/// aggregate not in memory, or a lazy restore), by `aggregate`. See
+/// `ProcessorSettings::max_cached_aggregates`.
+pub const AGGREGATES_LOADED: &str = "tributary_aggregates_loaded_total";
+/// Counter: aggregates evicted from a processor's memory (their snapshot row
+/// confirmed at their current version), by `aggregate`.
+pub const AGGREGATES_EVICTED: &str = "tributary_aggregates_evicted_total";
 /// Counter: reply producers replaced after a fatal error, by `aggregate`.
 pub const REPLY_PRODUCERS_REPLACED: &str = "tributary_reply_producers_replaced_total";
 
@@ -101,6 +108,8 @@ pub const ALL: &[&str] = &[
     SNAPSHOTS_WRITTEN,
     SNAPSHOT_WRITE_FAILURES,
     SNAPSHOTS_DISCARDED,
+    AGGREGATES_LOADED,
+    AGGREGATES_EVICTED,
     REPLY_PRODUCERS_REPLACED,
     GATEWAY_COMMAND_SECONDS,
     GATEWAY_TIMEOUTS,

@@ -1,9 +1,12 @@
 //! Aggregate snapshots in Postgres (`tributary_snapshots`).
 //!
-//! A snapshot is a cache: it is written only after the Kafka transaction that
-//! produced the events it covers has committed, an upsert only replaces an older
-//! snapshot (a stale writer cannot regress it), and losing every snapshot only makes
-//! the next restore slower.
+//! A snapshot is written only after the Kafka transaction that produced the events
+//! it covers has committed, and an upsert only replaces an older snapshot (a stale
+//! writer cannot regress it). Losing every snapshot of a partition together with its
+//! watermark row only makes the next restore slower. While a processor owns the
+//! partition, a confirmed row is also the state of an aggregate it evicted from
+//! memory (`ProcessorSettings::max_cached_aggregates`), so rows must not be deleted
+//! under a running processor.
 
 use std::time::Duration;
 
@@ -60,6 +63,68 @@ pub(crate) async fn load_partition(
         }
     }
     Ok(out)
+}
+
+/// What the snapshot table holds for one events partition, without reading the
+/// states: enough to choose between loading every row and loading lazily.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PartitionSummary {
+    /// Aggregate rows.
+    pub(crate) rows: i64,
+    /// Rows of another state version than the current one (unreadable as they are).
+    pub(crate) stale: i64,
+    /// Every event at or before this offset is covered by the rows.
+    pub(crate) watermark: Option<i64>,
+}
+
+pub(crate) async fn partition_summary(
+    store: &PgStore,
+    aggregate_type: &str,
+    partition: i32,
+    state_version: i32,
+) -> Result<PartitionSummary, StoreError> {
+    let (rows, stale, watermark): (i64, i64, Option<i64>) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE aggregate_id <> ''),
+                count(*) FILTER (WHERE aggregate_id <> '' AND state_version <> $3),
+                max(events_offset) FILTER (WHERE aggregate_id = '')
+           FROM tributary_snapshots
+          WHERE aggregate_type = $1 AND events_partition = $2",
+    )
+    .bind(aggregate_type)
+    .bind(partition)
+    .bind(state_version)
+    .fetch_one(store.pool())
+    .await
+    .map_err(StoreError::db("summarize snapshots"))?;
+    Ok(PartitionSummary {
+        rows,
+        stale,
+        watermark,
+    })
+}
+
+/// The snapshot rows of the given aggregates of one partition (those that have one).
+pub(crate) async fn load_ids(
+    store: &PgStore,
+    aggregate_type: &str,
+    partition: i32,
+    ids: &[String],
+) -> Result<Vec<SnapshotRow>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as(
+        "SELECT aggregate_id, version, events_offset, state, state_version
+           FROM tributary_snapshots
+          WHERE aggregate_type = $1 AND events_partition = $2 AND aggregate_id = ANY($3)
+            AND aggregate_id <> ''",
+    )
+    .bind(aggregate_type)
+    .bind(partition)
+    .bind(ids)
+    .fetch_all(store.pool())
+    .await
+    .map_err(StoreError::db("load snapshots"))
 }
 
 /// Writes a batch of snapshots and optionally advances the partition watermark, in

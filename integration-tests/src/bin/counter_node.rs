@@ -8,7 +8,10 @@
 //!   log, transaction open; `before_commit`; `after_commit`: committed, replies
 //!   not sent), the node prints `paused` and waits until
 //!   that file exists;
-//! - `TRIBUTARY_TRANSACTION_TIMEOUT_MS`: the processor's transaction timeout.
+//! - `TRIBUTARY_TRANSACTION_TIMEOUT_MS`: the processor's transaction timeout;
+//! - `TRIBUTARY_SNAPSHOT_SCHEMA`: snapshots in this Postgres schema (at
+//!   `DATABASE_URL`), with `TRIBUTARY_FLUSH_EVERY` and `TRIBUTARY_MAX_CACHED`
+//!   (`flush_every`, `max_cached_aggregates`) when given.
 //!
 //! Prints `fenced` once a commit of it was refused because another owner fenced it.
 
@@ -34,7 +37,25 @@ async fn main() {
     if let Ok(ms) = std::env::var("TRIBUTARY_TRANSACTION_TIMEOUT_MS") {
         settings.transaction_timeout = Duration::from_millis(ms.parse().expect("a number"));
     }
+    let number = |key: &str| {
+        std::env::var(key)
+            .ok()
+            .map(|v| v.parse::<u64>().expect("a number"))
+    };
+    if let Some(n) = number("TRIBUTARY_FLUSH_EVERY") {
+        settings.flush_every = n;
+    }
+    if let Some(n) = number("TRIBUTARY_MAX_CACHED") {
+        settings.max_cached_aggregates = usize::try_from(n).expect("a count");
+    }
     let mut processor = counter_processor(&bootstrap, &prefix, partitions).settings(settings);
+    if let Ok(schema) = std::env::var("TRIBUTARY_SNAPSHOT_SCHEMA") {
+        let url = tributary_integration_tests::database_url();
+        let store = tributary::PgStore::connect(&url, &schema)
+            .await
+            .expect("Postgres for snapshots");
+        processor = processor.snapshots(store);
+    }
     if let Ok(file) = std::env::var("TRIBUTARY_PAUSE_FILE") {
         let at = match std::env::var("TRIBUTARY_PAUSE_AT").as_deref() {
             Err(_) | Ok("before_transaction") => FaultPoint::BeforeTransaction,

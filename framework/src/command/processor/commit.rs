@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use rdkafka::consumer::ConsumerGroupMetadata;
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::Producer;
 use tracing::{error, warn};
@@ -27,6 +27,15 @@ pub(super) enum TxFailure {
     Kafka(KafkaError),
     /// A command handler panicked on the transaction's thread.
     HandlerPanicked,
+    /// Aggregates of the batch could not be loaded from their snapshot rows (no
+    /// transaction was begun; the partition's state is untouched).
+    Load,
+}
+
+impl From<KafkaError> for TxFailure {
+    fn from(error: KafkaError) -> Self {
+        Self::Kafka(error)
+    }
 }
 
 pub(super) enum BatchFailure {
@@ -67,7 +76,7 @@ impl<A: Aggregate> Core<A> {
         type Done<A> = (
             i32,
             PartitionState<A>,
-            std::thread::Result<KafkaResult<NewSeen>>,
+            std::thread::Result<Result<NewSeen, TxFailure>>,
         );
         let (done_tx, done_rx) = std::sync::mpsc::channel::<Done<A>>();
         let mut running: HashMap<i32, i64> = HashMap::new();
@@ -114,7 +123,7 @@ impl<A: Aggregate> Core<A> {
                     // A panicking handler fails the transaction (aborted, the
                     // partition restored, its commands retried).
                     let result = match result {
-                        Ok(result) => result.map_err(TxFailure::Kafka),
+                        Ok(result) => result,
                         Err(_) => {
                             error!(
                                 partition,
@@ -187,6 +196,11 @@ impl<A: Aggregate> Core<A> {
                 self.after_commit(partition);
                 Ok(())
             }
+            Err(TxFailure::Load) => {
+                // Nothing was begun or changed: keep the partition, consume the
+                // batch again.
+                Err(BatchFailure::Retry)
+            }
             Err(failure) => {
                 let failure = match failure {
                     TxFailure::HandlerPanicked => {
@@ -194,6 +208,7 @@ impl<A: Aggregate> Core<A> {
                         BatchFailure::Retry
                     }
                     TxFailure::Kafka(error) => refused(&error, partition, part, &shared.stats),
+                    TxFailure::Load => BatchFailure::Retry,
                 };
                 // The in-memory state saw the events of the failed transaction: drop
                 // it. The partition is restored when its commands are consumed again,

@@ -17,6 +17,7 @@
 //! commit.
 
 mod batch;
+mod cache;
 mod commit;
 mod contexts;
 mod decide;

@@ -17,6 +17,7 @@ use crate::command::snapshot::{SnapshotJob, Written};
 use crate::command::wire::{self, OutcomeWire, ReplyWire};
 use crate::kafka::record_ref;
 
+use super::cache::Recency;
 use super::contexts::{DeliveryContext, ReplyContext};
 use super::error::ProcessorError;
 use super::producer::{new_reply_producer, send};
@@ -63,6 +64,12 @@ pub(super) struct PartitionState<A> {
     pub(super) replies: Vec<PendingReply>,
     /// Aggregates with events not covered by a snapshot.
     pub(super) dirty: HashSet<String>,
+    /// The order in which the aggregates in memory were last used.
+    pub(super) recency: Recency,
+    /// Whether every aggregate of the partition is in memory. When not (some were
+    /// evicted, or the partition was restored lazily), an aggregate missing from
+    /// memory is looked up among the snapshot rows before it counts as new.
+    pub(super) complete: bool,
 }
 
 pub(super) struct Core<A: Aggregate> {
@@ -157,6 +164,7 @@ impl<A: Aggregate> Core<A> {
                     self.partitions.insert(partition, state);
                     lock(&self.shared.stats.owned).push(partition);
                     resume.push(partition);
+                    self.count_cached();
                 }
                 Err(error) if error.is_partition_fault() => {
                     self.quarantine(partition, &error);
@@ -300,5 +308,6 @@ impl<A: Aggregate> Core<A> {
         }
         lock(&self.shared.stats.owned).retain(|p| !partitions.contains(p));
         lock(&self.shared.stats.quarantined).retain(|(p, _)| !partitions.contains(p));
+        self.count_cached();
     }
 }

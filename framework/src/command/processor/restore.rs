@@ -15,16 +15,17 @@ use tracing::{info, info_span, warn};
 
 use crate::Aggregate;
 use crate::command::dedup::{Seen, SeenWindow};
-use crate::command::snapshot::{self};
+use crate::command::snapshot::{self, SnapshotRow};
 use crate::command::wire::{self};
 use crate::kafka::record_ref;
 
+use super::cache::{self, Recency};
 use super::contexts::{DeliveryContext, RestoreContext};
 use super::error::ProcessorError;
 use super::partitions::{PartitionState, Slot};
 use super::replay::Replay;
 use super::stats::ProcessorStats;
-use super::{Shared, slow};
+use super::{Shared, lock, slow};
 use crate::kafka::{clients, op};
 
 /// How far (at most; a tenth of the window if less) before the dedup window a
@@ -110,7 +111,13 @@ impl<A: Aggregate> Restorer<A> {
         let fenced_ms = step.elapsed().as_millis() as u64;
 
         let step = Instant::now();
-        let (aggregates, read, applied) = self.restore_aggregates(partition, false)?;
+        let Aggregates {
+            aggregates,
+            read,
+            applied,
+            covered,
+            complete,
+        } = self.restore_aggregates(partition, false)?;
         let events_ms = step.elapsed().as_millis() as u64;
         let step = Instant::now();
         let seen = self.restore_seen(partition)?;
@@ -119,13 +126,15 @@ impl<A: Aggregate> Restorer<A> {
             .values()
             .map(|s| s.offset_bound)
             .max()
-            .unwrap_or(-1);
+            .unwrap_or(-1)
+            .max(covered);
         producer
             .context()
             .max_offset
             .store(max_offset, Ordering::SeqCst);
         info!(
             aggregates = aggregates.len(),
+            lazily = !complete,
             events_read = read,
             events_applied = applied,
             seen_commands = seen.len(),
@@ -145,6 +154,10 @@ impl<A: Aggregate> Restorer<A> {
             &shared.stats.restore_millis,
             started.elapsed().as_millis() as u64,
         );
+        let mut recency = Recency::default();
+        for id in aggregates.keys() {
+            recency.touch(id);
+        }
         Ok(PartitionState {
             dirty: aggregates
                 .iter()
@@ -157,44 +170,52 @@ impl<A: Aggregate> Restorer<A> {
             events_since_flush: 0,
             touched: HashSet::new(),
             replies: Vec::new(),
+            recency,
+            complete,
         })
     }
 
-    #[allow(clippy::type_complexity)]
+    /// The share of `max_cached_aggregates` a partition restored now may hold: the
+    /// limit divided among the partitions owned and this one.
+    fn cache_share(&self) -> usize {
+        let owned = lock(&self.shared.stats.owned).len() + 1;
+        cache::share(self.shared.settings.max_cached_aggregates, owned)
+    }
+
+    /// A partition's aggregates from its snapshots and the events after them: every
+    /// snapshot row (`full`: and every event), or, when the partition has more rows
+    /// than its share of `max_cached_aggregates`, only the rows of the aggregates
+    /// with events after the watermark ([`Restorer::restore_lazily`]).
     pub(super) fn restore_aggregates(
         &self,
         partition: i32,
         full: bool,
-    ) -> Result<(HashMap<String, Slot<A>>, u64, u64), ProcessorError> {
+    ) -> Result<Aggregates<A>, ProcessorError> {
         let shared = Arc::clone(&self.shared);
         let mut aggregates: HashMap<String, Slot<A>> = HashMap::new();
         let mut start = 0;
         if let Some(store) = &shared.store {
+            if !full {
+                let summary = self.block_on(snapshot::partition_summary(
+                    store,
+                    A::NAME,
+                    partition,
+                    A::STATE_VERSION as i32,
+                ))?;
+                let share = i64::try_from(self.cache_share()).unwrap_or(i64::MAX);
+                if summary.stale == 0
+                    && summary.rows > share
+                    && let Some(restored) = self.restore_lazily(partition, summary.watermark)?
+                {
+                    return Ok(restored);
+                }
+            }
             let snapshots = self.block_on(snapshot::load_partition(store, A::NAME, partition))?;
             let mut broken = false;
             for row in snapshots.rows {
-                let state = if row.state_version == A::STATE_VERSION as i32 {
-                    serde_json::from_value::<A>(row.state).map_err(|e| e.to_string())
-                } else {
-                    Err(format!(
-                        "state version {} differs from the current {}",
-                        row.state_version,
-                        A::STATE_VERSION
-                    ))
-                };
-                match state {
-                    Ok(state) => {
-                        let version = u64::try_from(row.version).unwrap_or(0);
-                        aggregates.insert(
-                            row.aggregate_id,
-                            Slot {
-                                state,
-                                version,
-                                snapshot_version: version,
-                                confirmed_version: version,
-                                offset_bound: row.events_offset,
-                            },
-                        );
+                match slot_from_row::<A>(&row) {
+                    Ok(slot) => {
+                        aggregates.insert(row.aggregate_id, slot);
                     }
                     Err(reason) => {
                         warn!(aggregate_id = %row.aggregate_id, %reason,
@@ -270,7 +291,101 @@ impl<A: Aggregate> Restorer<A> {
                 sequence: gap.sequence,
             });
         }
-        Ok((aggregates, read, applied))
+        Ok(Aggregates {
+            aggregates,
+            read,
+            applied,
+            covered: -1,
+            complete: true,
+        })
+    }
+
+    /// Restores only what the partition's next commands cannot do without: the
+    /// events after the watermark are read first, then the snapshot rows of their
+    /// aggregates are loaded and the events applied on top. Every other aggregate
+    /// stays in its row until a command needs it. `None` when the rows do not
+    /// cover the events (a row deleted under the watermark, or unreadable): the
+    /// caller then restores the partition in full.
+    fn restore_lazily(
+        &self,
+        partition: i32,
+        watermark: Option<i64>,
+    ) -> Result<Option<Aggregates<A>>, ProcessorError> {
+        let shared = Arc::clone(&self.shared);
+        let Some(store) = &shared.store else {
+            return Ok(None);
+        };
+        let topic = shared.layout.events.clone();
+        let (low, high) = crate::kafka::watermarks_within(
+            &self.watermark_consumer,
+            &topic,
+            partition,
+            Duration::from_secs(30),
+        )
+        .map_err(op("fetch events watermarks"))?;
+        let start = watermark.map_or(low, |w| (w + 1).max(low));
+        let mut tail = Vec::new();
+        let mut read = 0u64;
+        self.read_range(&topic, partition, start, high, |message| {
+            read += 1;
+            let envelope = shared.codec.decode(&record_ref(message)).map_err(|e| {
+                ProcessorError::Unreadable {
+                    partition,
+                    offset: message.offset(),
+                    reason: e.to_string(),
+                }
+            })?;
+            tail.push((
+                message.offset(),
+                envelope.aggregate_id.into_string(),
+                envelope.sequence,
+                envelope.event,
+            ));
+            Ok(())
+        })?;
+        let ids: Vec<String> = tail
+            .iter()
+            .map(|(_, id, _, _)| id.clone())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let rows = self.block_on(snapshot::load_ids(store, A::NAME, partition, &ids))?;
+        let mut aggregates = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            match slot_from_row::<A>(row) {
+                Ok(slot) => {
+                    aggregates.insert(row.aggregate_id.clone(), slot);
+                }
+                Err(reason) => {
+                    warn!(aggregate_id = %row.aggregate_id, %reason, partition,
+                        "an unreadable snapshot; restoring the partition in full");
+                    return Ok(None);
+                }
+            }
+        }
+        let mut replay = Replay::new(aggregates);
+        for (offset, id, sequence, event) in tail {
+            replay.event(offset, id, sequence, &event);
+        }
+        ProcessorStats::add(&shared.stats.restore_records_read, read);
+        if let Some(gap) = replay.gap {
+            warn!(
+                partition,
+                offset = gap.offset,
+                aggregate_id = %gap.aggregate_id,
+                "snapshots do not cover the partition; restoring it in full"
+            );
+            return Ok(None);
+        }
+        ProcessorStats::add(&shared.stats.restore_events_applied, replay.applied);
+        ProcessorStats::add(&shared.stats.aggregates_loaded, rows.len() as u64);
+        Ok(Some(Aggregates {
+            aggregates: replay.aggregates,
+            read,
+            applied: replay.applied,
+            covered: watermark.unwrap_or(-1),
+            complete: false,
+        }))
     }
 
     /// The dedup window of a partition, from its outcomes: only the records of the
@@ -452,4 +567,39 @@ impl<A: Aggregate> Restorer<A> {
         let _ = consumer.unassign();
         result
     }
+}
+
+/// A partition's aggregates after a restore.
+pub(super) struct Aggregates<A> {
+    pub(super) aggregates: HashMap<String, Slot<A>>,
+    /// Event records read.
+    pub(super) read: u64,
+    /// Events applied (not covered by a snapshot).
+    pub(super) applied: u64,
+    /// Every event at or before this offset is covered by a snapshot row (-1: none
+    /// is known to be).
+    pub(super) covered: i64,
+    /// Whether every aggregate of the partition is in `aggregates`.
+    pub(super) complete: bool,
+}
+
+/// An aggregate from its snapshot row; the reason when the row cannot be read
+/// (another state version, or a state that does not deserialize).
+pub(super) fn slot_from_row<A: Aggregate>(row: &SnapshotRow) -> Result<Slot<A>, String> {
+    if row.state_version != A::STATE_VERSION as i32 {
+        return Err(format!(
+            "state version {} differs from the current {}",
+            row.state_version,
+            A::STATE_VERSION
+        ));
+    }
+    let state: A = serde::Deserialize::deserialize(&row.state).map_err(|e| e.to_string())?;
+    let version = u64::try_from(row.version).unwrap_or(0);
+    Ok(Slot {
+        state,
+        version,
+        snapshot_version: version,
+        confirmed_version: version,
+        offset_bound: row.events_offset,
+    })
 }

@@ -32,6 +32,18 @@ pub struct ProcessorSettings {
     /// aggregate types with `snapshot_every`; others are snapshotted when their
     /// partition is revoked or the processor shuts down.
     pub flush_every: u64,
+    /// Most aggregates one processor instance keeps in memory, shared evenly by its
+    /// partitions. Past a partition's share, the least recently used aggregates
+    /// whose snapshot row is confirmed at their current version leave memory (the
+    /// partition is snapshotted first when too few are), and an evicted aggregate is
+    /// loaded from its row on its next command: this instance is the partition's
+    /// only writer, so the row is its state. A partition with more snapshot rows
+    /// than its share is restored lazily: only the aggregates with events after the
+    /// partition's watermark are loaded. Needs a snapshot store
+    /// ([`super::CommandProcessor::snapshots`]); without one every aggregate stays in
+    /// memory. Aggregates changed since the last snapshot cannot leave, so a
+    /// partition may hold up to about `flush_every` more than its share.
+    pub max_cached_aggregates: usize,
 }
 
 impl Default for ProcessorSettings {
@@ -45,6 +57,7 @@ impl Default for ProcessorSettings {
             dedup_window: Duration::from_secs(24 * 3600),
             restore_timeout: Duration::from_secs(600),
             flush_every: 1000,
+            max_cached_aggregates: 100_000,
         }
     }
 }
@@ -53,8 +66,8 @@ impl Default for ProcessorSettings {
 const MAX_POLL_INTERVAL: Duration = Duration::from_secs(86_400);
 
 impl ProcessorSettings {
-    /// Checks every value before a processor starts: `max_batch` and `flush_every`
-    /// of at least 1; `session_timeout` (1 ms to 1 hour), `max_poll_interval` (1 ms
+    /// Checks every value before a processor starts: `max_batch`, `flush_every`
+    /// and `max_cached_aggregates` of at least 1; `session_timeout` (1 ms to 1 hour), `max_poll_interval` (1 ms
     /// to 1 day) and `transaction_timeout` (1 s to 2^31 - 1 ms) within what
     /// librdkafka accepts; `batch_linger` at most an hour; and no other duration so
     /// long that a deadline computed from it would overflow (at most a year).
@@ -65,6 +78,7 @@ impl ProcessorSettings {
         let ms = Duration::from_millis;
         at_least("max_batch", self.max_batch, 1)?;
         at_least("flush_every", self.flush_every, 1)?;
+        at_least("max_cached_aggregates", self.max_cached_aggregates, 1)?;
         duration_within(
             "batch_linger",
             self.batch_linger,
@@ -124,6 +138,13 @@ mod tests {
                 ..base()
             }),
             "flush_every"
+        );
+        assert_eq!(
+            bad(ProcessorSettings {
+                max_cached_aggregates: 0,
+                ..base()
+            }),
+            "max_cached_aggregates"
         );
         assert_eq!(
             bad(ProcessorSettings {

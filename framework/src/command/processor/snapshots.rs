@@ -11,6 +11,7 @@ use tracing::warn;
 use crate::Aggregate;
 use crate::command::snapshot::{self, SnapshotJob, SnapshotRow};
 
+use super::cache;
 use super::partitions::{Core, Slot};
 use super::stats::ProcessorStats;
 
@@ -91,7 +92,79 @@ impl<A: Aggregate> Core<A> {
         }
     }
 
+    /// After a partition's transaction committed: its aggregates' offset bounds,
+    /// the snapshots that are due, then eviction past the partition's share of
+    /// `max_cached_aggregates`.
     pub(super) fn after_commit(&mut self, partition: i32) {
+        self.snapshot_after_commit(partition);
+        self.evict(partition);
+        self.count_cached();
+    }
+
+    /// Publishes how many aggregates are in memory ([`ProcessorStats::cached_aggregates`]).
+    pub(super) fn count_cached(&self) {
+        let held: usize = self.partitions.values().map(|p| p.aggregates.len()).sum();
+        self.shared
+            .stats
+            .cached
+            .store(held as u64, Ordering::Relaxed);
+    }
+
+    /// Keeps the partition within its share of `max_cached_aggregates`: once it is
+    /// over by a sixteenth, the least recently used aggregates whose snapshot row is
+    /// confirmed at their current version leave memory, down to the share. When
+    /// too few are confirmed, the partition is snapshotted, so they can leave after
+    /// the writer confirms. Nothing leaves without a snapshot store.
+    pub(super) fn evict(&mut self, partition: i32) {
+        if self.snapshot_tx.is_none() {
+            return;
+        }
+        let share = cache::share(
+            self.shared.settings.max_cached_aggregates,
+            self.partitions.len(),
+        );
+        let held = self
+            .partitions
+            .get(&partition)
+            .map_or(0, |p| p.aggregates.len());
+        if cache::excess(held, share) == 0 {
+            return;
+        }
+        self.confirm_snapshots();
+        let Some(part) = self.partitions.get_mut(&partition) else {
+            return;
+        };
+        let excess = part.aggregates.len().saturating_sub(share);
+        let (aggregates, dirty) = (&part.aggregates, &part.dirty);
+        let evicted = part.recency.evict(excess, |id| {
+            aggregates.get(id).is_none_or(|slot| {
+                cache::evictable(dirty.contains(id), slot.version, slot.confirmed_version)
+            })
+        });
+        let mut count = 0;
+        for id in &evicted {
+            if part.aggregates.remove(id).is_some() {
+                count += 1;
+            }
+        }
+        if count > 0 {
+            part.complete = false;
+            ProcessorStats::add(&self.shared.stats.aggregates_evicted, count);
+        }
+        // Still over: most of what is held is not confirmed yet. Snapshot it now
+        // rather than at the next `flush_every`, unless a write is on its way.
+        if cache::excess(part.aggregates.len(), share) > 0
+            && part.dirty.iter().any(|id| {
+                part.aggregates
+                    .get(id)
+                    .is_some_and(|slot| slot.snapshot_version < slot.version)
+            })
+        {
+            self.flush(partition, false);
+        }
+    }
+
+    fn snapshot_after_commit(&mut self, partition: i32) {
         let Some(part) = self.partitions.get_mut(&partition) else {
             return;
         };

@@ -49,6 +49,11 @@ pub struct ProcessorCounters {
     pub snapshots: u64,
     /// Snapshots that could not be read and were discarded.
     pub snapshots_discarded: u64,
+    /// Aggregates loaded from their snapshot rows on demand (a command for one not
+    /// in memory, or a lazy restore).
+    pub aggregates_loaded: u64,
+    /// Aggregates evicted from memory past `max_cached_aggregates`.
+    pub aggregates_evicted: u64,
     /// Commands answered "unavailable" because their partition is quarantined.
     pub unavailable: u64,
     /// Commands that arrived on a partition other than their aggregate id's and
@@ -102,6 +107,10 @@ pub struct ProcessorStats {
     pub(crate) snapshots: Stat,
     /// Snapshots that could not be read and were discarded.
     pub(crate) snapshots_discarded: Stat,
+    /// Aggregates loaded from their snapshot rows on demand.
+    pub(crate) aggregates_loaded: Stat,
+    /// Aggregates evicted from memory past `max_cached_aggregates`.
+    pub(crate) aggregates_evicted: Stat,
     /// Commands answered "unavailable" because their partition is quarantined.
     pub(crate) unavailable: Stat,
     /// Commands that arrived on a partition other than their aggregate id's and
@@ -113,6 +122,9 @@ pub struct ProcessorStats {
     pub(crate) timings: Timings,
     pub(super) owned: Mutex<Vec<i32>>,
     pub(super) quarantined: Mutex<Vec<(i32, String)>>,
+    /// Aggregates in memory, over every owned partition (after the last commit or
+    /// restore).
+    pub(super) cached: AtomicU64,
 }
 
 impl ProcessorStats {
@@ -138,10 +150,19 @@ impl ProcessorStats {
             restore_millis: self.restore_millis.get(),
             snapshots: self.snapshots.get(),
             snapshots_discarded: self.snapshots_discarded.get(),
+            aggregates_loaded: self.aggregates_loaded.get(),
+            aggregates_evicted: self.aggregates_evicted.get(),
             unavailable: self.unavailable.get(),
             forwarded: self.forwarded.get(),
             reply_producers_replaced: self.reply_producers_replaced.get(),
         }
+    }
+
+    /// Aggregates this instance holds in memory, over all its partitions, as of its
+    /// last commit or restore (bounded by `ProcessorSettings::max_cached_aggregates`
+    /// when it has a snapshot store).
+    pub fn cached_aggregates(&self) -> u64 {
+        self.cached.load(Ordering::Relaxed)
     }
 
     /// Partitions this instance owns now.
@@ -189,6 +210,8 @@ impl ProcessorStats {
             restore_outcomes_read: labelled(RESTORE_RECORDS, "kind", "outcomes"),
             restore_events_applied: plain(RESTORE_EVENTS_APPLIED),
             snapshots_discarded: plain(SNAPSHOTS_DISCARDED),
+            aggregates_loaded: plain(AGGREGATES_LOADED),
+            aggregates_evicted: plain(AGGREGATES_EVICTED),
             reply_producers_replaced: plain(REPLY_PRODUCERS_REPLACED),
             timings: Timings {
                 decide_batch: metrics::histogram!(DECIDE_BATCH_SECONDS, "aggregate" => aggregate),

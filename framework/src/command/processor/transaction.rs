@@ -12,14 +12,17 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::{Span, debug, error, info_span, warn};
 
 use crate::Aggregate;
+use crate::command::snapshot;
 use crate::command::wire::{self, OutcomeWire, ReplyWire};
 use crate::kafka::EncodedRecordExt as _;
 use crate::kafka::record_ref;
 use crate::trace_context;
 
+use super::commit::TxFailure;
 use super::decide::{Accepted, Decider, Decision, Prior, prior};
 use super::partitions::{NewSeen, PartitionState, PendingReply};
 use super::producer::{drain_deliveries, forward, send};
+use super::restore::slot_from_row;
 use super::stats::ProcessorStats;
 use super::{FaultPoint, Shared, lock, slow};
 
@@ -32,7 +35,7 @@ pub(super) fn transact<A: Aggregate>(
     part: &mut PartitionState<A>,
     messages: &[OwnedMessage],
     metadata: &ConsumerGroupMetadata,
-) -> KafkaResult<NewSeen> {
+) -> Result<NewSeen, TxFailure> {
     let first = messages.first().map_or(-1, Message::offset);
     let last = messages.last().map_or(-1, Message::offset);
     let span = info_span!(
@@ -51,6 +54,15 @@ pub(super) fn transact<A: Aggregate>(
         }
     };
     fault(FaultPoint::BeforeTransaction);
+    if !part.complete {
+        load_evicted(shared, partition, part, messages).map_err(|error| {
+            warn!(%error, partition,
+                "cannot load aggregates from their snapshots; the batch is consumed again in 200 ms");
+            // Not a hot loop while Postgres is away.
+            std::thread::sleep(Duration::from_millis(200));
+            TxFailure::Load
+        })?;
+    }
     part.replies.clear();
     let step = Instant::now();
     part.producer.begin_transaction()?;
@@ -86,6 +98,57 @@ pub(super) fn transact<A: Aggregate>(
     timings.commit.record(step.elapsed().as_secs_f64());
     slow("commit", step);
     Ok(new_seen)
+}
+
+/// Loads the aggregates of the batch's commands that are not in memory from their
+/// snapshot rows. One that has no row is new: every aggregate of the partition is
+/// in memory or confirmed in its row (see `cache`).
+fn load_evicted<A: Aggregate>(
+    shared: &Shared<A>,
+    partition: i32,
+    part: &mut PartitionState<A>,
+    messages: &[OwnedMessage],
+) -> Result<(), String> {
+    let Some(store) = &shared.store else {
+        return Ok(());
+    };
+    let mut missing: Vec<String> = Vec::new();
+    for message in messages {
+        if let Ok(command) = wire::decode_command(&record_ref(message))
+            && !part.aggregates.contains_key(command.aggregate_id)
+            && !missing.iter().any(|id| id == command.aggregate_id)
+        {
+            missing.push(command.aggregate_id.to_owned());
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let rows = shared
+        .runtime
+        .block_on(snapshot::load_ids(store, A::NAME, partition, &missing))
+        .map_err(|e| e.to_string())?;
+    let mut loaded = 0;
+    for row in &rows {
+        match slot_from_row::<A>(row) {
+            Ok(slot) => {
+                part.recency.touch(&row.aggregate_id);
+                part.aggregates.insert(row.aggregate_id.clone(), slot);
+                loaded += 1;
+            }
+            // Written by this version of the code moments ago: only a row changed
+            // by hand gets here.
+            Err(reason) => {
+                return Err(format!(
+                    "the snapshot of {}/{} cannot be read: {reason}",
+                    A::NAME,
+                    row.aggregate_id
+                ));
+            }
+        }
+    }
+    ProcessorStats::add(&shared.stats.aggregates_loaded, loaded);
+    Ok(())
 }
 
 /// Reads the outcome record at `offset` of the partition's outcomes, to answer a
@@ -172,6 +235,7 @@ pub(super) fn handle_one<A: Aggregate>(
         return Ok(None);
     }
     ProcessorStats::add(&shared.stats.commands, 1);
+    part.recency.touch(command.aggregate_id);
 
     let earlier = match prior(&part.seen, batch_seen, command.command_id) {
         Some(Prior::Reply(reply)) => Some(reply),
