@@ -1,0 +1,394 @@
+//! The latency budget of one command: where the time of a single caller's command
+//! goes, hop by hop, and the floor that Kafka itself sets on this machine.
+//!
+//! 1. The framework: one caller sends `--commands` commands (default 500) one after
+//!    the other, on one processor instance with default settings. Besides the
+//!    end-to-end latency at the gateway, the processor's own histograms
+//!    (`tributary::telemetry`) split its share: deciding the batch (handler calls and
+//!    the produce calls of events and outcomes) and `commit_transaction`.
+//! 2. The same hops with bare rdkafka clients configured as the framework's
+//!    (`linger.ms` 1, `acks` all, idempotence, `fetch.wait.max.ms` 5), one at a time
+//!    on the same broker: a record produced and seen by an assigned consumer (the
+//!    command's way to the processor, and the reply's way back), and a transaction
+//!    like the processor's, step by step (begin, two records produced and delivered,
+//!    the consumed offset sent, commit).
+//!
+//! The sum of the bare hops is the floor of one command with a Kafka transaction
+//! per command on this broker; the framework's median is compared with it.
+//!
+//! ```text
+//! cargo run --release -p tributary-integration-tests --example bench_budget -- [--commands N]
+//! ```
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tributary::command::{CommandGateway, CommandProcessor, ProcessorSettings, TopicSettings};
+use tributary::{KafkaConfig, telemetry};
+use tributary_integration_tests::command_support::{Counter, Increment};
+use tributary_integration_tests::{create_topic, describe_broker, kafka_bootstrap, unique_prefix};
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// p50 and p99 of samples in seconds, in milliseconds.
+fn quantiles(samples: &mut [f64]) -> (f64, f64) {
+    if samples.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    samples.sort_by(f64::total_cmp);
+    let at = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize] * 1000.0;
+    (at(0.5), at(0.99))
+}
+
+/// Every sample of each histogram recorded since the last call, by metric name.
+fn histograms(snapshotter: &Snapshotter) -> HashMap<String, Vec<f64>> {
+    let mut out: HashMap<String, Vec<f64>> = HashMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        if let DebugValue::Histogram(samples) = value {
+            out.entry(key.key().name().to_owned())
+                .or_default()
+                .extend(samples.into_iter().map(|s| s.into_inner()));
+        }
+    }
+    out
+}
+
+struct Row {
+    hop: &'static str,
+    p50: f64,
+    p99: f64,
+    moved_by: &'static str,
+}
+
+fn print_rows(rows: &[Row]) {
+    println!("| hop | p50 ms | p99 ms | what moves it |");
+    println!("|---|---:|---:|---|");
+    for r in rows {
+        println!(
+            "| {} | {:.2} | {:.2} | {} |",
+            r.hop, r.p50, r.p99, r.moved_by
+        );
+    }
+}
+
+async fn framework(bootstrap: &str, commands: usize, snapshotter: &Snapshotter) -> Vec<Row> {
+    let prefix = unique_prefix("bench-budget");
+    let processor = CommandProcessor::<Counter>::new(KafkaConfig::new(bootstrap), &prefix)
+        .unwrap()
+        .settings(ProcessorSettings {
+            session_timeout: Duration::from_secs(6),
+            ..Default::default()
+        })
+        .topics(TopicSettings {
+            partitions: 4,
+            reply_partitions: 1,
+            ..Default::default()
+        })
+        .start()
+        .await
+        .expect("processor");
+    let gateway = CommandGateway::connect_with_timeout(
+        KafkaConfig::new(bootstrap),
+        &prefix,
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("gateway");
+    // Warm up: the group's assignment, every partition's restore, the connections.
+    for i in 0..50 {
+        let id = format!("agg-{i}");
+        gateway
+            .send(Increment { id, by: 1 })
+            .await
+            .expect("warm-up");
+    }
+    let _ = histograms(snapshotter);
+    let mut end_to_end = Vec::with_capacity(commands);
+    for i in 0..commands {
+        let started = Instant::now();
+        let id = format!("agg-{}", i % 1000);
+        let outcome = gateway.send(Increment { id, by: 1 }).await.expect("send");
+        assert!(outcome.is_accepted());
+        end_to_end.push(started.elapsed().as_secs_f64());
+    }
+    let mut recorded = histograms(snapshotter);
+    processor.shutdown().await.expect("shutdown");
+    let mut take =
+        |name: &str| quantiles(recorded.get_mut(name).map_or(&mut [][..], |v| &mut v[..]));
+    let (e50, e99) = quantiles(&mut end_to_end);
+    let (d50, d99) = take(telemetry::DECIDE_BATCH_SECONDS);
+    let (c50, c99) = take(telemetry::TRANSACTION_COMMIT_SECONDS);
+    vec![
+        Row {
+            hop: "**framework: one command, end to end at the caller**",
+            p50: e50,
+            p99: e99,
+            moved_by: "the sum of the hops below",
+        },
+        Row {
+            hop: "processor: begin + decide + produce events and outcome (`decide_batch`)",
+            p50: d50,
+            p99: d99,
+            moved_by: "handler cost; the first produce of a transaction adds the partition to it (one round trip)",
+        },
+        Row {
+            hop: "processor: `commit_transaction`",
+            p50: c50,
+            p99: c99,
+            moved_by: "broker: transaction markers and the transaction log write; `linger.ms` of the transactional producer",
+        },
+    ]
+}
+
+fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> BaseProducer {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1");
+    for (k, v) in extra {
+        config.set(*k, *v);
+    }
+    config.create().expect("producer")
+}
+
+fn wait_delivered(producer: &BaseProducer) {
+    while producer.in_flight_count() > 0 {
+        producer.poll(Duration::from_millis(1));
+    }
+}
+
+/// A record produced and seen by an assigned consumer: `(produce → delivery report,
+/// produce → consumed)` per record.
+fn produce_and_fetch(bootstrap: &str, topic: &str, n: usize) -> (Vec<f64>, Vec<f64>) {
+    let producer = producer(bootstrap, &[]);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("{topic}.reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "5")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::End).unwrap();
+    consumer.assign(&tpl).unwrap();
+    // Let the consumer find the end of the partition before the first record.
+    for _ in 0..20 {
+        consumer.poll(Duration::from_millis(50));
+    }
+    let (mut delivered, mut consumed) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n + 10 {
+        let payload = i.to_string();
+        let started = Instant::now();
+        producer
+            .send(
+                BaseRecord::to(topic)
+                    .partition(0)
+                    .key("k")
+                    .payload(&payload),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+        let mut delivery = None;
+        loop {
+            if delivery.is_none() {
+                producer.poll(Duration::ZERO);
+                if producer.in_flight_count() == 0 {
+                    delivery = Some(started.elapsed());
+                }
+            }
+            match consumer.poll(Duration::from_micros(200)) {
+                Some(Ok(m)) if m.payload() == Some(payload.as_bytes()) => break,
+                Some(Ok(_)) | None => {}
+                Some(Err(e)) => panic!("{e}"),
+            }
+        }
+        let seen = started.elapsed();
+        wait_delivered(&producer);
+        let delivery = delivery.unwrap_or_else(|| started.elapsed());
+        if i >= 10 {
+            delivered.push(delivery.as_secs_f64());
+            consumed.push(seen.as_secs_f64());
+        }
+    }
+    (delivered, consumed)
+}
+
+/// A transaction like the processor's, `n` times: begin, an event and an outcome
+/// produced and delivered, the consumed command's offset sent, commit. Samples of
+/// each step and of the whole.
+fn transactions(bootstrap: &str, prefix: &str, n: usize) -> [Vec<f64>; 4] {
+    let (events, outcomes, commands) = (
+        format!("{prefix}.events"),
+        format!("{prefix}.outcomes"),
+        format!("{prefix}.commands"),
+    );
+    let txid = format!("{prefix}.tx");
+    let producer = producer(
+        bootstrap,
+        &[
+            ("transactional.id", txid.as_str()),
+            ("transaction.timeout.ms", "10000"),
+        ],
+    );
+    producer
+        .init_transactions(Duration::from_secs(30))
+        .expect("init transactions");
+    let group: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("{prefix}.group"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    group.subscribe(&[commands.as_str()]).unwrap();
+    let metadata = loop {
+        group.poll(Duration::from_millis(100));
+        if let Some(m) = group.group_metadata()
+            && !group.assignment().map(|a| a.count() == 0).unwrap_or(true)
+        {
+            break m;
+        }
+    };
+    let mut steps: [Vec<f64>; 4] = Default::default();
+    let timeout = Duration::from_secs(10);
+    for i in 0..n + 10 {
+        let payload = i.to_string();
+        let started = Instant::now();
+        producer.begin_transaction().unwrap();
+        for topic in [&events, &outcomes] {
+            producer
+                .send(
+                    BaseRecord::to(topic)
+                        .partition(0)
+                        .key("k")
+                        .payload(&payload),
+                )
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        wait_delivered(&producer);
+        let produced = started.elapsed();
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(&commands, 0, Offset::Offset(i as i64 + 1))
+            .unwrap();
+        producer
+            .send_offsets_to_transaction(&offsets, &metadata, timeout)
+            .unwrap();
+        let offsets_sent = started.elapsed();
+        producer.commit_transaction(timeout).unwrap();
+        let committed = started.elapsed();
+        if i >= 10 {
+            steps[0].push(produced.as_secs_f64());
+            steps[1].push((offsets_sent - produced).as_secs_f64());
+            steps[2].push((committed - offsets_sent).as_secs_f64());
+            steps[3].push(committed.as_secs_f64());
+        }
+    }
+    steps
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let commands = arg("--commands", 500);
+    let bootstrap = kafka_bootstrap();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder.install().expect("metrics recorder");
+    println!("# bench_budget");
+    println!("broker: {}", describe_broker(&bootstrap));
+    println!(
+        "command: cargo run --release -p tributary-integration-tests --example bench_budget -- --commands {commands}"
+    );
+    println!();
+
+    let mut rows = framework(&bootstrap, commands, &snapshotter).await;
+
+    let prefix = unique_prefix("bench-budget-raw");
+    for (topic, partitions) in [
+        ("records", 1),
+        ("events", 1),
+        ("outcomes", 1),
+        ("commands", 1),
+    ] {
+        create_topic(&bootstrap, &format!("{prefix}.{topic}"), partitions).await;
+    }
+    let (mut delivered, mut consumed, mut steps) = {
+        let (b, p) = (bootstrap.clone(), prefix.clone());
+        tokio::task::spawn_blocking(move || {
+            let (d, c) = produce_and_fetch(&b, &format!("{p}.records"), commands);
+            let steps = transactions(&b, &p, commands);
+            (d, c, steps)
+        })
+        .await
+        .unwrap()
+    };
+    let (d50, d99) = quantiles(&mut delivered);
+    let (f50, f99) = quantiles(&mut consumed);
+    let [produce, offsets, commit, whole] = &mut steps;
+    let (p50, p99) = quantiles(produce);
+    let (o50, o99) = quantiles(offsets);
+    let (c50, c99) = quantiles(commit);
+    let (t50, t99) = quantiles(whole);
+    rows.extend([
+        Row {
+            hop: "bare: produce → delivery report (`acks` all, idempotent)",
+            p50: d50,
+            p99: d99,
+            moved_by: "`linger.ms` (1); `acks`; the broker's request handling",
+        },
+        Row {
+            hop: "bare: produce → seen by an assigned consumer (the command's way in; the reply's way back)",
+            p50: f50,
+            p99: f99,
+            moved_by: "`linger.ms`; `fetch.wait.max.ms` (5) only when the fetch was parked before the record came",
+        },
+        Row {
+            hop: "bare transaction: begin + 2 records produced and delivered",
+            p50: p50,
+            p99: p99,
+            moved_by: "adding the partitions to the transaction (one round trip to the coordinator) + the produce",
+        },
+        Row {
+            hop: "bare transaction: `send_offsets_to_transaction`",
+            p50: o50,
+            p99: o99,
+            moved_by: "two round trips (transaction and group coordinators)",
+        },
+        Row {
+            hop: "bare transaction: `commit_transaction`",
+            p50: c50,
+            p99: c99,
+            moved_by: "the coordinator's prepare/complete writes and markers",
+        },
+        Row {
+            hop: "bare transaction, whole",
+            p50: t50,
+            p99: t99,
+            moved_by: "",
+        },
+        Row {
+            hop: "**floor: way in + transaction + way back (sum of the bare medians)**",
+            p50: f50 + t50 + f50,
+            p99: f64::NAN,
+            moved_by: "the broker and the machine",
+        },
+    ]);
+    print_rows(&rows);
+}
