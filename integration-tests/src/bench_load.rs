@@ -1,0 +1,293 @@
+//! Load generation for the benchmark examples, over any command sender: a closed
+//! loop (callers that each wait for an outcome before the next command) and an open
+//! loop (commands on a fixed schedule, latency from the scheduled time), and what
+//! they measured.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+/// The value after `name` on the command line, parsed; `default` when absent or
+/// unparsable.
+pub fn arg(name: &str, default: usize) -> usize {
+    arg_str(name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The value after `name` on the command line.
+pub fn arg_str(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+/// The comma-separated numbers after `name` on the command line; `default` when
+/// absent or empty.
+pub fn arg_list(name: &str, default: &[usize]) -> Vec<usize> {
+    arg_str(name)
+        .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| default.to_vec())
+}
+
+/// The machine, for benchmark output: cores and CPU model.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cores} cores, {cpu}")
+}
+
+/// What became of one command.
+#[derive(Debug)]
+pub enum Kind {
+    /// Accepted.
+    Accepted,
+    /// No outcome within the timeout.
+    Timeout,
+    /// Rejected or failed, with the reason.
+    Error(String),
+}
+
+/// One command's end: what became of it and how often the sender retried it.
+#[derive(Debug)]
+pub struct Sent {
+    /// What became of it.
+    pub kind: Kind,
+    /// Retries the sender made (optimistic-concurrency conflicts, say).
+    pub retries: u32,
+}
+
+/// A system under test: sends one command to an aggregate and waits at most
+/// `timeout` for its outcome.
+pub trait Sender: Clone + Send + Sync + 'static {
+    /// Sends one command to `aggregate_id`.
+    fn send(&self, aggregate_id: String, timeout: Duration) -> impl Future<Output = Sent> + Send;
+}
+
+/// The aggregate ids of `n` commands, `{tag}-agg-{k}` with `k` uniformly random below
+/// `aggregates` (SplitMix64 from `seed`): the same sequence for every system.
+pub fn plan(tag: &str, seed: u64, n: usize, aggregates: usize) -> Vec<String> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            format!("{tag}-agg-{}", z % aggregates.max(1) as u64)
+        })
+        .collect()
+}
+
+/// What a run measured.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Latencies of the accepted commands, sorted once the run is over.
+    pub ok: Vec<Duration>,
+    /// Commands without an outcome within the timeout.
+    pub timeouts: usize,
+    /// Commands rejected or failed.
+    pub errors: usize,
+    /// Open loop: commands not sent because too many were in flight.
+    pub dropped: usize,
+    /// Retries the sender made.
+    pub retries: u64,
+    /// The first error's reason.
+    pub first_error: Option<String>,
+    /// When the last accepted command ended.
+    pub last_ok: Option<Instant>,
+}
+
+impl Tally {
+    /// Counts one command: its end, how long it took and when it ended.
+    pub fn add(&mut self, sent: Sent, latency: Duration, done: Instant) {
+        self.retries += u64::from(sent.retries);
+        match sent.kind {
+            Kind::Accepted => {
+                self.ok.push(latency);
+                self.last_ok = self.last_ok.max(Some(done));
+            }
+            Kind::Timeout => self.timeouts += 1,
+            Kind::Error(e) => {
+                self.errors += 1;
+                if self.first_error.is_none() {
+                    self.first_error = Some(e);
+                }
+            }
+        }
+    }
+
+    /// Adds another tally's counts.
+    pub fn merge(&mut self, other: Tally) {
+        self.ok.extend(other.ok);
+        self.timeouts += other.timeouts;
+        self.errors += other.errors;
+        self.dropped += other.dropped;
+        self.retries += other.retries;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.last_ok = self.last_ok.max(other.last_ok);
+    }
+
+    /// Commands that were not accepted: timed out, failed or dropped.
+    pub fn failed(&self) -> usize {
+        self.timeouts + self.errors + self.dropped
+    }
+
+    /// Commands issued (or, open loop, due).
+    pub fn issued(&self) -> usize {
+        self.ok.len() + self.failed()
+    }
+
+    /// The `p` latency (nearest rank, as bench_commands' `percentile`) over every
+    /// command issued, a failed or dropped one counting as slower than any accepted
+    /// one: `None` when it falls on a failure.
+    pub fn latency(&self, p: f64) -> Option<Duration> {
+        let total = self.issued();
+        let i = ((total as f64 - 1.0) * p).round() as usize;
+        (total > 0 && i < self.ok.len()).then(|| self.ok[i])
+    }
+}
+
+/// Milliseconds with one decimal, or `failed` (see [`Tally::latency`]).
+pub fn ms(d: Option<Duration>) -> String {
+    d.map_or_else(
+        || "failed".into(),
+        |d| format!("{:.1}", d.as_secs_f64() * 1000.0),
+    )
+}
+
+/// Milliseconds, a latency that falls on a failure (`None`) being infinite.
+pub fn ms_or_inf(d: Option<Duration>) -> f64 {
+    d.map_or(f64::INFINITY, |d| d.as_secs_f64() * 1000.0)
+}
+
+/// `callers` tasks send the commands to `ids`, in order, each waiting for its
+/// outcome before it takes the next (closed loop). Returns the tally and the wall
+/// time.
+pub async fn closed_loop<T: Sender>(
+    target: &T,
+    ids: Arc<Vec<String>>,
+    callers: usize,
+    timeout: Duration,
+) -> (Tally, Duration) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let (target, ids, next) = (target.clone(), Arc::clone(&ids), Arc::clone(&next));
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                while let Some(id) = ids.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let t = Instant::now();
+                    let sent = target.send(id.clone(), timeout).await;
+                    tally.add(sent, t.elapsed(), Instant::now());
+                }
+                tally
+            })
+        })
+        .collect();
+    let mut tally = Tally::default();
+    for task in tasks {
+        tally.merge(task.await.expect("caller task"));
+    }
+    let elapsed = started.elapsed();
+    tally.ok.sort_unstable();
+    (tally, elapsed)
+}
+
+/// One step of an open loop.
+#[derive(Debug)]
+pub struct Step {
+    /// The offered rate, commands/s.
+    pub offered: usize,
+    /// Accepted commands/s: accepted commands over the time from the first due
+    /// time to the last accepted outcome (at least the step's length).
+    pub achieved: f64,
+    /// What it measured.
+    pub tally: Tally,
+}
+
+impl Step {
+    /// The p99 latency in ms, `None` when it falls on a failed or dropped command.
+    pub fn p99_ms(&self) -> Option<f64> {
+        self.tally.latency(0.99).map(|d| d.as_secs_f64() * 1000.0)
+    }
+}
+
+/// The best achieved throughput among the steps whose p99 (failures counted) is
+/// at most `bound_ms`.
+pub fn best_within(steps: &[Step], bound_ms: f64) -> Option<f64> {
+    steps
+        .iter()
+        .filter(|s| s.p99_ms().is_some_and(|p| p <= bound_ms))
+        .map(|s| s.achieved)
+        .reduce(f64::max)
+}
+
+/// One open-loop step: command `i` is due at `start + i / rate` and is sent then,
+/// whether or not earlier ones have ended. At most `max_in_flight` are in flight;
+/// one due beyond that is dropped and counted. Its latency runs from the time it was
+/// due, so a system that stalls is charged for the commands it held up (no
+/// coordinated omission).
+pub async fn open_loop<T: Sender>(
+    target: &T,
+    ids: Vec<String>,
+    rate: usize,
+    max_in_flight: usize,
+    timeout: Duration,
+) -> Step {
+    let rate = rate.max(1);
+    let permits = Arc::new(Semaphore::new(max_in_flight));
+    let issued = ids.len();
+    let mut tally = Tally::default();
+    let mut tasks = Vec::with_capacity(issued);
+    let start = Instant::now() + Duration::from_millis(20);
+    for (i, id) in ids.into_iter().enumerate() {
+        let due = start + Duration::from_nanos((i as u64 * 1_000_000_000) / rate as u64);
+        if due > Instant::now() {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            tally.dropped += 1;
+            continue;
+        };
+        let target = target.clone();
+        tasks.push(tokio::spawn(async move {
+            let sent = target.send(id, timeout).await;
+            drop(permit);
+            let done = Instant::now();
+            (sent, done.saturating_duration_since(due), done)
+        }));
+    }
+    for task in tasks {
+        let (sent, latency, done) = task.await.expect("command task");
+        tally.add(sent, latency, done);
+    }
+    tally.ok.sort_unstable();
+    let window = Duration::from_secs_f64(issued as f64 / rate as f64);
+    let elapsed = tally
+        .last_ok
+        .map_or(window, |t| t.saturating_duration_since(start).max(window));
+    Step {
+        offered: rate,
+        achieved: tally.ok.len() as f64 / elapsed.as_secs_f64().max(1e-9),
+        tally,
+    }
+}
