@@ -361,8 +361,8 @@ async fn main() {
         },
         Row {
             hop: "bare transaction: begin + 2 records produced and delivered",
-            p50: p50,
-            p99: p99,
+            p50,
+            p99,
             moved_by: "adding the partitions to the transaction (one round trip to the coordinator) + the produce",
         },
         Row {

@@ -4,6 +4,8 @@
 //! command, and restores a partition with more rows than its share lazily. Nothing
 //! of any aggregate is lost: every state and every sequence stays exact.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
