@@ -196,19 +196,16 @@ impl<A: Aggregate> Core<A> {
                 self.after_commit(partition);
                 Ok(())
             }
-            Err(TxFailure::Load) => {
-                // Nothing was begun or changed: keep the partition, consume the
-                // batch again.
-                Err(BatchFailure::Retry)
-            }
             Err(failure) => {
                 let failure = match failure {
+                    // Nothing was begun or changed: keep the partition, consume the
+                    // batch again.
+                    TxFailure::Load => return Err(BatchFailure::Retry),
                     TxFailure::HandlerPanicked => {
                         abort(part, &shared.stats);
                         BatchFailure::Retry
                     }
                     TxFailure::Kafka(error) => refused(&error, partition, part, &shared.stats),
-                    TxFailure::Load => BatchFailure::Retry,
                 };
                 // The in-memory state saw the events of the failed transaction: drop
                 // it. The partition is restored when its commands are consumed again,

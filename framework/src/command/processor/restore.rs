@@ -13,11 +13,11 @@ use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, info_span, warn};
 
-use crate::Aggregate;
 use crate::command::dedup::{Seen, SeenWindow};
 use crate::command::snapshot::{self, SnapshotRow};
 use crate::command::wire::{self};
 use crate::kafka::record_ref;
+use crate::{Aggregate, EventEnvelope};
 
 use super::cache::{self, Recency};
 use super::contexts::{DeliveryContext, RestoreContext};
@@ -175,6 +175,35 @@ impl<A: Aggregate> Restorer<A> {
         })
     }
 
+    /// The low and high watermarks of `partition` of the events topic.
+    fn events_watermarks(&self, partition: i32) -> Result<(i64, i64), ProcessorError> {
+        let marks = crate::kafka::watermarks_within(
+            &self.watermark_consumer,
+            &self.shared.layout.events,
+            partition,
+            Duration::from_secs(30),
+        )
+        .map_err(op("fetch events watermarks"))?;
+        Ok(marks)
+    }
+
+    /// An event record of `partition`, decoded; one that does not decode makes the
+    /// partition unreadable.
+    fn decode_event(
+        &self,
+        partition: i32,
+        message: &rdkafka::message::BorrowedMessage<'_>,
+    ) -> Result<EventEnvelope<A::Event>, ProcessorError> {
+        self.shared
+            .codec
+            .decode(&record_ref(message))
+            .map_err(|e| ProcessorError::Unreadable {
+                partition,
+                offset: message.offset(),
+                reason: e.to_string(),
+            })
+    }
+
     /// The share of `max_cached_aggregates` a partition restored now may hold: the
     /// limit divided among the partitions owned and this one.
     fn cache_share(&self) -> usize {
@@ -239,25 +268,13 @@ impl<A: Aggregate> Restorer<A> {
             }
         }
         let topic = shared.layout.events.clone();
-        let (low, high) = crate::kafka::watermarks_within(
-            &self.watermark_consumer,
-            &topic,
-            partition,
-            Duration::from_secs(30),
-        )
-        .map_err(op("fetch events watermarks"))?;
+        let (low, high) = self.events_watermarks(partition)?;
         let start = start.max(low);
         let mut read = 0u64;
         let mut replay = Replay::new(aggregates);
         self.read_range(&topic, partition, start, high, |message| {
             read += 1;
-            let envelope = shared.codec.decode(&record_ref(message)).map_err(|e| {
-                ProcessorError::Unreadable {
-                    partition,
-                    offset: message.offset(),
-                    reason: e.to_string(),
-                }
-            })?;
+            let envelope = self.decode_event(partition, message)?;
             replay.event(
                 message.offset(),
                 envelope.aggregate_id.into_string(),
@@ -316,25 +333,13 @@ impl<A: Aggregate> Restorer<A> {
             return Ok(None);
         };
         let topic = shared.layout.events.clone();
-        let (low, high) = crate::kafka::watermarks_within(
-            &self.watermark_consumer,
-            &topic,
-            partition,
-            Duration::from_secs(30),
-        )
-        .map_err(op("fetch events watermarks"))?;
+        let (low, high) = self.events_watermarks(partition)?;
         let start = watermark.map_or(low, |w| (w + 1).max(low));
         let mut tail = Vec::new();
         let mut read = 0u64;
         self.read_range(&topic, partition, start, high, |message| {
             read += 1;
-            let envelope = shared.codec.decode(&record_ref(message)).map_err(|e| {
-                ProcessorError::Unreadable {
-                    partition,
-                    offset: message.offset(),
-                    reason: e.to_string(),
-                }
-            })?;
+            let envelope = self.decode_event(partition, message)?;
             tail.push((
                 message.offset(),
                 envelope.aggregate_id.into_string(),
