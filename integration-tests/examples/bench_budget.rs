@@ -32,17 +32,9 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tributary::command::{CommandGateway, CommandProcessor, ProcessorSettings, TopicSettings};
 use tributary::{KafkaConfig, telemetry};
+use tributary_integration_tests::bench_load::arg;
 use tributary_integration_tests::command_support::{Counter, Increment};
 use tributary_integration_tests::{create_topic, describe_broker, kafka_bootstrap, unique_prefix};
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// p50 and p99 of samples in seconds, in milliseconds.
 fn quantiles(samples: &mut [f64]) -> (f64, f64) {
@@ -167,6 +159,14 @@ fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> BaseProducer {
     config.create().expect("producer")
 }
 
+/// Produces `payload` to partition 0 of `topic`.
+fn send(producer: &BaseProducer, topic: &str, payload: &str) {
+    producer
+        .send(BaseRecord::to(topic).partition(0).key("k").payload(payload))
+        .map_err(|(e, _)| e)
+        .unwrap();
+}
+
 fn wait_delivered(producer: &BaseProducer) {
     while producer.in_flight_count() > 0 {
         producer.poll(Duration::from_millis(1));
@@ -196,15 +196,7 @@ fn produce_and_fetch(bootstrap: &str, topic: &str, n: usize) -> (Vec<f64>, Vec<f
     for i in 0..n + 10 {
         let payload = i.to_string();
         let started = Instant::now();
-        producer
-            .send(
-                BaseRecord::to(topic)
-                    .partition(0)
-                    .key("k")
-                    .payload(&payload),
-            )
-            .map_err(|(e, _)| e)
-            .unwrap();
+        send(&producer, topic, &payload);
         let mut delivery = None;
         loop {
             if delivery.is_none() {
@@ -272,15 +264,7 @@ fn transactions(bootstrap: &str, prefix: &str, n: usize) -> [Vec<f64>; 4] {
         let started = Instant::now();
         producer.begin_transaction().unwrap();
         for topic in [&events, &outcomes] {
-            producer
-                .send(
-                    BaseRecord::to(topic)
-                        .partition(0)
-                        .key("k")
-                        .payload(&payload),
-                )
-                .map_err(|(e, _)| e)
-                .unwrap();
+            send(&producer, topic, &payload);
         }
         wait_delivered(&producer);
         let produced = started.elapsed();

@@ -18,6 +18,7 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use tributary::command::{CommandGateway, ProcessorSettings, TopicSettings};
 use tributary::{EventEnvelope, KafkaConfig};
+use tributary_integration_tests::bench_load::{arg, machine};
 use tributary_integration_tests::command_support::{Counter, CounterEvent, Increment};
 use tributary_integration_tests::projection_support::EventsTopic;
 use tributary_integration_tests::{create_topic, kafka_bootstrap, unique_prefix};
@@ -25,33 +26,9 @@ use tributary_integration_tests::{create_topic, kafka_bootstrap, unique_prefix};
 const AGGREGATES: usize = 1000;
 const PARTITIONS: i32 = 4;
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    format!("{cores} cores, {cpu}")
 }
 
 struct Run {
