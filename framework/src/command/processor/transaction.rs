@@ -235,7 +235,6 @@ pub(super) fn handle_one<A: Aggregate>(
         return Ok(None);
     }
     ProcessorStats::add(&shared.stats.commands, 1);
-    part.recency.touch(command.aggregate_id);
 
     let earlier = match prior(&part.seen, batch_seen, command.command_id) {
         Some(Prior::Reply(reply)) => Some(reply),
@@ -276,6 +275,11 @@ pub(super) fn handle_one<A: Aggregate>(
         }
         Decision::Accepted(accepted) => write_events(shared, partition, part, &command, accepted)?,
     };
+    // Only aggregates in memory: a refused command for an aggregate that does not
+    // exist must not leave its id behind.
+    if part.aggregates.contains_key(command.aggregate_id) {
+        part.recency.touch(command.aggregate_id);
+    }
     Span::current().record(
         "outcome",
         match &outcome {
