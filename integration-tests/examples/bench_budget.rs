@@ -16,8 +16,15 @@
 //! The sum of the bare hops is the floor of one command with a Kafka transaction
 //! per command on this broker; the framework's median is compared with it.
 //!
+//! 3. The broker's transaction capacity: the same bare transactions, back to back,
+//!    by 1, 2 and 4 producers at once (`--parallel`), each on partitions of its
+//!    own, as a processor's partitions run theirs: transactions per second in all
+//!    and the latency of one. Under load a processor commits one transaction per
+//!    owned partition per batch, so this bounds how often each partition can
+//!    commit, and so the batching delay a command sees.
+//!
 //! ```text
-//! cargo run --release -p tributary-integration-tests --example bench_budget -- [--commands N]
+//! cargo run --release -p tributary-integration-tests --example bench_budget -- [--commands N] [--parallel 1,2,4]
 //! ```
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
@@ -32,7 +39,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tributary::command::{CommandGateway, CommandProcessor, ProcessorSettings, TopicSettings};
 use tributary::{KafkaConfig, telemetry};
-use tributary_integration_tests::bench_load::arg;
+use tributary_integration_tests::bench_load::{arg, arg_list};
 use tributary_integration_tests::command_support::{Counter, Increment};
 use tributary_integration_tests::{create_topic, describe_broker, kafka_bootstrap, unique_prefix};
 
@@ -375,4 +382,47 @@ async fn main() {
         },
     ]);
     print_rows(&rows);
+    capacity(&bootstrap, commands).await;
+}
+
+/// Section 3: `p` bare transaction loops at once, each with its own topics, for
+/// each `p` of `--parallel`.
+async fn capacity(bootstrap: &str, commands: usize) {
+    println!();
+    println!(
+        "| transactional producers at once | transactions/s in all | one transaction p50 / p99 ms |"
+    );
+    println!("|---:|---:|---:|");
+    for parallel in arg_list("--parallel", &[1, 2, 4]) {
+        let mut prefixes = Vec::with_capacity(parallel);
+        for _ in 0..parallel {
+            let prefix = unique_prefix("bench-budget-cap");
+            for topic in ["events", "outcomes", "commands"] {
+                create_topic(bootstrap, &format!("{prefix}.{topic}"), 1).await;
+            }
+            prefixes.push(prefix);
+        }
+        let started = Instant::now();
+        let loops: Vec<_> = prefixes
+            .into_iter()
+            .map(|prefix| {
+                let b = bootstrap.to_owned();
+                tokio::task::spawn_blocking(move || transactions(&b, &prefix, commands))
+            })
+            .collect();
+        let mut whole = Vec::new();
+        for l in loops {
+            let [_, _, _, w] = l.await.unwrap();
+            whole.extend(w);
+        }
+        // A loop's set-up (init_transactions, the group join) is no transaction
+        // time: the window is the mean time the loops spent in transactions.
+        let wall = started.elapsed().as_secs_f64();
+        let busy = whole.iter().sum::<f64>() / parallel as f64;
+        let (p50, p99) = quantiles(&mut whole);
+        println!(
+            "| {parallel} | {:.0} | {p50:.2} / {p99:.2} |",
+            whole.len() as f64 / busy.min(wall)
+        );
+    }
 }

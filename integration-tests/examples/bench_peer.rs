@@ -39,12 +39,12 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tributary::KafkaConfig;
-use tributary::command::{CommandGateway, GatewayError, ProcessorHandle, SendOptions};
+use tributary::command::{CommandGateway, ProcessorHandle};
 use tributary_integration_tests::bench_load::{
-    Kind, Sender, Sent, Step, Tally, arg, arg_list, arg_str, best_within, closed_loop, machine, ms,
-    ms_or_inf, open_loop, plan,
+    CounterGateway, Kind, Sender, Sent, Step, Tally, arg, arg_list, arg_str, best_within,
+    closed_loop, machine, ms, ms_or_inf, open_loop, plan,
 };
-use tributary_integration_tests::command_support::{CounterError, Increment, counter_processor};
+use tributary_integration_tests::command_support::{CounterError, counter_processor};
 use tributary_integration_tests::{
     HOW_TO_START, database_url, describe_broker, kafka_bootstrap, unique_prefix,
 };
@@ -156,7 +156,7 @@ impl System {
 
 #[derive(Clone)]
 enum Target {
-    Tributary(CommandGateway),
+    Tributary(CounterGateway),
     CqrsEs(Arc<PostgresCqrs<PeerCounter>>),
 }
 
@@ -167,20 +167,7 @@ impl Sender for Target {
     async fn send(&self, id: String, timeout: Duration) -> Sent {
         let deadline = tokio::time::Instant::now() + timeout;
         match self {
-            Target::Tributary(gateway) => {
-                let options = SendOptions {
-                    timeout: Some(timeout),
-                    ..Default::default()
-                };
-                let sent = gateway.send_with(Increment { id, by: 1 }, options);
-                let kind = match tokio::time::timeout_at(deadline, sent).await {
-                    Err(_) | Ok(Err(GatewayError::Timeout { .. })) => Kind::Timeout,
-                    Ok(Ok(outcome)) if outcome.is_accepted() => Kind::Accepted,
-                    Ok(Ok(outcome)) => Kind::Error(format!("{outcome:?}")),
-                    Ok(Err(e)) => Kind::Error(e.to_string()),
-                };
-                Sent { kind, retries: 0 }
-            }
+            Target::Tributary(gateway) => gateway.send(id, timeout).await,
             Target::CqrsEs(cqrs) => {
                 let mut retries = 0;
                 let kind = loop {
@@ -231,7 +218,7 @@ async fn tributary_up(s: &Settings, tag: &str) -> (ProcessorHandle, Target) {
     )
     .await
     .expect("gateway");
-    let target = Target::Tributary(gateway);
+    let target = Target::Tributary(CounterGateway(gateway));
     warm_up(&target, tag).await;
     (processor, target)
 }

@@ -291,3 +291,59 @@ pub async fn open_loop<T: Sender>(
         tally,
     }
 }
+
+/// Tributary as a [`Sender`]: `Increment { by: 1 }` to the counter through a
+/// [`CommandGateway`](tributary::command::CommandGateway), waiting at most the
+/// timeout for the outcome.
+#[derive(Clone, Debug)]
+pub struct CounterGateway(pub tributary::command::CommandGateway);
+
+impl Sender for CounterGateway {
+    async fn send(&self, id: String, timeout: Duration) -> Sent {
+        use tributary::command::{GatewayError, SendOptions};
+        let options = SendOptions {
+            timeout: Some(timeout),
+            ..Default::default()
+        };
+        let sent = self
+            .0
+            .send_with(crate::command_support::Increment { id, by: 1 }, options);
+        let kind = match tokio::time::timeout(timeout, sent).await {
+            Err(_) | Ok(Err(GatewayError::Timeout { .. })) => Kind::Timeout,
+            Ok(Ok(outcome)) if outcome.is_accepted() => Kind::Accepted,
+            Ok(Ok(outcome)) => Kind::Error(format!("{outcome:?}")),
+            Ok(Err(e)) => Kind::Error(e.to_string()),
+        };
+        Sent { kind, retries: 0 }
+    }
+}
+
+/// The path of the `counter_node` program built next to the running benchmark
+/// `example` (`target/release/counter_node` beside `target/release/examples/`).
+/// Panics with the build command when it is missing.
+pub fn counter_node_path(example: &str) -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("counter_node")))
+        .filter(|p| p.exists())
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| {
+            panic!(
+                "counter_node is not built next to this program: cargo build --release \
+                 -p tributary-integration-tests --example {example} --bin counter_node"
+            )
+        })
+}
+
+/// Starts a `counter_node` (see [`counter_node_path`]) for `prefix` with
+/// `partitions` partitions and the environment `env`.
+pub fn start_counter_node(
+    program: &str,
+    bootstrap: &str,
+    prefix: &str,
+    partitions: u32,
+    env: &[(String, String)],
+) -> crate::node::Node {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    crate::node::Node::counter(program, bootstrap, prefix, partitions, &env)
+}

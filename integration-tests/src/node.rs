@@ -121,6 +121,16 @@ impl Node {
         }
     }
 
+    /// The lines printed since the last call (or since the lines last awaited),
+    /// without waiting.
+    pub fn printed(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Ok(line) = self.lines.try_recv() {
+            lines.push(line);
+        }
+        lines
+    }
+
     /// How the process ended, or `None` while it runs (does not wait).
     pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()

@@ -11,7 +11,11 @@
 //! - `TRIBUTARY_TRANSACTION_TIMEOUT_MS`: the processor's transaction timeout;
 //! - `TRIBUTARY_SNAPSHOT_SCHEMA`: snapshots in this Postgres schema (at
 //!   `DATABASE_URL`), with `TRIBUTARY_FLUSH_EVERY` and `TRIBUTARY_MAX_CACHED`
-//!   (`flush_every`, `max_cached_aggregates`) when given.
+//!   (`flush_every`, `max_cached_aggregates`) when given;
+//! - `TRIBUTARY_DEDUP_WINDOW_SECS`: the processor's dedup window;
+//! - `TRIBUTARY_PRINT_STATS`: print a line
+//!   `stats <cached aggregates> <loaded> <evicted> <restores> <restore ms>` every second
+//!   (for the benchmarks).
 //!
 //! Prints `fenced` once a commit of it was refused because another owner fenced it.
 
@@ -45,6 +49,9 @@ async fn main() {
     if let Some(n) = number("TRIBUTARY_FLUSH_EVERY") {
         settings.flush_every = n;
     }
+    if let Some(n) = number("TRIBUTARY_DEDUP_WINDOW_SECS") {
+        settings.dedup_window = Duration::from_secs(n);
+    }
     if let Some(n) = number("TRIBUTARY_MAX_CACHED") {
         settings.max_cached_aggregates = usize::try_from(n).expect("a count");
     }
@@ -77,9 +84,23 @@ async fn main() {
     }
     let processor = processor.start().await.expect("processor starts");
     let mut reported = false;
+    let print_stats = std::env::var_os("TRIBUTARY_PRINT_STATS").is_some();
     // Run until killed, or until the processor stops by itself.
-    loop {
+    for tick in 1_u64.. {
         tokio::time::sleep(Duration::from_millis(100)).await;
+        if print_stats && tick % 10 == 0 {
+            let stats = processor.stats();
+            let c = stats.counters();
+            println!(
+                "stats {} {} {} {} {}",
+                stats.cached_aggregates(),
+                c.aggregates_loaded,
+                c.aggregates_evicted,
+                c.restores,
+                c.restore_millis
+            );
+            let _ = std::io::stdout().flush();
+        }
         if !reported && processor.stats().counters().fenced > 0 {
             reported = true;
             println!("fenced");
