@@ -118,6 +118,67 @@ async fn a_crash_inside_a_transaction_is_rolled_back_by_the_next_owner() {
     projection.shutdown().await.expect("projection");
 }
 
+/// The same crash inside the partition's *second* transaction, which its second
+/// transactional producer (`….alt`) runs: the processor's producers take the
+/// partition's transactions in turn. The next owner must initialise that id too,
+/// or the open transaction would hold every read_committed reader of the partition
+/// back until its timeout (60 s here), and the callers' events with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crash_inside_the_second_producers_transaction_is_rolled_back_by_the_next_owner() {
+    let bootstrap = kafka_bootstrap();
+    let prefix = unique_prefix("txn-crash-alt");
+    let release = std::env::temp_dir().join(format!("{prefix}.release"));
+    let mut crashed = Node::counter(
+        NODE,
+        &bootstrap,
+        &prefix,
+        1,
+        &[
+            ("TRIBUTARY_PAUSE_FILE", release.to_str().unwrap()),
+            ("TRIBUTARY_PAUSE_AT", "before_commit"),
+            ("TRIBUTARY_PAUSE_BATCH", "2"),
+            // One command per batch: the first commits, the second stays open.
+            ("TRIBUTARY_MAX_BATCH", "1"),
+            ("TRIBUTARY_TRANSACTION_TIMEOUT_MS", "60000"),
+        ],
+    );
+    let gateway = gateway(&bootstrap, &prefix).await;
+    let sends = send_commands(&gateway);
+    crashed.expect_line("paused", Duration::from_secs(90)).await;
+    let topic = events_topic(&prefix);
+    let (_, lso) = raw_log::end_offsets(&bootstrap, &topic, 0, Isolation::Committed);
+    let (_, high) = raw_log::end_offsets(&bootstrap, &topic, 0, Isolation::Uncommitted);
+    assert!(
+        lso > 0 && lso < high,
+        "expected a committed first batch and an open second one (LSO {lso}, high {high})"
+    );
+    crashed.kill();
+    let killed = Instant::now();
+
+    let owner = counter_processor(&bootstrap, &prefix, 1)
+        .start()
+        .await
+        .expect("processor");
+    let accepted = sends.await.expect("callers");
+    loop {
+        let (_, lso) = raw_log::end_offsets(&bootstrap, &topic, 0, Isolation::Committed);
+        let (_, high) = raw_log::end_offsets(&bootstrap, &topic, 0, Isolation::Uncommitted);
+        if lso == high {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "the crashed second transaction still holds readers back {:?} after the crash \
+             (LSO {lso}, high {high}): the new owner did not initialise its transactional id",
+            killed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_log(&bootstrap, &prefix, &accepted, None).await;
+    assert_state(&gateway).await;
+    owner.shutdown().await.expect("shutdown");
+}
+
 /// SIGKILL inside a transaction, and no other owner for a while: the broker aborts
 /// the transaction when its timeout (8 s here) runs out, so read_committed readers
 /// of the partition are held back only that long. The next owner then handles the

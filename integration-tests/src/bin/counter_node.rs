@@ -6,8 +6,9 @@
 //! - `TRIBUTARY_PAUSE_FILE`: at the first batch's fault point `TRIBUTARY_PAUSE_AT`
 //!   (`before_transaction`, the default; `before_offsets`: events produced and in the
 //!   log, transaction open; `before_commit`; `after_commit`: committed, replies
-//!   not sent), the node prints `paused` and waits until
-//!   that file exists;
+//!   not sent) of batch `TRIBUTARY_PAUSE_BATCH` (default 1), the node prints
+//!   `paused` and waits until that file exists;
+//! - `TRIBUTARY_MAX_BATCH`: most commands per batch;
 //! - `TRIBUTARY_TRANSACTION_TIMEOUT_MS`: the processor's transaction timeout;
 //! - `TRIBUTARY_SNAPSHOT_SCHEMA`: snapshots in this Postgres schema (at
 //!   `DATABASE_URL`), with `TRIBUTARY_FLUSH_EVERY` and `TRIBUTARY_MAX_CACHED`
@@ -22,7 +23,7 @@
 #![allow(clippy::expect_used, clippy::print_stdout, clippy::print_stderr)]
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tributary::command::{FaultPoint, ProcessorSettings};
@@ -49,6 +50,9 @@ async fn main() {
     if let Some(n) = number("TRIBUTARY_FLUSH_EVERY") {
         settings.flush_every = n;
     }
+    if let Some(n) = number("TRIBUTARY_MAX_BATCH") {
+        settings.max_batch = usize::try_from(n).expect("a count");
+    }
     if let Some(n) = number("TRIBUTARY_DEDUP_WINDOW_SECS") {
         settings.dedup_window = Duration::from_secs(n);
     }
@@ -71,9 +75,10 @@ async fn main() {
             Ok("after_commit") => FaultPoint::AfterCommit,
             Ok(other) => panic!("unknown TRIBUTARY_PAUSE_AT {other}"),
         };
-        let paused = AtomicBool::new(false);
+        let batch = number("TRIBUTARY_PAUSE_BATCH").unwrap_or(1);
+        let seen = AtomicU64::new(0);
         processor = processor.fault_hook(move |point, _partition| {
-            if point == at && !paused.swap(true, Ordering::SeqCst) {
+            if point == at && seen.fetch_add(1, Ordering::SeqCst) + 1 == batch {
                 println!("paused");
                 let _ = std::io::stdout().flush();
                 while !std::path::Path::new(&file).exists() {

@@ -263,7 +263,7 @@ fn refused<A: Aggregate>(
 /// Aborts the open transaction of `part` (bounded by [`ABORT_TIMEOUT`]) and counts it.
 fn abort<A: Aggregate>(part: &PartitionState<A>, stats: &ProcessorStats) {
     let step = Instant::now();
-    let _ = part.producer.abort_transaction(ABORT_TIMEOUT);
+    let _ = part.producers.current().abort_transaction(ABORT_TIMEOUT);
     slow("abort", step);
     ProcessorStats::add(&stats.aborted, 1);
 }

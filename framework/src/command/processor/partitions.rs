@@ -18,9 +18,9 @@ use crate::command::wire::{self, OutcomeWire, ReplyWire};
 use crate::kafka::record_ref;
 
 use super::cache::Recency;
-use super::contexts::{DeliveryContext, ReplyContext};
+use super::contexts::ReplyContext;
 use super::error::ProcessorError;
-use super::producer::{new_reply_producer, send};
+use super::producer::{TxProducers, new_reply_producer, send};
 use super::restore::Restorer;
 use super::stats::ProcessorStats;
 use super::{Shared, lock};
@@ -52,9 +52,9 @@ impl<A: Default> Default for Slot<A> {
     }
 }
 
-/// An owned partition: its producer, aggregates and seen command ids.
+/// An owned partition: its producers, aggregates and seen command ids.
 pub(super) struct PartitionState<A> {
-    pub(super) producer: BaseProducer<DeliveryContext>,
+    pub(super) producers: TxProducers,
     pub(super) aggregates: HashMap<String, Slot<A>>,
     pub(super) seen: SeenWindow,
     pub(super) events_since_flush: u64,

@@ -1,6 +1,7 @@
 //! Producing records: the one send-with-retry, delivery draining, forwarding a
 //! misrouted command, and the record size check.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaResult;
@@ -13,6 +14,77 @@ use crate::config::KafkaConfig;
 use super::Shared;
 use super::contexts::{DeliveryContext, ReplyContext};
 use super::partitions::PartitionState;
+
+/// A partition's two transactional producers, `{group}.{p}` and `{group}.{p}.alt`,
+/// which take the partition's transactions in turn.
+///
+/// Kafka's transaction coordinator writes a transaction's commit markers after
+/// `commit_transaction` has returned. The next transaction of the same
+/// transactional id that adds a partition before they are written is refused with
+/// `CONCURRENT_TRANSACTIONS`, and librdkafka retries 20 ms later (a fixed delay).
+/// A busy partition begins its next batch right after the commit, so one id alone
+/// would pay those 20 ms on a large share of its batches. In turn, each id's
+/// previous transaction ended a whole batch earlier.
+///
+/// Order is kept: a batch begins only once the previous one has committed, so its
+/// records follow the previous batch's in the log. Fencing is kept: a new owner
+/// initialises both ids before it reads the partition (see `restore`), which
+/// fences both of the previous owner's producers and aborts what either left open.
+pub(super) struct TxProducers {
+    pair: [BaseProducer<DeliveryContext>; 2],
+    turn: usize,
+}
+
+impl TxProducers {
+    /// The transactional ids of `partition`'s producers in the consumer group `group`.
+    pub(super) fn ids(group: &str, partition: i32) -> [String; 2] {
+        [
+            format!("{group}.{partition}"),
+            format!("{group}.{partition}.alt"),
+        ]
+    }
+
+    /// The pair, the first one taking the next transaction.
+    pub(super) fn new(pair: [BaseProducer<DeliveryContext>; 2]) -> Self {
+        Self { pair, turn: 0 }
+    }
+
+    /// Both producers (to initialise them).
+    pub(super) fn both(&self) -> &[BaseProducer<DeliveryContext>; 2] {
+        &self.pair
+    }
+
+    /// The producer of the open (or next) transaction.
+    pub(super) fn current(&self) -> &BaseProducer<DeliveryContext> {
+        &self.pair[self.turn]
+    }
+
+    /// The current transaction committed: the other producer takes the next one.
+    /// After a failure the turn stays: the failed producer aborts its transaction.
+    pub(super) fn committed(&mut self) {
+        self.turn = 1 - self.turn;
+    }
+
+    /// The highest offset either producer wrote to the events partition: every
+    /// committed event of the partition's owner is at or before it.
+    pub(super) fn max_offset(&self) -> i64 {
+        self.pair
+            .iter()
+            .map(|p| p.context().max_offset.load(Ordering::SeqCst))
+            .max()
+            .unwrap_or(-1)
+    }
+
+    /// Starts the events offset bound at `offset` (after a restore).
+    pub(super) fn set_max_offset(&self, offset: i64) {
+        for producer in &self.pair {
+            producer
+                .context()
+                .max_offset
+                .store(offset, Ordering::SeqCst);
+        }
+    }
+}
 
 /// The idempotent, non-transactional producer of replies.
 pub(super) fn new_reply_producer(kafka: &KafkaConfig) -> KafkaResult<BaseProducer<ReplyContext>> {
@@ -42,7 +114,7 @@ pub(super) fn forward<A: Aggregate>(
         .key(aggregate_id.as_bytes())
         .payload(message.payload().unwrap_or_default())
         .headers(headers);
-    crate::kafka::send_retrying(&part.producer, record)
+    crate::kafka::send_retrying(part.producers.current(), record)
 }
 
 /// Serves delivery reports until nothing is in flight. rdkafka's own flush (which

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, info_span, warn};
 
@@ -23,6 +23,7 @@ use super::cache::{self, Recency};
 use super::contexts::{DeliveryContext, RestoreContext};
 use super::error::ProcessorError;
 use super::partitions::{PartitionState, Slot};
+use super::producer::TxProducers;
 use super::replay::Replay;
 use super::stats::ProcessorStats;
 use super::{Shared, lock, slow};
@@ -89,24 +90,26 @@ impl<A: Aggregate> Restorer<A> {
         let started = Instant::now();
         let shared = Arc::clone(&self.shared);
         let settings = &shared.settings;
-        let producer: BaseProducer<DeliveryContext> = clients::transactional_producer(
-            &shared.kafka,
-            format!("{}.{partition}", shared.group),
-            settings.transaction_timeout,
-        )
-        .create_with_context(DeliveryContext {
-            events_topic: shared.layout.events.clone(),
-            max_offset: AtomicI64::new(-1),
-            failed: AtomicBool::new(false),
-        })
-        .map_err(op("create transactional producer"))?;
-        // Fences the previous owner and completes or aborts its open transaction;
-        // not if the partition was revoked meanwhile (it would fence the new owner).
-        self.check_cancelled(partition)?;
+        let [first, second] = TxProducers::ids(&shared.group, partition).map(|id| {
+            clients::transactional_producer(&shared.kafka, id, settings.transaction_timeout)
+                .create_with_context(DeliveryContext {
+                    events_topic: shared.layout.events.clone(),
+                    max_offset: AtomicI64::new(-1),
+                    failed: AtomicBool::new(false),
+                })
+                .map_err(op("create transactional producer"))
+        });
+        let producers = TxProducers::new([first?, second?]);
+        // Fences the previous owner (both of its ids) and completes or aborts what
+        // it left open, before anything of the partition is read; not if the
+        // partition was revoked meanwhile (it would fence the new owner).
         let step = Instant::now();
-        producer
-            .init_transactions(settings.transaction_timeout)
-            .map_err(op("init transactions"))?;
+        for producer in producers.both() {
+            self.check_cancelled(partition)?;
+            producer
+                .init_transactions(settings.transaction_timeout)
+                .map_err(op("init transactions"))?;
+        }
         slow("init transactions", step);
         let fenced_ms = step.elapsed().as_millis() as u64;
 
@@ -128,10 +131,7 @@ impl<A: Aggregate> Restorer<A> {
             .max()
             .unwrap_or(-1)
             .max(covered);
-        producer
-            .context()
-            .max_offset
-            .store(max_offset, Ordering::SeqCst);
+        producers.set_max_offset(max_offset);
         info!(
             aggregates = aggregates.len(),
             lazily = !complete,
@@ -164,7 +164,7 @@ impl<A: Aggregate> Restorer<A> {
                 .filter(|(_, s)| s.version > s.confirmed_version)
                 .map(|(id, _)| id.clone())
                 .collect(),
-            producer,
+            producers,
             aggregates,
             seen,
             events_since_flush: 0,

@@ -5,7 +5,6 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rdkafka::producer::Producer;
 use tracing::warn;
 
 use crate::Aggregate;
@@ -46,7 +45,7 @@ impl<A: Aggregate> Core<A> {
         let Some(part) = self.partitions.get_mut(&partition) else {
             return;
         };
-        let watermark = part.producer.context().max_offset.load(Ordering::SeqCst);
+        let watermark = part.producers.max_offset();
         let mut rows = Vec::new();
         for id in &part.dirty {
             let Some(slot) = part.aggregates.get(id) else {
@@ -169,7 +168,7 @@ impl<A: Aggregate> Core<A> {
             return;
         };
         // Every event of this transaction is at or before the highest delivered offset.
-        let bound = part.producer.context().max_offset.load(Ordering::SeqCst);
+        let bound = part.producers.max_offset();
         let touched: Vec<String> = part.touched.drain().collect();
         for id in &touched {
             if let Some(slot) = part.aggregates.get_mut(id) {

@@ -65,8 +65,9 @@ pub(super) fn transact<A: Aggregate>(
     }
     part.replies.clear();
     let step = Instant::now();
-    part.producer.begin_transaction()?;
-    part.producer
+    part.producers.current().begin_transaction()?;
+    part.producers
+        .current()
         .context()
         .failed
         .store(false, Ordering::SeqCst);
@@ -78,7 +79,7 @@ pub(super) fn transact<A: Aggregate>(
     }
     if shared.fault_hook.is_some() {
         // Only under test: the records reach the log before the hook runs.
-        drain_deliveries(&part.producer, timeout);
+        drain_deliveries(part.producers.current(), timeout);
         fault(FaultPoint::BeforeOffsets);
     }
     slow("produce", step);
@@ -88,15 +89,16 @@ pub(super) fn transact<A: Aggregate>(
     let mut offsets = TopicPartitionList::new();
     offsets.add_partition_offset(&shared.layout.commands, partition, Offset::Offset(last + 1))?;
     let step = Instant::now();
-    part.producer
-        .send_offsets_to_transaction(&offsets, metadata, timeout)?;
-    drain_deliveries(&part.producer, timeout);
+    let producer = part.producers.current();
+    producer.send_offsets_to_transaction(&offsets, metadata, timeout)?;
+    drain_deliveries(producer, timeout);
     slow("send offsets", step);
     fault(FaultPoint::BeforeCommit);
     let step = Instant::now();
-    part.producer.commit_transaction(timeout)?;
+    producer.commit_transaction(timeout)?;
     timings.commit.record(step.elapsed().as_secs_f64());
     slow("commit", step);
+    part.producers.committed();
     Ok(new_seen)
 }
 
@@ -301,7 +303,7 @@ pub(super) fn handle_one<A: Aggregate>(
         }
     };
     send(
-        &part.producer,
+        part.producers.current(),
         &shared.layout.outcomes,
         partition,
         command.aggregate_id.as_bytes(),
@@ -334,7 +336,7 @@ fn write_events<A: Aggregate>(
             .key(record.key.as_slice())
             .payload(record.value.as_slice())
             .headers(record.owned_headers());
-        crate::kafka::send_retrying(&part.producer, base)?;
+        crate::kafka::send_retrying(part.producers.current(), base)?;
     }
     let count = accepted.envelopes.len() as u64;
     if count > 0 {
