@@ -56,7 +56,7 @@ impl<A: Aggregate> Core<A> {
     /// Processes the batches of several partitions, each in its own transaction, and
     /// returns each partition's outcome with the offset of its first command.
     ///
-    /// Partitions are independent (own producer, own transactional id, own
+    /// Partitions are independent (own producers, own transactional ids, own
     /// aggregates), so their transactions run on parallel threads: a transaction
     /// costs a few broker round trips however small it is, and running them one
     /// after the other would add those up for every partition of the batch.

@@ -3,11 +3,12 @@
 //!
 //! One consumer group per aggregate type reads the commands topic. Owning commands
 //! partition `p` means owning every aggregate whose events go to events partition
-//! `p`. Each owned partition has its own transactional producer with the
-//! transactional id `{prefix}.{aggregate}.processor.{p}`: when a new owner
-//! initialises it, the broker fences the previous owner, whose next commit fails —
-//! a zombie cannot write (transactional-id fencing, which every Kafka version since
-//! 0.11 guarantees).
+//! `p`. Each owned partition has its own two transactional producers, with the
+//! transactional ids `{prefix}.{aggregate}.processor.{p}` and `….{p}.alt`, which take
+//! the partition's transactions in turn (see `producer::TxProducers`): when a new
+//! owner initialises them, the broker fences the previous owner, whose next commit
+//! fails — a zombie cannot write (transactional-id fencing, which every Kafka
+//! version since 0.11 guarantees).
 //!
 //! Per batch and partition: begin → for each command: check its id against the seen
 //! window, run the handler, produce events (to partition `p`) and the outcome (to the
