@@ -30,10 +30,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tributary::KafkaConfig;
-use tributary::command::CommandGateway;
 use tributary_integration_tests::bench_load::{
-    CounterGateway, Tally, arg, arg_str, closed_loop, counter_node_path, machine, ms, plan,
+    Tally, arg, arg_str, closed_loop, counter_gateway, counter_node_path, machine, ms, plan,
     start_counter_node,
 };
 use tributary_integration_tests::node::Node;
@@ -138,14 +136,7 @@ async fn run_mode(mode: &Mode, node_path: &str, bootstrap: &str) {
         mode.name, mode.max_cached, run.schema
     );
     let mut node = run.start();
-    let gateway = CommandGateway::connect_with_timeout(
-        KafkaConfig::new(bootstrap),
-        &prefix,
-        Duration::from_secs(60),
-    )
-    .await
-    .expect("gateway");
-    let target = CounterGateway(gateway);
+    let target = counter_gateway(bootstrap, &prefix).await;
     let mut last = String::new();
     // The first command waits for the group's assignment and the restore.
     let (warm, _) = closed_loop(
@@ -211,12 +202,11 @@ async fn run_mode(mode: &Mode, node_path: &str, bootstrap: &str) {
     .await;
     let answered = restarted.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let (rss, peak) = memory(node.pid());
     println!(
-        "| restart after SIGKILL: first answer after {:.1} s | {} | | | {:.0} | {:.0} | {} |",
+        "| restart after SIGKILL: first answer after {:.1} s | {} | | | {rss:.0} | {peak:.0} | {} |",
         answered.as_secs_f64(),
         tally.ok.len(),
-        memory(node.pid()).0,
-        memory(node.pid()).1,
         cached(&mut node, &mut last),
     );
     let (tally, elapsed) = closed_loop(

@@ -38,11 +38,10 @@ use postgres_es::PostgresCqrs;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use tributary::KafkaConfig;
-use tributary::command::{CommandGateway, ProcessorHandle};
+use tributary::command::ProcessorHandle;
 use tributary_integration_tests::bench_load::{
     CounterGateway, Kind, Sender, Sent, Step, Tally, arg, arg_list, arg_str, best_within,
-    closed_loop, machine, ms, ms_or_inf, open_loop, plan,
+    closed_loop, counter_gateway, machine, ms, ms_or_inf, open_loop, plan,
 };
 use tributary_integration_tests::command_support::{CounterError, counter_processor};
 use tributary_integration_tests::{
@@ -211,14 +210,7 @@ async fn tributary_up(s: &Settings, tag: &str) -> (ProcessorHandle, Target) {
         .start()
         .await
         .expect("processor");
-    let gateway = CommandGateway::connect_with_timeout(
-        KafkaConfig::new(&s.bootstrap),
-        &prefix,
-        WARM_UP_TIMEOUT,
-    )
-    .await
-    .expect("gateway");
-    let target = Target::Tributary(CounterGateway(gateway));
+    let target = Target::Tributary(counter_gateway(&s.bootstrap, &prefix).await);
     warm_up(&target, tag).await;
     (processor, target)
 }

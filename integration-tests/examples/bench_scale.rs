@@ -29,11 +29,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tributary::KafkaConfig;
-use tributary::command::CommandGateway;
 use tributary_integration_tests::bench_load::{
-    CounterGateway, Kind, Sender, arg, arg_list, closed_loop, counter_node_path, machine, ms,
-    open_loop, plan, start_counter_node,
+    CounterGateway, Kind, Sender, arg, arg_list, closed_loop, counter_gateway, counter_node_path,
+    machine, ms, open_loop, plan, start_counter_node,
 };
 use tributary_integration_tests::node::Node;
 use tributary_integration_tests::{database_url, describe_broker, kafka_bootstrap, unique_prefix};
@@ -81,14 +79,7 @@ impl Cluster {
     }
 
     async fn gateway(&self) -> CounterGateway {
-        let gateway = CommandGateway::connect_with_timeout(
-            KafkaConfig::new(&self.bootstrap),
-            &self.prefix,
-            Duration::from_secs(60),
-        )
-        .await
-        .expect("gateway");
-        CounterGateway(gateway)
+        counter_gateway(&self.bootstrap, &self.prefix).await
     }
 }
 

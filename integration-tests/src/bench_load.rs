@@ -292,6 +292,19 @@ pub async fn open_loop<T: Sender>(
     }
 }
 
+/// A [`CounterGateway`] for the topics under `prefix`, waiting up to a minute for
+/// them (a processor that has just started may still be creating them).
+pub async fn counter_gateway(bootstrap: &str, prefix: &str) -> CounterGateway {
+    let gateway = tributary::command::CommandGateway::connect_with_timeout(
+        tributary::KafkaConfig::new(bootstrap),
+        prefix,
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("gateway");
+    CounterGateway(gateway)
+}
+
 /// Tributary as a [`Sender`]: `Increment { by: 1 }` to the counter through a
 /// [`CommandGateway`](tributary::command::CommandGateway), waiting at most the
 /// timeout for the outcome.

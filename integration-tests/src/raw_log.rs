@@ -89,6 +89,14 @@ pub fn end_offsets(
         .expect("watermarks")
 }
 
+/// `(last stable offset, high-water mark)` of one partition: they differ while a
+/// transaction is open in it.
+pub fn stable_and_high(bootstrap: &str, topic: &str, partition: i32) -> (i64, i64) {
+    let (_, stable) = end_offsets(bootstrap, topic, partition, Isolation::Committed);
+    let (_, high) = end_offsets(bootstrap, topic, partition, Isolation::Uncommitted);
+    (stable, high)
+}
+
 /// Every event record of `topic` that a reader with `isolation` sees now, per
 /// partition in offset order.
 pub fn read(bootstrap: &str, topic: &str, isolation: Isolation) -> Vec<LoggedEvent> {

@@ -146,8 +146,7 @@ async fn a_crash_inside_the_second_producers_transaction_is_rolled_back_by_the_n
     let sends = send_commands(&gateway);
     crashed.expect_line("paused", Duration::from_secs(90)).await;
     let topic = events_topic(&prefix);
-    let (_, lso) = raw_log::end_offsets(&bootstrap, &topic, 0, Isolation::Committed);
-    let (_, high) = raw_log::end_offsets(&bootstrap, &topic, 0, Isolation::Uncommitted);
+    let (lso, high) = raw_log::stable_and_high(&bootstrap, &topic, 0);
     assert!(
         lso > 0 && lso < high,
         "expected a committed first batch and an open second one (LSO {lso}, high {high})"
@@ -161,8 +160,7 @@ async fn a_crash_inside_the_second_producers_transaction_is_rolled_back_by_the_n
         .expect("processor");
     let accepted = sends.await.expect("callers");
     loop {
-        let (_, lso) = raw_log::end_offsets(&bootstrap, &topic, 0, Isolation::Committed);
-        let (_, high) = raw_log::end_offsets(&bootstrap, &topic, 0, Isolation::Uncommitted);
+        let (lso, high) = raw_log::stable_and_high(&bootstrap, &topic, 0);
         if lso == high {
             break;
         }
@@ -211,15 +209,13 @@ async fn a_crash_inside_a_transaction_is_aborted_by_the_broker_after_its_timeout
     // Nobody owns the partition now. The open transaction holds the last stable
     // offset back until the broker aborts it.
     let topic = events_topic(&prefix);
-    let (_, lso) = raw_log::end_offsets(&bootstrap, &topic, 0, Isolation::Committed);
-    let (_, high) = raw_log::end_offsets(&bootstrap, &topic, 0, Isolation::Uncommitted);
+    let (lso, high) = raw_log::stable_and_high(&bootstrap, &topic, 0);
     assert!(
         lso < high,
         "no open transaction after the crash (LSO {lso}, high {high})"
     );
     loop {
-        let (_, lso) = raw_log::end_offsets(&bootstrap, &topic, 0, Isolation::Committed);
-        let (_, high) = raw_log::end_offsets(&bootstrap, &topic, 0, Isolation::Uncommitted);
+        let (lso, high) = raw_log::stable_and_high(&bootstrap, &topic, 0);
         if lso == high {
             break;
         }
