@@ -3,11 +3,11 @@
 //!
 //! Environment: `KAFKA_BOOTSTRAP_SERVERS`, `TRIBUTARY_PREFIX`, `TRIBUTARY_PARTITIONS`;
 //! optional:
-//! - `TRIBUTARY_PAUSE_FILE`: at the first batch's fault point `TRIBUTARY_PAUSE_AT`
+//! - `TRIBUTARY_PAUSE_FILE`: at the fault point `TRIBUTARY_PAUSE_AT`
 //!   (`before_transaction`, the default; `before_offsets`: events produced and in the
 //!   log, transaction open; `before_commit`; `after_commit`: committed, replies
-//!   not sent) of batch `TRIBUTARY_PAUSE_BATCH` (default 1), the node prints
-//!   `paused` and waits until that file exists;
+//!   not sent) of batch `TRIBUTARY_PAUSE_BATCH` (default 1, the first), the node
+//!   prints `paused` and waits until that file exists;
 //! - `TRIBUTARY_MAX_BATCH`: most commands per batch;
 //! - `TRIBUTARY_TRANSACTION_TIMEOUT_MS`: the processor's transaction timeout;
 //! - `TRIBUTARY_SNAPSHOT_SCHEMA`: snapshots in this Postgres schema (at
