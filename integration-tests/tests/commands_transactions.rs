@@ -1,7 +1,8 @@
 //! G1 and G2 where Kafka's transactions do the work, on Apache Kafka: a zombie
 //! frozen with its transaction open, a crash inside a transaction (recovered through
-//! the same transactional id, and through the broker's transaction timeout), and a
-//! member that lost the consumer group trying to commit (KIP-447).
+//! the same transactional id, and through the broker's transaction timeout), a
+//! member that lost the consumer group trying to commit (KIP-447), and partitions
+//! whose transactions run without waiting for each other.
 //!
 //! Every result is checked with a plain consumer of our own (`raw_log`), not with
 //! the framework's decoder: the committed log (read_committed) must be gapless with
@@ -245,27 +246,32 @@ async fn a_crash_inside_a_transaction_is_aborted_by_the_broker_after_its_timeout
     owner.shutdown().await.expect("shutdown");
 }
 
-/// KIP-447: a processor stalls inside its transaction longer than
-/// `max.poll.interval.ms`, so its consumer leaves the group. No other instance takes
-/// the partition (so nothing fences its transactional id); the group coordinator
-/// alone must refuse its offsets. The batch aborts, and once the processor has
-/// rejoined the group it handles the commands exactly once.
+/// KIP-447: a processor stalls inside its transaction while a rebalance waits for
+/// it longer than `max.poll.interval.ms` (the rebalance timeout), so it leaves the
+/// group. The rebalance is started by a plain consumer of the same group that reads
+/// another topic: no other instance takes the commands partition (so nothing fences
+/// its transactional id); the group coordinator alone must refuse its offsets. The
+/// batch aborts, and once the processor has rejoined the group it handles the
+/// commands exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_that_lost_the_group_cannot_commit_its_offsets() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
     let bootstrap = kafka_bootstrap();
     let prefix = unique_prefix("txn-deposed");
     let stalled = Arc::new(AtomicBool::new(false));
     let processor = counter_processor(&bootstrap, &prefix, 1)
         .settings(tributary::command::ProcessorSettings {
             max_poll_interval: Duration::from_secs(7),
+            transaction_timeout: Duration::from_secs(40),
             ..tributary_integration_tests::command_support::test_settings()
         })
         .fault_hook({
             let stalled = Arc::clone(&stalled);
             move |point, _| {
-                // Longer than max_poll_interval (7 s in the test settings).
+                // Past the joiner's rebalance, which waits 7 s at most for this member.
                 if point == FaultPoint::BeforeOffsets && !stalled.swap(true, Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_secs(10));
+                    std::thread::sleep(Duration::from_secs(15));
                 }
             }
         })
@@ -273,8 +279,30 @@ async fn a_member_that_lost_the_group_cannot_commit_its_offsets() {
         .await
         .expect("processor");
     let gateway = gateway(&bootstrap, &prefix).await;
-    let accepted = send_commands(&gateway).await.expect("callers");
-    assert!(stalled.load(Ordering::SeqCst));
+    let sends = send_commands(&gateway);
+    while !stalled.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let joiner = std::thread::spawn({
+        let (bootstrap, prefix, done) = (bootstrap.clone(), prefix.clone(), Arc::clone(&done));
+        move || {
+            let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .set("group.id", format!("{prefix}.counter.processor"))
+                .set("partition.assignment.strategy", "range")
+                .set("enable.auto.commit", "false")
+                .create()
+                .expect("joiner");
+            consumer
+                .subscribe(&[events_topic(&prefix).as_str()])
+                .expect("subscribe");
+            while !done.load(Ordering::SeqCst) {
+                let _ = consumer.poll(Duration::from_millis(100));
+            }
+        }
+    });
+    let accepted = sends.await.expect("callers");
     assert_eq!(
         processor.stats().counters().deposed,
         1,
@@ -282,5 +310,88 @@ async fn a_member_that_lost_the_group_cannot_commit_its_offsets() {
     );
     assert_log(&bootstrap, &prefix, &accepted, None).await;
     assert_state(&gateway).await;
+    done.store(true, Ordering::SeqCst);
+    joiner.join().expect("joiner");
+    processor.shutdown().await.expect("shutdown");
+}
+
+/// Partitions do not wait for each other: while one partition's transaction is
+/// stalled (6 s, before its commit), commands of the other partition are decided
+/// and answered. A poll loop that waited for every transaction of a batch before
+/// starting the next would answer them only after the stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_partition_does_not_hold_up_the_others() {
+    use tributary::command::CommandOutcome;
+    use tributary::command::wire::partition_for;
+    use tributary_integration_tests::command_support::Increment;
+
+    let bootstrap = kafka_bootstrap();
+    let prefix = unique_prefix("txn-pipeline");
+    let ids_of = |partition: i32, count: usize| -> Vec<String> {
+        (0..)
+            .map(|i| format!("agg-{i}"))
+            .filter(|id| partition_for(id.as_bytes(), 2) == partition)
+            .take(count)
+            .collect()
+    };
+    let (slow, fast) = (ids_of(0, 1).remove(0), ids_of(1, 5));
+    let armed = Arc::new(AtomicBool::new(false));
+    let stalling = Arc::new(AtomicBool::new(false));
+    let released = Arc::new(AtomicBool::new(false));
+    let processor = counter_processor(&bootstrap, &prefix, 2)
+        .fault_hook({
+            let (armed, stalling, released) = (
+                Arc::clone(&armed),
+                Arc::clone(&stalling),
+                Arc::clone(&released),
+            );
+            move |point, partition| {
+                if point == FaultPoint::BeforeCommit
+                    && partition == 0
+                    && armed.load(Ordering::SeqCst)
+                    && !stalling.swap(true, Ordering::SeqCst)
+                {
+                    std::thread::sleep(Duration::from_secs(6));
+                    released.store(true, Ordering::SeqCst);
+                }
+            }
+        })
+        .start()
+        .await
+        .expect("processor");
+    let gateway = gateway(&bootstrap, &prefix).await;
+    let increment = |id: &str| Increment {
+        id: id.to_owned(),
+        by: 1,
+    };
+    // Both partitions restored and warm.
+    for id in std::iter::once(&slow).chain(&fast) {
+        gateway.send(increment(id)).await.expect("warm-up");
+    }
+    armed.store(true, Ordering::SeqCst);
+    let stalled = tokio::spawn({
+        let (gateway, command) = (gateway.clone(), increment(&slow));
+        async move { gateway.send(command).await }
+    });
+    while !stalling.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let started = Instant::now();
+    for id in &fast {
+        match gateway.send(increment(id)).await.expect("fast command") {
+            CommandOutcome::Accepted { version, .. } => assert_eq!(version, 2),
+            CommandOutcome::Rejected(e) => panic!("{id}: {e}"),
+        }
+    }
+    let fast_took = started.elapsed();
+    assert!(
+        !released.load(Ordering::SeqCst),
+        "partition 1's commands were answered only after partition 0's stalled \
+         transaction went on ({fast_took:?}): one partition held up the others"
+    );
+    match stalled.await.expect("task").expect("stalled command") {
+        CommandOutcome::Accepted { version, .. } => assert_eq!(version, 2),
+        CommandOutcome::Rejected(e) => panic!("{slow}: {e}"),
+    }
     processor.shutdown().await.expect("shutdown");
 }

@@ -2,7 +2,7 @@
 //! split by partition, what becomes of each partition's share, and where to rewind
 //! the records that must be consumed again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// How long to wait for the first record of a batch before looking at the stop and
@@ -54,6 +54,19 @@ pub(super) fn by_partition<M>(batch: Vec<M>, partition: impl Fn(&M) -> i32) -> V
     out
 }
 
+/// Takes a partition's next batch from the commands held while its transaction
+/// ran: the oldest, up to `max_batch`, in log order.
+pub(super) fn take<M>(held: &mut VecDeque<M>, max_batch: usize) -> Vec<M> {
+    let n = held.len().min(max_batch);
+    held.drain(..n).collect()
+}
+
+/// Whether a busy partition holds so many commands that it is paused until its
+/// thread catches up: two batches' worth.
+pub(super) fn over_limit(held: usize, max_batch: usize) -> bool {
+    held >= max_batch.saturating_mul(2)
+}
+
 /// What becomes of one partition's share of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Route {
@@ -100,7 +113,6 @@ pub(super) fn rewind_targets(
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
-    use std::collections::VecDeque;
 
     use proptest::prelude::*;
 
@@ -274,5 +286,21 @@ mod tests {
         assert_eq!(route(false, false, true), Route::Skip);
         assert_eq!(route(false, true, true), Route::Unavailable);
         assert_eq!(route(false, true, false), Route::Restore);
+    }
+
+    #[test]
+    fn the_next_batch_is_the_oldest_held_commands_in_order() {
+        let mut held: VecDeque<u32> = (1..=5).collect();
+        assert_eq!(take(&mut held, 3), [1, 2, 3]);
+        assert_eq!(take(&mut held, 3), [4, 5]);
+        assert!(take(&mut held, 3).is_empty());
+    }
+
+    #[test]
+    fn a_partition_is_paused_at_two_batches_held() {
+        assert!(!over_limit(999, 500));
+        assert!(over_limit(1000, 500));
+        assert!(over_limit(2, 1));
+        assert!(!over_limit(1, 1));
     }
 }

@@ -1,12 +1,10 @@
-//! Running the transactions of a batch's partitions side by side and settling each:
-//! after a commit the replies, the dedup entries and the snapshots; after a failure
-//! the abort and the dropped partition.
+//! Running each busy partition's transactions on a thread of its own, one after the
+//! other, and settling each: after a commit the replies, the dedup entries and the
+//! snapshots; after a failure the abort, the dropped partition and the rewind.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::Producer;
@@ -15,7 +13,8 @@ use tracing::{error, warn};
 use crate::Aggregate;
 use crate::command::dedup::Seen;
 
-use super::partitions::{Core, NewSeen, PartitionState, PendingReply};
+use super::batch;
+use super::partitions::{Core, Inflight, NewSeen, PartitionState, PendingReply};
 use super::producer::send;
 use super::stats::ProcessorStats;
 use super::transaction::transact;
@@ -53,102 +52,78 @@ pub(super) enum BatchFailure {
 pub(super) const ABORT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl<A: Aggregate> Core<A> {
-    /// Processes the batches of several partitions, each in its own transaction, and
-    /// returns each partition's outcome with the offset of its first command.
+    /// Starts `partition`'s transaction of `messages` on a thread of its own, and
+    /// returns at once: the poll loop goes on polling and starting the other
+    /// partitions' transactions meanwhile.
     ///
     /// Partitions are independent (own producers, own transactional ids, own
-    /// aggregates), so their transactions run on parallel threads: a transaction
-    /// costs a few broker round trips however small it is, and running them one
-    /// after the other would add those up for every partition of the batch.
-    ///
-    /// A transaction that has not finished when its timeout has passed (plus a
-    /// margin) is abandoned: its thread keeps the producer until the client call
-    /// returns, and the partition is restored with a new producer, whose
-    /// initialisation fences the old one. librdkafka's `send_offsets_to_transaction`
-    /// can block past its timeout while the group coordinator fails over
-    /// (librdkafka issues 5456 and 5511); without this, one partition's hung call
-    /// would stop every partition of this instance.
-    pub(super) fn process_all(
+    /// aggregates), and a transaction costs a few broker round trips however small
+    /// it is. Waiting for one partition's transaction before starting another's
+    /// would make every command wait for the slowest partition of its batch; here a
+    /// command waits only for its own partition's running transaction. The
+    /// partition's commands polled meanwhile are held in log order, and its thread
+    /// takes them as its next batch (see [`drive`]).
+    pub(super) fn dispatch(
         &mut self,
-        work: Vec<(i32, Vec<OwnedMessage>)>,
-        metadata: &Arc<ConsumerGroupMetadata>,
-    ) -> Vec<(i32, i64, Result<(), BatchFailure>)> {
-        type Done<A> = (
-            i32,
-            PartitionState<A>,
-            std::thread::Result<Result<NewSeen, TxFailure>>,
+        core: &Arc<Mutex<Core<A>>>,
+        partition: i32,
+        messages: Vec<OwnedMessage>,
+    ) {
+        let first = messages.first().map_or(0, Message::offset);
+        let Some(part) = self.partitions.remove(&partition) else {
+            self.rewinds.push((partition, first));
+            return;
+        };
+        self.next_ticket += 1;
+        let ticket = self.next_ticket;
+        self.inflight.insert(
+            partition,
+            Inflight {
+                ticket,
+                first,
+                since: Instant::now(),
+                cached: part.aggregates.len(),
+            },
         );
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<Done<A>>();
-        let mut running: HashMap<i32, i64> = HashMap::new();
-        let mut out = Vec::with_capacity(work.len());
-        for (partition, messages) in work {
-            let first = messages.first().map_or(0, Message::offset);
-            let Some(mut part) = self.partitions.remove(&partition) else {
-                out.push((partition, first, Err(BatchFailure::Retry)));
-                continue;
-            };
-            let (shared, metadata, done) = (
-                Arc::clone(&self.shared),
-                Arc::clone(metadata),
-                done_tx.clone(),
+        let core = Arc::clone(core);
+        let spawned = std::thread::Builder::new()
+            .name(format!("tributary-txn-{partition}"))
+            .spawn(move || drive(&core, partition, ticket, part, messages));
+        if let Err(error) = spawned {
+            // The partition's state went with the thread that did not start.
+            error!(%error, partition, "cannot start a transaction thread; restoring the partition");
+            self.inflight.remove(&partition);
+            lock(&self.shared.stats.owned).retain(|p| *p != partition);
+            self.rewinds.push((partition, first));
+        }
+    }
+
+    /// Gives up the transactions that have not finished when their timeout has
+    /// passed (plus a margin): each one's thread keeps its producer until the client
+    /// call returns, and the partition is restored with new producers, whose
+    /// initialisation fences the old ones. librdkafka's
+    /// `send_offsets_to_transaction` can block past its timeout while the group
+    /// coordinator fails over (librdkafka issues 5456 and 5511); the other
+    /// partitions go on meanwhile.
+    pub(super) fn abandon_overdue(&mut self) {
+        let limit = self.shared.settings.transaction_timeout + Duration::from_secs(5);
+        let overdue: Vec<(i32, i64)> = self
+            .inflight
+            .iter()
+            .filter(|(_, f)| f.since.elapsed() > limit)
+            .map(|(p, f)| (*p, f.first))
+            .collect();
+        for (partition, first) in overdue {
+            error!(
+                partition,
+                "a Kafka client call of this partition's transaction hung past the transaction timeout; abandoning its producer and restoring the partition"
             );
-            let spawned = std::thread::Builder::new()
-                .name(format!("tributary-txn-{partition}"))
-                .spawn(move || {
-                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        transact(&shared, partition, &mut part, &messages, &metadata)
-                    }));
-                    // Nobody listens any more if this transaction was abandoned.
-                    let _ = done.send((partition, part, result));
-                });
-            match spawned {
-                Ok(_) => {
-                    running.insert(partition, first);
-                }
-                Err(error) => {
-                    error!(%error, partition, "cannot start a transaction thread; retrying the batch");
-                    lock(&self.shared.stats.owned).retain(|p| *p != partition);
-                    out.push((partition, first, Err(BatchFailure::Retry)));
-                }
-            }
+            ProcessorStats::add(&self.shared.stats.abandoned, 1);
+            lock(&self.shared.stats.owned).retain(|p| *p != partition);
+            self.inflight.remove(&partition);
+            self.held.remove(&partition);
+            self.rewinds.push((partition, first));
         }
-        drop(done_tx);
-        let deadline =
-            Instant::now() + self.shared.settings.transaction_timeout + Duration::from_secs(5);
-        while !running.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match done_rx.recv_timeout(left) {
-                Ok((partition, part, result)) => {
-                    let first = running.remove(&partition).unwrap_or_default();
-                    // A panicking handler fails the transaction (aborted, the
-                    // partition restored, its commands retried).
-                    let result = match result {
-                        Ok(result) => result,
-                        Err(_) => {
-                            error!(
-                                partition,
-                                "a command handler panicked; the batch is retried"
-                            );
-                            Err(TxFailure::HandlerPanicked)
-                        }
-                    };
-                    self.partitions.insert(partition, part);
-                    out.push((partition, first, self.finish(partition, result)));
-                }
-                Err(_) => {
-                    for (partition, first) in running.drain() {
-                        error!(
-                            partition,
-                            "a Kafka client call of this partition's transaction hung past the transaction timeout; abandoning its producer and restoring the partition"
-                        );
-                        ProcessorStats::add(&self.shared.stats.abandoned, 1);
-                        lock(&self.shared.stats.owned).retain(|p| *p != partition);
-                        out.push((partition, first, Err(BatchFailure::Retry)));
-                    }
-                }
-            }
-        }
-        out
     }
 
     /// After a partition's transaction: on success, send its replies, remember its
@@ -215,6 +190,116 @@ impl<A: Aggregate> Core<A> {
                 Err(failure)
             }
         }
+    }
+}
+
+/// The thread of a busy partition: runs its transaction, settles it under the
+/// lock, and goes on with the commands held meanwhile until none are left. On a
+/// failure it drops what is held and has the poll loop rewind to the failed
+/// batch's first command.
+fn drive<A: Aggregate>(
+    core: &Arc<Mutex<Core<A>>>,
+    partition: i32,
+    ticket: u64,
+    mut part: PartitionState<A>,
+    mut messages: Vec<OwnedMessage>,
+) {
+    let (shared, mut metadata) = {
+        let c = lock(core);
+        (Arc::clone(&c.shared), c.metadata.clone())
+    };
+    let max_batch = shared.settings.max_batch.max(1);
+    loop {
+        let first = messages.first().map_or(0, Message::offset);
+        let result = match &metadata {
+            Some(metadata) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                transact(&shared, partition, &mut part, &messages, metadata)
+            }))
+            .unwrap_or_else(|_| {
+                // A panicking handler fails the transaction (aborted, the partition
+                // restored, its commands retried).
+                error!(
+                    partition,
+                    "a command handler panicked; the batch is retried"
+                );
+                Err(TxFailure::HandlerPanicked)
+            }),
+            None => Err(TxFailure::Load),
+        };
+        let mut c = lock(core);
+        if c.inflight
+            .get(&partition)
+            .is_none_or(|f| f.ticket != ticket)
+        {
+            // Abandoned past its timeout, revoked, or the processor was killed: this
+            // state is stale, and so is the outcome (nobody hears of it).
+            return;
+        }
+        c.partitions.insert(partition, part);
+        c.confirm_snapshots();
+        if c.finish(partition, result).is_err() {
+            c.inflight.remove(&partition);
+            c.held.remove(&partition);
+            c.rewinds.push((partition, first));
+            return;
+        }
+        let next = c
+            .held
+            .get_mut(&partition)
+            .map(|held| batch::take(held, max_batch))
+            .unwrap_or_default();
+        if next.is_empty() {
+            c.inflight.remove(&partition);
+            c.count_cached();
+            return;
+        }
+        let Some(state) = c.partitions.remove(&partition) else {
+            // Not reached: `finish` keeps the state of a committed transaction.
+            c.inflight.remove(&partition);
+            c.rewinds
+                .push((partition, next.first().map_or(first, Message::offset)));
+            return;
+        };
+        part = state;
+        if let Some(f) = c.inflight.get_mut(&partition) {
+            f.first = next.first().map_or(first, Message::offset);
+            f.since = Instant::now();
+            f.cached = part.aggregates.len();
+        }
+        metadata.clone_from(&c.metadata);
+        messages = next;
+    }
+}
+
+/// Waits until none of `partitions` has a transaction running (they are being
+/// given up), dropping their held commands so their threads stop after the
+/// running one. A transaction still running after its timeout (plus a margin) is
+/// abandoned: its thread drops its state when it ends.
+pub(super) fn quiesce<A: Aggregate>(core: &Mutex<Core<A>>, partitions: &[i32]) {
+    let limit = lock(core).shared.settings.transaction_timeout + Duration::from_secs(5);
+    let started = Instant::now();
+    loop {
+        let mut c = lock(core);
+        for p in partitions {
+            c.held.remove(p);
+        }
+        if !partitions.iter().any(|p| c.inflight.contains_key(p)) {
+            return;
+        }
+        if started.elapsed() > limit {
+            for p in partitions {
+                if c.inflight.remove(p).is_some() {
+                    error!(
+                        partition = p,
+                        "a transaction of a partition being given up hung past the transaction timeout; abandoning it"
+                    );
+                    ProcessorStats::add(&c.shared.stats.abandoned, 1);
+                }
+            }
+            return;
+        }
+        drop(c);
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

@@ -14,6 +14,7 @@ use tracing::warn;
 
 use crate::Aggregate;
 
+use super::commit::quiesce;
 use super::lock;
 use super::partitions::Core;
 
@@ -81,6 +82,9 @@ impl<A: Aggregate> ConsumerContext for RebalanceContext<A> {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            // Their running transactions finish first, so what they decided is
+            // committed, answered and snapshotted before the partitions move.
+            quiesce(&self.core, &partitions);
             lock(&self.core).revoke(&partitions, true);
         }
     }

@@ -238,6 +238,12 @@ impl<A: Aggregate> CommandProcessor<A> {
             restored: std::sync::mpsc::channel(),
             reply_producer,
             fatal: None,
+            inflight: HashMap::new(),
+            held: HashMap::new(),
+            rewinds: Vec::new(),
+            metadata: None,
+            deferred: Vec::new(),
+            next_ticket: 0,
         }));
         let consumer: BaseConsumer<RebalanceContext<A>> =
             clients::command_consumer(&self.kafka, &group, s.session_timeout, s.max_poll_interval)

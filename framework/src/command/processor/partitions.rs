@@ -1,11 +1,12 @@
 //! The owned partitions of a processor: their in-memory state, the restores that
 //! produce it, quarantine, revocation and the `unavailable` answers.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{BaseProducer, Producer};
 use tokio::sync::mpsc::UnboundedSender;
@@ -95,6 +96,34 @@ pub(super) struct Core<A: Aggregate> {
     /// Sends the replies of committed transactions.
     pub(super) reply_producer: BaseProducer<ReplyContext>,
     pub(super) fatal: Option<ProcessorError>,
+    /// Partitions whose transactions run on a thread of their own right now. Their
+    /// state is with that thread, not in `partitions` (see `commit`).
+    pub(super) inflight: HashMap<i32, Inflight>,
+    /// Commands of busy partitions, polled while their transaction ran, in log
+    /// order: the partition's thread takes them as its next batch.
+    pub(super) held: HashMap<i32, VecDeque<OwnedMessage>>,
+    /// Partitions whose commands must be consumed again from the given offset (a
+    /// transaction failed or was abandoned). The poll loop seeks them back.
+    pub(super) rewinds: Vec<(i32, i64)>,
+    /// The consumer group metadata of the latest poll, for the transactions' offsets.
+    pub(super) metadata: Option<Arc<ConsumerGroupMetadata>>,
+    /// Snapshot confirmations of busy partitions, applied once their state is back.
+    pub(super) deferred: Vec<Written>,
+    /// Numbers the partition threads, so that a thread whose partition was given up
+    /// meanwhile (abandoned, revoked, killed) knows that its state is stale.
+    pub(super) next_ticket: u64,
+}
+
+/// A partition's running transaction, as the poll loop sees it.
+pub(super) struct Inflight {
+    /// Identifies the thread that runs the partition's transactions.
+    pub(super) ticket: u64,
+    /// Offset of the first command of the running transaction.
+    pub(super) first: i64,
+    /// When the running transaction began.
+    pub(super) since: Instant,
+    /// Aggregates the partition held in memory when it left `partitions`.
+    pub(super) cached: usize,
 }
 
 /// A finished restore: the partition, the flag of the restore that ran, and its result.
@@ -299,6 +328,11 @@ impl<A: Aggregate> Core<A> {
             if self.quarantined.remove(&p).is_some() {
                 info!(partition = p, "quarantined partition revoked");
             }
+            // A thread still running the partition's transaction (its wait was
+            // given up) drops its state when it sees its ticket gone.
+            self.inflight.remove(&p);
+            self.held.remove(&p);
+            self.rewinds.retain(|(q, _)| *q != p);
             if snapshot {
                 self.flush(p, true);
             }

@@ -1,5 +1,6 @@
-//! The processing loop: poll a batch, sort it by partition, run the transactions,
-//! rewind what must be consumed again.
+//! The processing loop: poll a batch, sort it by partition, start each idle
+//! partition's transaction (or hold the commands of a busy one), rewind what must be
+//! consumed again.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +16,7 @@ use tracing::{info, warn};
 use crate::Aggregate;
 
 use super::batch::{self, Route};
-use super::commit::BatchFailure;
+use super::commit::quiesce;
 use super::contexts::RebalanceContext;
 use super::error::ProcessorError;
 use super::lock;
@@ -27,32 +28,48 @@ pub(super) fn run<A: Aggregate>(
     stop: Arc<AtomicBool>,
     kill: Arc<AtomicBool>,
 ) -> Result<(), ProcessorError> {
-    let (max_batch, linger) = {
+    let (max_batch, linger, commands_topic) = {
         let c = lock(&core);
         (
             c.shared.settings.max_batch.max(1),
             c.shared.settings.batch_linger,
+            c.shared.layout.commands.clone(),
         )
     };
+    // Busy partitions paused because they hold too many commands.
+    let mut backpressured: HashSet<i32> = HashSet::new();
     loop {
         if let Some(error) = lock(&core).fatal.take() {
             return Err(error);
         }
-        let resume = {
+        let mut resume = {
             let mut c = lock(&core);
             c.confirm_snapshots();
+            c.abandon_overdue();
             c.finish_restores()
         };
-        if !resume.is_empty() {
-            let topic = lock(&core).shared.layout.commands.clone();
-            if let Err(error) = consumer.resume(&partition_list(&topic, &resume)) {
-                warn!(%error, "cannot resume restored partitions");
-            }
+        {
+            let c = lock(&core);
+            backpressured.retain(|p| {
+                let caught_up = c.held.get(p).is_none_or(|held| held.len() < max_batch);
+                if caught_up && !c.restoring.contains_key(p) {
+                    resume.push(*p);
+                }
+                !caught_up
+            });
+        }
+        if !resume.is_empty()
+            && let Err(error) = consumer.resume(&partition_list(&commands_topic, &resume))
+        {
+            warn!(%error, "cannot resume partitions");
         }
         if kill.load(Ordering::SeqCst) {
             warn!("command processor killed");
             let mut c = lock(&core);
             c.partitions.clear();
+            // Running transactions finish on their threads, unheard of.
+            c.inflight.clear();
+            c.held.clear();
             for cancel in c.restoring.values() {
                 cancel.store(true, Ordering::SeqCst);
             }
@@ -65,9 +82,11 @@ pub(super) fn run<A: Aggregate>(
                 c.partitions
                     .keys()
                     .chain(c.restoring.keys())
+                    .chain(c.inflight.keys())
                     .copied()
                     .collect()
             };
+            quiesce(&core, &owned);
             lock(&core).revoke(&owned, true);
             if let Err(error) = lock(&core).reply_producer.flush(Duration::from_secs(5)) {
                 warn!(%error, "replies still queued at shutdown; their callers will resend");
@@ -75,8 +94,19 @@ pub(super) fn run<A: Aggregate>(
             drop(consumer);
             return Ok(());
         }
-        // Collect a batch: wait for the first command, then linger briefly.
+        // Collect a batch: wait for the first command, then linger briefly. While
+        // transactions run, look up often: a failed one must be rewound, and a
+        // partition paused for back-pressure resumed once its thread caught up.
+        let busy = {
+            let c = lock(&core);
+            !c.inflight.is_empty() || !c.rewinds.is_empty()
+        } || !backpressured.is_empty();
         let batch: Vec<OwnedMessage> = batch::collect(max_batch, linger, Instant::now, |timeout| {
+            let timeout = if busy {
+                timeout.min(BUSY_WAIT)
+            } else {
+                timeout
+            };
             match consumer.poll(timeout) {
                 Some(Ok(message)) => Some(message.detach()),
                 Some(Err(error)) => {
@@ -86,31 +116,55 @@ pub(super) fn run<A: Aggregate>(
                 None => None,
             }
         });
-        if batch.is_empty() {
+        let rewinds = std::mem::take(&mut lock(&core).rewinds);
+        if batch.is_empty() && rewinds.is_empty() {
             continue;
         }
         let Some(metadata) = consumer.group_metadata() else {
             warn!("no consumer group metadata yet; retrying the batch");
-            seek_back(&consumer, positions_of(&batch));
+            let mut positions = positions_of(&batch);
+            positions.extend(rewinds.iter().map(|&(p, o)| (commands_topic.clone(), p, o)));
+            seek_back(&consumer, positions);
             continue;
         };
-        let metadata = Arc::new(metadata);
         let assigned: HashSet<i32> = consumer
             .assignment()
             .map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect())
             .unwrap_or_default();
-        let by_partition = batch::by_partition(batch, Message::partition);
         let mut c = lock(&core);
-        let mut ready: Vec<(i32, Vec<OwnedMessage>)> = Vec::new();
-        let mut rewind: Vec<(String, i32, i64)> = Vec::new();
+        c.metadata = Some(Arc::new(metadata));
+        // Transactions that failed since the last look (and any failing meanwhile):
+        // their partitions' commands are consumed again from the failed batch on,
+        // so what this batch has of them is dropped.
+        let mut rewind: Vec<(String, i32, i64)> = rewinds
+            .into_iter()
+            .chain(c.rewinds.drain(..))
+            .map(|(p, o)| (commands_topic.clone(), p, o))
+            .collect();
+        let rewound: HashSet<i32> = rewind.iter().map(|(_, p, _)| *p).collect();
         let mut pause: Vec<i32> = Vec::new();
-        for (partition, messages) in by_partition {
+        for (partition, messages) in batch::by_partition(batch, Message::partition) {
+            if rewound.contains(&partition) {
+                continue;
+            }
+            // Busy: its thread takes these after the running transaction.
+            if let Some(held) = c
+                .inflight
+                .contains_key(&partition)
+                .then(|| c.held.entry(partition).or_default())
+            {
+                held.extend(messages);
+                if batch::over_limit(held.len(), max_batch) && backpressured.insert(partition) {
+                    pause.push(partition);
+                }
+                continue;
+            }
             match batch::route(
                 c.partitions.contains_key(&partition),
                 assigned.contains(&partition),
                 c.quarantined.contains_key(&partition),
             ) {
-                Route::Process => ready.push((partition, messages)),
+                Route::Process => c.dispatch(&core, partition, messages),
                 // Revoked meanwhile; the new owner processes these.
                 Route::Skip => {}
                 Route::Unavailable => c.answer_unavailable(partition, &messages),
@@ -123,29 +177,20 @@ pub(super) fn run<A: Aggregate>(
                 }
             }
         }
-        let commands_topic = c.shared.layout.commands.clone();
-        for (partition, first_offset, outcome) in c.process_all(ready, &metadata) {
-            match outcome {
-                Ok(()) => {}
-                // Retry: aborted, the partition is restored when its commands come
-                // back. Fenced: someone else owns the partition now; its revocation
-                // follows. Either way the commands are consumed again.
-                Err(BatchFailure::Retry | BatchFailure::Fenced) => {
-                    rewind.push((commands_topic.clone(), partition, first_offset));
-                }
-            }
-        }
         drop(c);
         if !pause.is_empty()
             && let Err(error) = consumer.pause(&partition_list(&commands_topic, &pause))
         {
-            warn!(%error, "cannot pause partitions being restored");
+            warn!(%error, "cannot pause partitions");
         }
         if !rewind.is_empty() {
             seek_back(&consumer, rewind);
         }
     }
 }
+
+/// How long a poll waits at most while transactions run.
+const BUSY_WAIT: Duration = Duration::from_millis(5);
 
 /// A partition list of `partitions` of `topic`.
 pub(super) fn partition_list(topic: &str, partitions: &[i32]) -> TopicPartitionList {

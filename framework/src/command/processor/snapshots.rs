@@ -17,9 +17,16 @@ use super::stats::ProcessorStats;
 impl<A: Aggregate> Core<A> {
     /// Applies the snapshot writer's confirmations: an aggregate whose row is
     /// confirmed at its current version is no longer dirty.
+    /// Confirmations of a partition whose transaction is running wait until its
+    /// state is back (see `commit`).
     pub(super) fn confirm_snapshots(&mut self) {
-        while let Ok(written) = self.written.try_recv() {
+        let deferred = std::mem::take(&mut self.deferred);
+        let fresh = std::iter::from_fn(|| self.written.try_recv().ok()).collect::<Vec<_>>();
+        for written in deferred.into_iter().chain(fresh) {
             let Some(part) = self.partitions.get_mut(&written.partition) else {
+                if self.inflight.contains_key(&written.partition) {
+                    self.deferred.push(written);
+                }
                 continue;
             };
             for (id, version) in written.confirmed {
@@ -102,11 +109,33 @@ impl<A: Aggregate> Core<A> {
 
     /// Publishes how many aggregates are in memory ([`ProcessorStats::cached_aggregates`]).
     pub(super) fn count_cached(&self) {
-        let held: usize = self.partitions.values().map(|p| p.aggregates.len()).sum();
+        let busy: usize = self
+            .inflight
+            .iter()
+            .filter(|(p, _)| !self.partitions.contains_key(p))
+            .map(|(_, f)| f.cached)
+            .sum();
+        let held = busy
+            + self
+                .partitions
+                .values()
+                .map(|p| p.aggregates.len())
+                .sum::<usize>();
         self.shared
             .stats
             .cached
             .store(held as u64, Ordering::Relaxed);
+    }
+
+    /// How many partitions this instance processes: in memory or busy in a
+    /// transaction.
+    pub(super) fn owned_count(&self) -> usize {
+        self.partitions.len()
+            + self
+                .inflight
+                .keys()
+                .filter(|p| !self.partitions.contains_key(p))
+                .count()
     }
 
     /// Keeps the partition within its share of `max_cached_aggregates`: once it is
@@ -120,7 +149,7 @@ impl<A: Aggregate> Core<A> {
         }
         let share = cache::share(
             self.shared.settings.max_cached_aggregates,
-            self.partitions.len(),
+            self.owned_count(),
         );
         let held = self
             .partitions
