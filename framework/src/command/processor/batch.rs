@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 const FIRST_WAIT: Duration = Duration::from_millis(100);
 
 /// Collects one batch: waits up to [`FIRST_WAIT`] for a first record, then takes
-/// more until `max_batch` records, until `linger` has passed since the first, or
-/// until `poll` has nothing (`None`: a timeout or a consumer error). `poll` is given
-/// how long it may wait; `now` is the clock.
+/// more until `max_batch` records, or until `poll` has nothing (`None`: a timeout or
+/// a consumer error), waiting at most until `linger` has passed since the first
+/// record; after that it takes only what is already there (`poll` is given a zero
+/// wait). `poll` is given how long it may wait; `now` is the clock.
 pub(super) fn collect<M>(
     max_batch: usize,
     linger: Duration,
@@ -32,9 +33,6 @@ pub(super) fn collect<M>(
                 deadline.get_or_insert_with(|| now() + linger);
             }
             None => break,
-        }
-        if deadline.is_some_and(|d| now() >= d) {
-            break;
         }
     }
     batch
@@ -185,7 +183,11 @@ mod tests {
             prop_assert_eq!(&batch[..], &sent[..batch.len()]);
             let left: Vec<u32> = source.pending.iter().map(|&(_, r)| r).collect();
             prop_assert_eq!(&left[..], &sent[batch.len()..]);
-            // After the first record, no poll waits past the linger.
+            // After the first record, no poll waits past the linger, and what
+            // was already there when it ran out is taken too.
+            if batch.len() < max_batch && !records.is_empty() && batch.len() < records.len() {
+                prop_assert!(records[batch.len()].0 > 0, "a queued record was left behind");
+            }
             for timeout in source.timeouts.iter().skip(1) {
                 prop_assert!(*timeout <= Duration::from_millis(linger_ms));
             }
@@ -264,6 +266,14 @@ mod tests {
         assert_eq!(source.timeouts[1], Duration::from_millis(10));
         assert_eq!(source.timeouts[2], Duration::from_millis(6));
         assert_eq!(source.timeouts[3], Duration::from_millis(2));
+        assert_eq!(source.pending.len(), 1);
+    }
+
+    #[test]
+    fn without_linger_the_batch_is_what_is_already_there() {
+        let (batch, source) = run_collect(100, 0, &[(30, 1), (0, 2), (0, 3), (1, 4)]);
+        assert_eq!(batch, [1, 2, 3]);
+        assert_eq!(source.timeouts[1..], [Duration::ZERO; 3]);
         assert_eq!(source.pending.len(), 1);
     }
 

@@ -11,9 +11,11 @@ use crate::settings::{
 pub struct ProcessorSettings {
     /// Most commands in one transaction (per partition).
     pub max_batch: usize,
-    /// How long to keep collecting a batch once the first command arrived. Small,
-    /// so that latency stays low under light load; batches grow by themselves
-    /// under heavy load because commands queue up while a transaction commits.
+    /// How long to wait for more commands once the first command of a poll arrived
+    /// (commands already queued are always taken, up to `max_batch`). 0 by default:
+    /// a partition with no transaction running starts one at once, and batches grow
+    /// by themselves under load, because a busy partition's commands queue up
+    /// while its transaction commits and become its next batch.
     pub batch_linger: Duration,
     /// Consumer group session timeout: how fast a crashed instance's partitions move.
     pub session_timeout: Duration,
@@ -50,7 +52,7 @@ impl Default for ProcessorSettings {
     fn default() -> Self {
         Self {
             max_batch: 500,
-            batch_linger: Duration::from_millis(2),
+            batch_linger: Duration::ZERO,
             session_timeout: Duration::from_secs(10),
             max_poll_interval: Duration::from_secs(60),
             transaction_timeout: Duration::from_secs(30),
