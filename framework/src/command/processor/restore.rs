@@ -104,12 +104,18 @@ impl<A: Aggregate> Restorer<A> {
         // it left open, before anything of the partition is read; not if the
         // partition was revoked meanwhile (it would fence the new owner).
         let step = Instant::now();
-        for producer in producers.both() {
-            self.check_cancelled(partition)?;
-            producer
-                .init_transactions(settings.transaction_timeout)
-                .map_err(op("init transactions"))?;
-        }
+        self.check_cancelled(partition)?;
+        // Both at once: each may wait for the coordinator to abort what the previous
+        // owner left open under that id.
+        let timeout = settings.transaction_timeout;
+        let [first, second] = producers.both();
+        std::thread::scope(|scope| {
+            let other = scope.spawn(|| second.init_transactions(timeout));
+            let mine = first.init_transactions(timeout);
+            let other = other.join().unwrap_or(Err(KafkaError::Canceled));
+            mine.and(other)
+        })
+        .map_err(op("init transactions"))?;
         slow("init transactions", step);
         let fenced_ms = step.elapsed().as_millis() as u64;
 
