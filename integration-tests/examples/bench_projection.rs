@@ -170,10 +170,18 @@ fn rate(n: usize, elapsed: Duration) -> f64 {
 #[tokio::main]
 async fn main() {
     let args = parse_args();
+    // The worker's per-event spans are DEBUG in the default build. This crate
+    // builds the framework with `otel` (for the trace test), which makes them INFO,
+    // and a fmt subscriber at INFO would record a million of them: what an `otel`
+    // user with an exporter pays, not what the default build does. Leave them off
+    // unless RUST_LOG asks for them.
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("tributary=info")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(
+                    "tributary=info,tributary::projection::worker::apply=warn",
+                )
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
