@@ -141,7 +141,8 @@ pub fn test_settings() -> tributary::command::ProcessorSettings {
     }
 }
 
-/// A processor for the counter with [`test_settings`].
+/// A processor for the counter with [`test_settings`]; for benchmarks,
+/// `TRIBUTARY_BATCH_LINGER_MS` sets `batch_linger`.
 pub fn counter_processor(
     bootstrap: &str,
     prefix: &str,
@@ -151,9 +152,16 @@ pub fn counter_processor(
     if let Ok(debug) = std::env::var("TRIBUTARY_KAFKA_DEBUG") {
         kafka = kafka.set("debug", debug);
     }
+    let mut settings = test_settings();
+    if let Some(ms) = std::env::var("TRIBUTARY_BATCH_LINGER_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+    {
+        settings.batch_linger = Duration::from_millis(ms);
+    }
     tributary::command::CommandProcessor::<Counter>::new(kafka, prefix)
         .expect("valid prefix")
-        .settings(test_settings())
+        .settings(settings)
         .topics(tributary::command::TopicSettings {
             partitions,
             reply_partitions: 4,
