@@ -256,6 +256,7 @@ fn drive<A: Aggregate>(
         let Some(state) = c.partitions.remove(&partition) else {
             // Not reached: `finish` keeps the state of a committed transaction.
             c.inflight.remove(&partition);
+            c.held.remove(&partition);
             c.rewinds
                 .push((partition, next.first().map_or(first, Message::offset)));
             return;
