@@ -16,6 +16,7 @@ use crate::command::dedup::Seen;
 use super::batch;
 use super::partitions::{Core, Inflight, NewSeen, PartitionState, PendingReply};
 use super::producer::send;
+use super::settings::ProcessorSettings;
 use super::stats::ProcessorStats;
 use super::transaction::transact;
 use super::{FaultPoint, lock, slow};
@@ -50,6 +51,12 @@ pub(super) enum BatchFailure {
 /// transactional id, which aborts whatever is still open. Waiting longer would only
 /// keep this instance from polling while a broker or coordinator is away.
 pub(super) const ABORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a partition's transaction may run before it is abandoned: its timeout
+/// plus a margin.
+fn hang_limit(settings: &ProcessorSettings) -> Duration {
+    settings.transaction_timeout + Duration::from_secs(5)
+}
 
 impl<A: Aggregate> Core<A> {
     /// Starts `partition`'s transaction of `messages` on a thread of its own, and
@@ -92,10 +99,18 @@ impl<A: Aggregate> Core<A> {
         if let Err(error) = spawned {
             // The partition's state went with the thread that did not start.
             error!(%error, partition, "cannot start a transaction thread; restoring the partition");
-            self.inflight.remove(&partition);
             lock(&self.shared.stats.owned).retain(|p| *p != partition);
-            self.rewinds.push((partition, first));
+            self.leave_busy(partition, first);
         }
+    }
+
+    /// `partition` is no longer busy and its commands are consumed again from
+    /// `rewind_to` on: its thread (if any) drops its state when it sees its ticket
+    /// gone, and what it held is dropped.
+    fn leave_busy(&mut self, partition: i32, rewind_to: i64) {
+        self.inflight.remove(&partition);
+        self.held.remove(&partition);
+        self.rewinds.push((partition, rewind_to));
     }
 
     /// Gives up the transactions that have not finished when their timeout has
@@ -106,7 +121,7 @@ impl<A: Aggregate> Core<A> {
     /// coordinator fails over (librdkafka issues 5456 and 5511); the other
     /// partitions go on meanwhile.
     pub(super) fn abandon_overdue(&mut self) {
-        let limit = self.shared.settings.transaction_timeout + Duration::from_secs(5);
+        let limit = hang_limit(&self.shared.settings);
         let overdue: Vec<(i32, i64)> = self
             .inflight
             .iter()
@@ -120,9 +135,7 @@ impl<A: Aggregate> Core<A> {
             );
             ProcessorStats::add(&self.shared.stats.abandoned, 1);
             lock(&self.shared.stats.owned).retain(|p| *p != partition);
-            self.inflight.remove(&partition);
-            self.held.remove(&partition);
-            self.rewinds.push((partition, first));
+            self.leave_busy(partition, first);
         }
     }
 
@@ -238,9 +251,7 @@ fn drive<A: Aggregate>(
         c.partitions.insert(partition, part);
         c.confirm_snapshots();
         if c.finish(partition, result).is_err() {
-            c.inflight.remove(&partition);
-            c.held.remove(&partition);
-            c.rewinds.push((partition, first));
+            c.leave_busy(partition, first);
             return;
         }
         let next = c
@@ -253,17 +264,15 @@ fn drive<A: Aggregate>(
             c.count_cached();
             return;
         }
+        let next_first = next.first().map_or(first, Message::offset);
         let Some(state) = c.partitions.remove(&partition) else {
             // Not reached: `finish` keeps the state of a committed transaction.
-            c.inflight.remove(&partition);
-            c.held.remove(&partition);
-            c.rewinds
-                .push((partition, next.first().map_or(first, Message::offset)));
+            c.leave_busy(partition, next_first);
             return;
         };
         part = state;
         if let Some(f) = c.inflight.get_mut(&partition) {
-            f.first = next.first().map_or(first, Message::offset);
+            f.first = next_first;
             f.since = Instant::now();
             f.cached = part.aggregates.len();
         }
@@ -277,7 +286,7 @@ fn drive<A: Aggregate>(
 /// running one. A transaction still running after its timeout (plus a margin) is
 /// abandoned: its thread drops its state when it ends.
 pub(super) fn quiesce<A: Aggregate>(core: &Mutex<Core<A>>, partitions: &[i32]) {
-    let limit = lock(core).shared.settings.transaction_timeout + Duration::from_secs(5);
+    let limit = hang_limit(&lock(core).shared.settings);
     let started = Instant::now();
     loop {
         let mut c = lock(core);

@@ -116,15 +116,13 @@ pub(super) fn run<A: Aggregate>(
                 None => None,
             }
         });
-        let rewinds = std::mem::take(&mut lock(&core).rewinds);
-        if batch.is_empty() && rewinds.is_empty() {
+        if batch.is_empty() && lock(&core).rewinds.is_empty() {
             continue;
         }
+        // Rewinds pending stay in the core until a batch is routed (below).
         let Some(metadata) = consumer.group_metadata() else {
             warn!("no consumer group metadata yet; retrying the batch");
-            let mut positions = positions_of(&batch);
-            positions.extend(rewinds.iter().map(|&(p, o)| (commands_topic.clone(), p, o)));
-            seek_back(&consumer, positions);
+            seek_back(&consumer, positions_of(&batch));
             continue;
         };
         let assigned: HashSet<i32> = consumer
@@ -133,12 +131,12 @@ pub(super) fn run<A: Aggregate>(
             .unwrap_or_default();
         let mut c = lock(&core);
         c.metadata = Some(Arc::new(metadata));
-        // Transactions that failed since the last look (and any failing meanwhile):
-        // their partitions' commands are consumed again from the failed batch on,
-        // so what this batch has of them is dropped.
-        let mut rewind: Vec<(String, i32, i64)> = rewinds
-            .into_iter()
-            .chain(c.rewinds.drain(..))
+        // Transactions that failed since the last look: their partitions' commands
+        // are consumed again from the failed batch on, so what this batch has of
+        // them is dropped.
+        let mut rewind: Vec<(String, i32, i64)> = c
+            .rewinds
+            .drain(..)
             .map(|(p, o)| (commands_topic.clone(), p, o))
             .collect();
         let rewound: HashSet<i32> = rewind.iter().map(|(_, p, _)| *p).collect();
