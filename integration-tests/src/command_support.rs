@@ -132,17 +132,24 @@ impl Handle<Check> for Counter {
 /// Processor settings for tests: a short session timeout, so that a killed or
 /// frozen processor's partitions move within seconds. The poll interval stays above
 /// the time one Kafka operation may take while a broker fails over (tests of a
-/// stalled processor shorten it).
+/// stalled processor shorten it). For benchmarks, `TRIBUTARY_BATCH_LINGER_MS` sets
+/// `batch_linger` (in-process processors and `counter_node` alike).
 pub fn test_settings() -> tributary::command::ProcessorSettings {
-    tributary::command::ProcessorSettings {
+    let mut settings = tributary::command::ProcessorSettings {
         session_timeout: Duration::from_secs(6),
         max_poll_interval: Duration::from_secs(45),
         ..Default::default()
+    };
+    if let Some(ms) = std::env::var("TRIBUTARY_BATCH_LINGER_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+    {
+        settings.batch_linger = Duration::from_millis(ms);
     }
+    settings
 }
 
-/// A processor for the counter with [`test_settings`]; for benchmarks,
-/// `TRIBUTARY_BATCH_LINGER_MS` sets `batch_linger`.
+/// A processor for the counter with [`test_settings`].
 pub fn counter_processor(
     bootstrap: &str,
     prefix: &str,
@@ -152,16 +159,9 @@ pub fn counter_processor(
     if let Ok(debug) = std::env::var("TRIBUTARY_KAFKA_DEBUG") {
         kafka = kafka.set("debug", debug);
     }
-    let mut settings = test_settings();
-    if let Some(ms) = std::env::var("TRIBUTARY_BATCH_LINGER_MS")
-        .ok()
-        .and_then(|ms| ms.parse().ok())
-    {
-        settings.batch_linger = Duration::from_millis(ms);
-    }
     tributary::command::CommandProcessor::<Counter>::new(kafka, prefix)
         .expect("valid prefix")
-        .settings(settings)
+        .settings(test_settings())
         .topics(tributary::command::TopicSettings {
             partitions,
             reply_partitions: 4,
