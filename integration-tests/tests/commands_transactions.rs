@@ -2,7 +2,8 @@
 //! frozen with its transaction open, a crash inside a transaction (recovered through
 //! the same transactional id, and through the broker's transaction timeout), a
 //! member that lost the consumer group trying to commit (KIP-447), and partitions
-//! whose transactions run without waiting for each other.
+//! whose transactions run without waiting for each other, at most
+//! `max_transactions_at_once` of them at once.
 //!
 //! Every result is checked with a plain consumer of our own (`raw_log`), not with
 //! the framework's decoder: the committed log (read_committed) must be gapless with
@@ -393,5 +394,85 @@ async fn a_stalled_partition_does_not_hold_up_the_others() {
         CommandOutcome::Accepted { version, .. } => assert_eq!(version, 2),
         CommandOutcome::Rejected(e) => panic!("{slow}: {e}"),
     }
+    processor.shutdown().await.expect("shutdown");
+}
+
+/// At most `max_transactions_at_once` partitions run a transaction at once, and the
+/// partitions waiting for a slot take turns: with 4 busy partitions and a limit of
+/// 2, exactly 2 transactions overlap at the peak (each one is slowed to 40 ms so
+/// that they would all overlap without the limit), and every command of every
+/// partition is answered with its version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn at_most_max_transactions_at_once_run_and_the_waiting_partitions_take_turns() {
+    use std::sync::atomic::AtomicUsize;
+    use tributary::command::CommandOutcome;
+    use tributary::command::wire::partition_for;
+    use tributary_integration_tests::command_support::{Increment, test_settings};
+
+    let bootstrap = kafka_bootstrap();
+    let prefix = unique_prefix("txn-slots");
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let processor = counter_processor(&bootstrap, &prefix, 4)
+        .settings(tributary::command::ProcessorSettings {
+            max_transactions_at_once: 2,
+            ..test_settings()
+        })
+        .fault_hook({
+            let (running, peak) = (Arc::clone(&running), Arc::clone(&peak));
+            move |point, _partition| match point {
+                FaultPoint::BeforeTransaction => {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(40));
+                }
+                FaultPoint::AfterCommit => {
+                    running.fetch_sub(1, Ordering::SeqCst);
+                }
+                _ => {}
+            }
+        })
+        .start()
+        .await
+        .expect("processor");
+    let gateway = gateway(&bootstrap, &prefix).await;
+    // Five aggregates in each of the 4 partitions, 4 commands each, all at once.
+    let ids: Vec<String> = (0..4)
+        .flat_map(|partition| {
+            (0..)
+                .map(|i| format!("agg-{i}"))
+                .filter(move |id| partition_for(id.as_bytes(), 4) == partition)
+                .take(5)
+        })
+        .collect();
+    let callers: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (gateway, id) = (gateway.clone(), id.clone());
+            tokio::spawn(async move {
+                let mut versions = Vec::new();
+                for _ in 0..4 {
+                    let command = Increment {
+                        id: id.clone(),
+                        by: 1,
+                    };
+                    match gateway.send(command).await.expect("command") {
+                        CommandOutcome::Accepted { version, .. } => versions.push(version),
+                        CommandOutcome::Rejected(e) => panic!("{id}: {e}"),
+                    }
+                }
+                versions
+            })
+        })
+        .collect();
+    for caller in callers {
+        assert_eq!(caller.await.expect("caller"), [1, 2, 3, 4]);
+    }
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        2,
+        "transactions running at once at the peak, with max_transactions_at_once 2 \
+         and 4 busy partitions"
+    );
     processor.shutdown().await.expect("shutdown");
 }

@@ -14,7 +14,8 @@
 //!   `DATABASE_URL`), with `TRIBUTARY_FLUSH_EVERY` and `TRIBUTARY_MAX_CACHED`
 //!   (`flush_every`, `max_cached_aggregates`) when given;
 //! - `TRIBUTARY_DEDUP_WINDOW_SECS`: the processor's dedup window;
-//! - `TRIBUTARY_BATCH_LINGER_MS`: the processor's `batch_linger` (read by
+//! - `TRIBUTARY_BATCH_LINGER_MS` and `TRIBUTARY_MAX_TRANSACTIONS_AT_ONCE`: the
+//!   processor's `batch_linger` and `max_transactions_at_once` (read by
 //!   `test_settings`);
 //! - `TRIBUTARY_PRINT_STATS`: print a line
 //!   `stats <cached aggregates> <loaded> <evicted> <restores> <restore ms>` every second

@@ -59,6 +59,42 @@ fn hang_limit(settings: &ProcessorSettings) -> Duration {
 }
 
 impl<A: Aggregate> Core<A> {
+    /// Starts `partition`'s transaction of `messages` (see [`Self::dispatch`]) when
+    /// fewer than `max_transactions_at_once` run; otherwise holds the commands and
+    /// queues the partition, to start when a running partition finishes.
+    pub(super) fn start_or_wait(
+        &mut self,
+        core: &Arc<Mutex<Core<A>>>,
+        partition: i32,
+        messages: Vec<OwnedMessage>,
+    ) {
+        if self.inflight.len() < self.shared.settings.max_transactions_at_once {
+            self.dispatch(core, partition, messages);
+        } else {
+            self.held.entry(partition).or_default().extend(messages);
+            self.waiting.push_back(partition);
+        }
+    }
+
+    /// Starts the waiting partitions, longest waiting first, while fewer than
+    /// `max_transactions_at_once` run.
+    pub(super) fn start_waiting(&mut self, core: &Arc<Mutex<Core<A>>>) {
+        let max_batch = self.shared.settings.max_batch.max(1);
+        while self.inflight.len() < self.shared.settings.max_transactions_at_once {
+            let Some(partition) = self.waiting.pop_front() else {
+                return;
+            };
+            let messages = self
+                .held
+                .get_mut(&partition)
+                .map(|held| batch::take(held, max_batch))
+                .unwrap_or_default();
+            if !messages.is_empty() {
+                self.dispatch(core, partition, messages);
+            }
+        }
+    }
+
     /// Starts `partition`'s transaction of `messages` on a thread of its own, and
     /// returns at once: the poll loop goes on polling and starting the other
     /// partitions' transactions meanwhile.
@@ -110,6 +146,7 @@ impl<A: Aggregate> Core<A> {
     fn leave_busy(&mut self, partition: i32, rewind_to: i64) {
         self.inflight.remove(&partition);
         self.held.remove(&partition);
+        self.waiting.retain(|p| *p != partition);
         self.rewinds.push((partition, rewind_to));
     }
 
@@ -252,6 +289,19 @@ fn drive<A: Aggregate>(
         c.confirm_snapshots();
         if c.finish(partition, result).is_err() {
             c.leave_busy(partition, first);
+            c.start_waiting(core);
+            return;
+        }
+        let more = c.held.get(&partition).is_some_and(|held| !held.is_empty());
+        if !more || !c.waiting.is_empty() {
+            // Done, or other partitions wait for a slot: this one takes its turn
+            // again after them with what it holds.
+            c.inflight.remove(&partition);
+            if more {
+                c.waiting.push_back(partition);
+            }
+            c.start_waiting(core);
+            c.count_cached();
             return;
         }
         let next = c
@@ -259,11 +309,6 @@ fn drive<A: Aggregate>(
             .get_mut(&partition)
             .map(|held| batch::take(held, max_batch))
             .unwrap_or_default();
-        if next.is_empty() {
-            c.inflight.remove(&partition);
-            c.count_cached();
-            return;
-        }
         let next_first = next.first().map_or(first, Message::offset);
         let Some(state) = c.partitions.remove(&partition) else {
             // Not reached: `finish` keeps the state of a committed transaction.
@@ -293,6 +338,7 @@ pub(super) fn quiesce<A: Aggregate>(core: &Mutex<Core<A>>, partitions: &[i32]) {
         for p in partitions {
             c.held.remove(p);
         }
+        c.waiting.retain(|p| !partitions.contains(p));
         if !partitions.iter().any(|p| c.inflight.contains_key(p)) {
             return;
         }

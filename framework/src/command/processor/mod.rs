@@ -39,7 +39,7 @@ pub use error::ProcessorError;
 pub use settings::ProcessorSettings;
 pub use stats::{ProcessorCounters, ProcessorStats};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -240,6 +240,7 @@ impl<A: Aggregate> CommandProcessor<A> {
             fatal: None,
             inflight: HashMap::new(),
             held: HashMap::new(),
+            waiting: VecDeque::new(),
             rewinds: Vec::new(),
             metadata: None,
             deferred: Vec::new(),

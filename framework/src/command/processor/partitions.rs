@@ -99,9 +99,13 @@ pub(super) struct Core<A: Aggregate> {
     /// Partitions whose transactions run on a thread of their own right now. Their
     /// state is with that thread, not in `partitions` (see `commit`).
     pub(super) inflight: HashMap<i32, Inflight>,
-    /// Commands of busy partitions, polled while their transaction ran, in log
-    /// order: the partition's thread takes them as its next batch.
+    /// Commands of busy and waiting partitions, polled while their transaction ran
+    /// or while they waited, in log order: the partition's next batch.
     pub(super) held: HashMap<i32, VecDeque<OwnedMessage>>,
+    /// Partitions with commands held and no transaction running, because
+    /// `max_transactions_at_once` are running: first come, first started. Their
+    /// state is in `partitions`.
+    pub(super) waiting: VecDeque<i32>,
     /// Partitions whose commands must be consumed again from the given offset (a
     /// transaction failed or was abandoned). The poll loop seeks them back.
     pub(super) rewinds: Vec<(i32, i64)>,
@@ -332,6 +336,7 @@ impl<A: Aggregate> Core<A> {
             // given up) drops its state when it sees its ticket gone.
             self.inflight.remove(&p);
             self.held.remove(&p);
+            self.waiting.retain(|q| *q != p);
             self.rewinds.retain(|(q, _)| *q != p);
             if snapshot {
                 self.flush(p, true);

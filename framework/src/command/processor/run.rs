@@ -1,6 +1,6 @@
 //! The processing loop: poll a batch, sort it by partition, start each idle
-//! partition's transaction (or hold the commands of a busy one), rewind what must be
-//! consumed again.
+//! partition's transaction while fewer than `max_transactions_at_once` run (or hold
+//! the commands of a busy or waiting one), rewind what must be consumed again.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +46,7 @@ pub(super) fn run<A: Aggregate>(
             let mut c = lock(&core);
             c.confirm_snapshots();
             c.abandon_overdue();
+            c.start_waiting(&core);
             c.finish_restores()
         };
         {
@@ -70,6 +71,7 @@ pub(super) fn run<A: Aggregate>(
             // Running transactions finish on their threads, unheard of.
             c.inflight.clear();
             c.held.clear();
+            c.waiting.clear();
             for cancel in c.restoring.values() {
                 cancel.store(true, Ordering::SeqCst);
             }
@@ -99,7 +101,7 @@ pub(super) fn run<A: Aggregate>(
         // partition paused for back-pressure resumed once its thread caught up.
         let busy = {
             let c = lock(&core);
-            !c.inflight.is_empty() || !c.rewinds.is_empty()
+            !c.inflight.is_empty() || !c.waiting.is_empty() || !c.rewinds.is_empty()
         } || !backpressured.is_empty();
         let batch: Vec<OwnedMessage> = batch::collect(max_batch, linger, Instant::now, |timeout| {
             let timeout = if busy {
@@ -145,11 +147,10 @@ pub(super) fn run<A: Aggregate>(
             if rewound.contains(&partition) {
                 continue;
             }
-            // Busy: its thread takes these after the running transaction.
-            if let Some(held) = c
-                .inflight
-                .contains_key(&partition)
-                .then(|| c.held.entry(partition).or_default())
+            // Busy or waiting: these join its next batch.
+            if let Some(held) = (c.inflight.contains_key(&partition)
+                || c.waiting.contains(&partition))
+            .then(|| c.held.entry(partition).or_default())
             {
                 held.extend(messages);
                 if batch::over_limit(held.len(), max_batch) && backpressured.insert(partition) {
@@ -162,7 +163,7 @@ pub(super) fn run<A: Aggregate>(
                 assigned.contains(&partition),
                 c.quarantined.contains_key(&partition),
             ) {
-                Route::Process => c.dispatch(&core, partition, messages),
+                Route::Process => c.start_or_wait(&core, partition, messages),
                 // Revoked meanwhile; the new owner processes these.
                 Route::Skip => {}
                 Route::Unavailable => c.answer_unavailable(partition, &messages),

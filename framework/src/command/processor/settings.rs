@@ -17,6 +17,20 @@ pub struct ProcessorSettings {
     /// by themselves under load, because a busy partition's commands queue up
     /// while its transaction commits and become its next batch.
     pub batch_linger: Duration,
+    /// Most partitions of this instance with a transaction running at once. A
+    /// partition with commands and no free slot waits, its commands gathering into
+    /// its next batch, and takes the slot of the partition that waited longest
+    /// when one finishes (partitions take turns). No limit by default
+    /// (`usize::MAX`): every partition runs its transactions independently, and a
+    /// stalled one (its leader or coordinator failing over) holds up no other.
+    ///
+    /// A transaction costs a few round trips to the transaction coordinator
+    /// whatever its size, so on a small broker that many partitions load at once, a
+    /// limit trades latency at light load (a partition waits its turn) for a
+    /// shorter tail at saturation (fewer, larger transactions): see
+    /// docs/benchmarks.md. A partition stalled until its transaction timeout keeps
+    /// its slot meanwhile.
+    pub max_transactions_at_once: usize,
     /// Consumer group session timeout: how fast a crashed instance's partitions move.
     pub session_timeout: Duration,
     /// A processor that does not poll for this long leaves the group (and is
@@ -53,6 +67,7 @@ impl Default for ProcessorSettings {
         Self {
             max_batch: 500,
             batch_linger: Duration::ZERO,
+            max_transactions_at_once: usize::MAX,
             session_timeout: Duration::from_secs(10),
             max_poll_interval: Duration::from_secs(60),
             transaction_timeout: Duration::from_secs(30),
@@ -68,8 +83,9 @@ impl Default for ProcessorSettings {
 const MAX_POLL_INTERVAL: Duration = Duration::from_secs(86_400);
 
 impl ProcessorSettings {
-    /// Checks every value before a processor starts: `max_batch`, `flush_every`
-    /// and `max_cached_aggregates` of at least 1; `session_timeout` (1 ms to 1 hour), `max_poll_interval` (1 ms
+    /// Checks every value before a processor starts: `max_batch`,
+    /// `max_transactions_at_once`, `flush_every` and `max_cached_aggregates` of at
+    /// least 1; `session_timeout` (1 ms to 1 hour), `max_poll_interval` (1 ms
     /// to 1 day) and `transaction_timeout` (1 s to 2^31 - 1 ms) within what
     /// librdkafka accepts; `batch_linger` at most an hour; and no other duration so
     /// long that a deadline computed from it would overflow (at most a year).
@@ -79,6 +95,7 @@ impl ProcessorSettings {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         let ms = Duration::from_millis;
         at_least("max_batch", self.max_batch, 1)?;
+        at_least("max_transactions_at_once", self.max_transactions_at_once, 1)?;
         at_least("flush_every", self.flush_every, 1)?;
         at_least("max_cached_aggregates", self.max_cached_aggregates, 1)?;
         duration_within(
@@ -133,6 +150,13 @@ mod tests {
                 ..base()
             }),
             "max_batch"
+        );
+        assert_eq!(
+            bad(ProcessorSettings {
+                max_transactions_at_once: 0,
+                ..base()
+            }),
+            "max_transactions_at_once"
         );
         assert_eq!(
             bad(ProcessorSettings {
