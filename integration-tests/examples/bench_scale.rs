@@ -22,9 +22,14 @@
 //!    every partition is revoked and reassigned, eager protocol), at 25 s the first
 //!    one is killed with SIGKILL (its partitions move once the session times out).
 //!    For each window: the longest wait of a command due in it, and how many waited
-//!    over a second.
+//!    over a second. Each command not accepted is printed to stderr with why.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -151,6 +156,11 @@ async fn timeline(target: CounterGateway, rate: usize, secs: f64) -> Vec<Timed> 
             let sent = target.send(id, TIMEOUT).await;
             let waited = due.elapsed().as_secs_f64() * 1000.0;
             let offset = due.saturating_duration_since(start).as_secs_f64();
+            match &sent.kind {
+                Kind::Accepted => {}
+                Kind::Timeout => eprintln!("not accepted (due at {offset:.2} s): timed out"),
+                Kind::Error(e) => eprintln!("not accepted (due at {offset:.2} s): {e}"),
+            }
             (
                 offset,
                 matches!(sent.kind, Kind::Accepted).then_some(waited),
