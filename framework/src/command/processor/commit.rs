@@ -79,20 +79,24 @@ impl<A: Aggregate> Core<A> {
     /// Starts the waiting partitions, longest waiting first, while fewer than
     /// `max_transactions_at_once` run.
     pub(super) fn start_waiting(&mut self, core: &Arc<Mutex<Core<A>>>) {
-        let max_batch = self.shared.settings.max_batch.max(1);
         while self.inflight.len() < self.shared.settings.max_transactions_at_once {
             let Some(partition) = self.waiting.pop_front() else {
                 return;
             };
-            let messages = self
-                .held
-                .get_mut(&partition)
-                .map(|held| batch::take(held, max_batch))
-                .unwrap_or_default();
+            let messages = self.next_batch(partition);
             if !messages.is_empty() {
                 self.dispatch(core, partition, messages);
             }
         }
+    }
+
+    /// The oldest commands `partition` holds, up to `max_batch`: its next batch.
+    fn next_batch(&mut self, partition: i32) -> Vec<OwnedMessage> {
+        let max_batch = self.shared.settings.max_batch.max(1);
+        self.held
+            .get_mut(&partition)
+            .map(|held| batch::take(held, max_batch))
+            .unwrap_or_default()
     }
 
     /// Starts `partition`'s transaction of `messages` on a thread of its own, and
@@ -258,7 +262,6 @@ fn drive<A: Aggregate>(
         let c = lock(core);
         (Arc::clone(&c.shared), c.metadata.clone())
     };
-    let max_batch = shared.settings.max_batch.max(1);
     loop {
         let first = messages.first().map_or(0, Message::offset);
         let result = match &metadata {
@@ -304,11 +307,7 @@ fn drive<A: Aggregate>(
             c.count_cached();
             return;
         }
-        let next = c
-            .held
-            .get_mut(&partition)
-            .map(|held| batch::take(held, max_batch))
-            .unwrap_or_default();
+        let next = c.next_batch(partition);
         let next_first = next.first().map_or(first, Message::offset);
         let Some(state) = c.partitions.remove(&partition) else {
             // Not reached: `finish` keeps the state of a committed transaction.
