@@ -149,9 +149,15 @@ impl<A: Aggregate> Core<A> {
     /// gone, and what it held is dropped.
     fn leave_busy(&mut self, partition: i32, rewind_to: i64) {
         self.inflight.remove(&partition);
+        self.drop_held(partition);
+        self.rewinds.push((partition, rewind_to));
+    }
+
+    /// Drops the commands `partition` holds, and with them its place among the
+    /// waiting partitions (a partition waits only with commands held).
+    pub(super) fn drop_held(&mut self, partition: i32) {
         self.held.remove(&partition);
         self.waiting.retain(|p| *p != partition);
-        self.rewinds.push((partition, rewind_to));
     }
 
     /// Gives up the transactions that have not finished when their timeout has
@@ -334,10 +340,9 @@ pub(super) fn quiesce<A: Aggregate>(core: &Mutex<Core<A>>, partitions: &[i32]) {
     let started = Instant::now();
     loop {
         let mut c = lock(core);
-        for p in partitions {
-            c.held.remove(p);
+        for &p in partitions {
+            c.drop_held(p);
         }
-        c.waiting.retain(|p| !partitions.contains(p));
         if !partitions.iter().any(|p| c.inflight.contains_key(p)) {
             return;
         }

@@ -335,8 +335,7 @@ impl<A: Aggregate> Core<A> {
             // A thread still running the partition's transaction (its wait was
             // given up) drops its state when it sees its ticket gone.
             self.inflight.remove(&p);
-            self.held.remove(&p);
-            self.waiting.retain(|q| *q != p);
+            self.drop_held(p);
             self.rewinds.retain(|(q, _)| *q != p);
             if snapshot {
                 self.flush(p, true);
