@@ -20,7 +20,9 @@
 //! `--max-in-flight M` (open loop, default 5000: more are dropped and counted),
 //! `--pool P` (cqrs-es connections, default 10 as postgres-es's `default_postgress_pool`),
 //! `--cqrs-snapshot K` (cqrs-es snapshot size, default 10; 0 = pure event sourcing),
-//! `--seed S`, `--plot PATH` (default `docs/benchmarks/peer-sweep.svg`).
+//! `--seed S`, `--plot PATH` (default `docs/benchmarks/peer-sweep.svg`), `--warm-up W`
+//! (default 5000: an unmeasured closed loop of W commands at 100 callers per system
+//! first, so that the broker's JVM is warm; 0 = none).
 //! Needs the services (`eval "$(scripts/services.sh up)"`); DATABASE_URL and
 //! KAFKA_BOOTSTRAP_SERVERS as for the tests. cqrs-es's tables live in a schema of
 //! their own, dropped at the end.
@@ -41,7 +43,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tributary::command::ProcessorHandle;
 use tributary_integration_tests::bench_load::{
     CounterGateway, Kind, Sender, Sent, Step, Tally, arg, arg_list, arg_str, best_within,
-    closed_loop, counter_gateway, machine, ms, ms_or_inf, open_loop, plan,
+    closed_loop, counter_gateway, machine, ms, ms_or_inf, open_loop, plan, process_cpu,
 };
 use tributary_integration_tests::command_support::{CounterError, counter_processor};
 use tributary_integration_tests::{
@@ -200,6 +202,8 @@ struct Settings {
     rates: Vec<usize>,
     scenarios: String,
     plot: String,
+    /// Commands of the unmeasured warm-up round per system (0: none).
+    warm_up: usize,
 }
 
 /// A fresh Tributary (new topics under a unique prefix, one processor, a gateway),
@@ -254,6 +258,10 @@ struct Run {
     elapsed: Duration,
     /// Tributary: commands per processor transaction.
     per_txn: Option<f64>,
+    /// CPU time of this process (callers and the system's client side: for
+    /// Tributary the gateway and the processor, for cqrs-es the framework and its
+    /// Postgres driver) during the run; the broker's and Postgres's are not in it.
+    cpu: Option<Duration>,
 }
 
 impl Run {
@@ -272,7 +280,11 @@ async fn measure(
 ) -> Run {
     let (processor, target) = up(system, s, cqrs, tag).await;
     let before = processor.as_ref().map(|p| p.stats().counters());
+    let cpu_before = process_cpu();
     let (tally, elapsed) = closed_loop(&target, Arc::clone(ids), callers, s.timeout).await;
+    let cpu = process_cpu()
+        .zip(cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
     let mut per_txn = None;
     if let (Some(processor), Some(before)) = (processor, before) {
         let after = processor.stats().counters();
@@ -289,14 +301,15 @@ async fn measure(
         tally,
         elapsed,
         per_txn,
+        cpu,
     }
 }
 
 fn closed_header() {
     println!(
-        "| scenario | callers | system | commands | cmd/s | p50 ms | p99 ms | max ms | retries | timeouts | errors | cmds/txn | Tributary / cqrs-es |"
+        "| scenario | callers | system | commands | cmd/s | p50 ms | p99 ms | max ms | retries | timeouts | errors | cmds/txn | process CPU µs/cmd | Tributary / cqrs-es |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
 }
 
 fn closed_rows(scenario: &str, callers: usize, runs: &[Run]) {
@@ -306,7 +319,7 @@ fn closed_rows(scenario: &str, callers: usize, runs: &[Run]) {
     };
     for (i, r) in runs.iter().enumerate() {
         println!(
-            "| {scenario} | {callers} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {scenario} | {callers} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.system.name(),
             r.tally.issued(),
             r.rate(),
@@ -317,6 +330,10 @@ fn closed_rows(scenario: &str, callers: usize, runs: &[Run]) {
             r.tally.timeouts,
             r.tally.errors,
             r.per_txn.map_or("–".into(), |x| format!("{x:.1}")),
+            r.cpu.map_or("–".into(), |cpu| format!(
+                "{:.0}",
+                cpu.as_secs_f64() * 1e6 / r.tally.issued().max(1) as f64
+            )),
             if i == 0 { ratio.as_str() } else { "" },
         );
     }
@@ -509,6 +526,7 @@ async fn main() {
         rates: arg_list("--rates", &DEFAULT_RATES),
         scenarios: arg_str("--scenarios").unwrap_or_else(|| "closed,hot,sweep".into()),
         plot: arg_str("--plot").unwrap_or_else(|| "docs/benchmarks/peer-sweep.svg".into()),
+        warm_up: arg("--warm-up", 5_000),
     };
 
     // cqrs-es: its tables in a schema of their own, reached through search_path.
@@ -593,6 +611,23 @@ async fn main() {
 
 async fn scenarios(s: Settings, cqrs: Target) {
     let both = [System::Tributary, System::CqrsEs];
+    if s.warm_up > 0 {
+        // The broker's JVM compiles its hot paths under load: on a freshly started
+        // broker, the first thousands of transactions are slower (one caller's median
+        // 15 ms against 9 ms once warm, 2026-12-03). Not measured.
+        let ids = Arc::new(plan("warm", s.seed, s.warm_up, AGGREGATES));
+        for system in both {
+            let run = measure(system, &s, &cqrs, "warm", &ids, 100).await;
+            println!(
+                "warm-up ({}): {} commands at 100 callers, {:.0} cmd/s, {} failed (not measured)",
+                run.system.name(),
+                s.warm_up,
+                run.rate(),
+                run.tally.failed()
+            );
+        }
+        println!();
+    }
     let mut closed: Vec<(usize, Vec<Run>)> = Vec::new();
     if s.scenarios.contains("closed") {
         println!("## closed loop, random aggregates\n");

@@ -51,6 +51,19 @@ pub fn machine() -> String {
     format!("{cores} cores, {cpu}")
 }
 
+/// CPU time this process has used so far (user + system), from `/proc/self/stat`
+/// in clock ticks of 10 ms; `None` where that file is missing.
+pub fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces:
+    // state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
 /// What became of one command.
 #[derive(Debug)]
 pub enum Kind {
