@@ -63,6 +63,9 @@
 #   TRIBUTARY_SERVICES       auto (default) | local | docker — force a mode.
 #   TRIBUTARY_CACHE          cache root (default $HOME/.cache/tributary).
 #   TRIBUTARY_WAIT_SECS      how long to wait for a service to answer (default 60).
+#   TRIBUTARY_KAFKA_PROPERTIES  extra broker settings, `;`-separated, appended to each
+#                            node's server.properties (a change restarts the nodes on
+#                            `up`), e.g. for a benchmark's A/B of a broker setting
 #   TRIBUTARY_KAFKA_HEAP     JVM heap options per node (default -Xms256m -Xmx1g, three
 #                            nodes -Xms256m -Xmx512m)
 #
@@ -499,6 +502,10 @@ broker.session.timeout.ms=6000
 broker.heartbeat.interval.ms=1000
 num.partitions=1
 PROPS
+  if [[ -n "${TRIBUTARY_KAFKA_PROPERTIES:-}" ]]; then
+    printf '# From TRIBUTARY_KAFKA_PROPERTIES.\n' >>"${dir}/server.properties.new"
+    tr ';' '\n' <<<"$TRIBUTARY_KAFKA_PROPERTIES" >>"${dir}/server.properties.new"
+  fi
   mv -f "${dir}/server.properties.new" "${dir}/server.properties"
   cat >"${dir}/log4j2.properties" <<PROPS
 # Written by scripts/services.sh: the broker logs to ${dir}/server.log.
