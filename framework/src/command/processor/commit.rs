@@ -15,7 +15,7 @@ use crate::command::dedup::Seen;
 
 use super::batch;
 use super::partitions::{Core, Inflight, NewSeen, PartitionState, PendingReply};
-use super::producer::send;
+use super::producer::{send, serve_ready};
 use super::settings::ProcessorSettings;
 use super::stats::ProcessorStats;
 use super::transaction::transact;
@@ -227,7 +227,7 @@ impl<A: Aggregate> Core<A> {
                         warn!(%error, command_id = r.command_id, "cannot send a reply; its caller will time out and resend");
                     }
                 }
-                self.reply_producer.poll(Duration::ZERO);
+                serve_ready(&self.reply_producer);
                 self.after_commit(partition);
                 Ok(())
             }

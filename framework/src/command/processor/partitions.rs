@@ -21,7 +21,7 @@ use crate::kafka::record_ref;
 use super::cache::Recency;
 use super::contexts::ReplyContext;
 use super::error::ProcessorError;
-use super::producer::{TxProducers, new_reply_producer, send};
+use super::producer::{TxProducers, new_reply_producer, send, serve_ready};
 use super::restore::Restorer;
 use super::stats::ProcessorStats;
 use super::{Shared, lock};
@@ -283,7 +283,7 @@ impl<A: Aggregate> Core<A> {
                 warn!(%error, command_id = command.command_id, "cannot send an `unavailable` reply");
             }
         }
-        self.reply_producer.poll(Duration::ZERO);
+        serve_ready(&self.reply_producer);
     }
 
     /// The reply producer, replaced by a new one first if it hit a fatal error (an

@@ -128,16 +128,11 @@ pub(super) fn forward<A: Aggregate>(
 pub(super) fn drain_deliveries(producer: &BaseProducer<DeliveryContext>, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
-        let before = producer.in_flight_count();
-        producer.poll(Duration::ZERO);
-        let after = producer.in_flight_count();
-        if after == 0 || Instant::now() >= deadline {
+        serve_ready(producer);
+        if producer.in_flight_count() == 0 || Instant::now() >= deadline {
             return;
         }
-        if after >= before {
-            // Nothing was served: wait. Otherwise look again at once.
-            std::thread::sleep(DELIVERY_POLL);
-        }
+        std::thread::sleep(DELIVERY_POLL);
     }
 }
 
@@ -166,4 +161,90 @@ pub(super) fn send<C: ProducerContext<DeliveryOpaque = ()>>(
         .payload(value)
         .headers(headers);
     crate::kafka::send_retrying(producer, record)
+}
+
+/// Serves every delivery report that is ready, without waiting for more.
+/// `poll(Duration::ZERO)` serves at most one report, and librdkafka makes one per
+/// partition and produce request: replies to several gateways' partitions make
+/// several per commit.
+pub(super) fn serve_ready<C: ProducerContext>(producer: &BaseProducer<C>) {
+    loop {
+        let before = producer.in_flight_count();
+        producer.poll(Duration::ZERO);
+        if producer.in_flight_count() >= before {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use rdkafka::ClientConfig;
+    use rdkafka::client::ClientContext;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
+
+    use super::serve_ready;
+
+    #[derive(Clone, Default)]
+    struct Counting(Arc<AtomicUsize>);
+
+    impl ClientContext for Counting {}
+
+    impl ProducerContext for Counting {
+        type DeliveryOpaque = ();
+
+        fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn serving_takes_every_ready_delivery_report_not_just_one() {
+        const PARTITIONS: i32 = 8;
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("replies", PARTITIONS, 1).unwrap();
+        let bootstrap = cluster.bootstrap_servers();
+        let served = Counting::default();
+        let producer: BaseProducer<Counting> = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("linger.ms", "0")
+            .create_with_context(served.clone())
+            .unwrap();
+        for partition in 0..PARTITIONS {
+            producer
+                .send(BaseRecord::<[u8], [u8]>::to("replies").partition(partition).payload(b"r"))
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        // Every record acknowledged (so its report is on its way to the queue), none
+        // served yet.
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for partition in 0..PARTITIONS {
+            while consumer
+                .fetch_watermarks("replies", partition, Duration::from_secs(1))
+                .map_or(true, |(_, high)| high < 1)
+            {
+                assert!(Instant::now() < deadline, "the mock cluster took no record");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(served.0.load(Ordering::SeqCst), 0);
+
+        serve_ready(&producer);
+
+        assert_eq!(served.0.load(Ordering::SeqCst), PARTITIONS as usize);
+    }
 }
