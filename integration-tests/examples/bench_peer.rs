@@ -349,9 +349,21 @@ async fn sweep(system: System, s: &Settings, cqrs: &Target) -> Vec<Step> {
             rate * s.step_secs,
             AGGREGATES,
         );
+        let before = processor.as_ref().map(|p| p.stats().counters());
         let step = open_loop(&target, ids, rate, s.max_in_flight, s.timeout).await;
+        let per_txn = processor
+            .as_ref()
+            .zip(before)
+            .map_or(String::new(), |(p, before)| {
+                let after = p.stats().counters();
+                format!(
+                    ", {:.1} commands per transaction",
+                    (after.commands - before.commands) as f64
+                        / (after.transactions - before.transactions).max(1) as f64
+                )
+            });
         println!(
-            "  {} at {rate}/s: achieved {:.0}/s, p99 {} ms, failed {}{}",
+            "  {} at {rate}/s: achieved {:.0}/s, p99 {} ms, failed {}{per_txn}{}",
             system.name(),
             step.achieved,
             ms(step.tally.latency(0.99)),
