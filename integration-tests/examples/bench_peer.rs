@@ -22,7 +22,10 @@
 //! `--cqrs-snapshot K` (cqrs-es snapshot size, default 10; 0 = pure event sourcing),
 //! `--seed S`, `--plot PATH` (default `docs/benchmarks/peer-sweep.svg`), `--warm-up W`
 //! (default 5000: an unmeasured closed loop of W commands at 100 callers per system
-//! first, so that the broker's JVM is warm; 0 = none).
+//! first, so that the broker's JVM is warm; 0 = none), `--max-transactions-at-once N`
+//! (Tributary's `ProcessorSettings::max_transactions_at_once`, default 2 as
+//! docs/commands.md recommends for a broker this small; 0 = no limit, the processor's
+//! default).
 //! Needs the services (`eval "$(scripts/services.sh up)"`); DATABASE_URL and
 //! KAFKA_BOOTSTRAP_SERVERS as for the tests. cqrs-es's tables live in a schema of
 //! their own, dropped at the end.
@@ -41,11 +44,14 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tributary::command::ProcessorHandle;
+use tributary::command::ProcessorSettings;
 use tributary_integration_tests::bench_load::{
     CounterGateway, Kind, Sender, Sent, Step, Tally, arg, arg_list, arg_str, best_within,
     closed_loop, counter_gateway, machine, ms, ms_or_inf, open_loop, plan, process_cpu,
 };
-use tributary_integration_tests::command_support::{CounterError, counter_processor};
+use tributary_integration_tests::command_support::{
+    CounterError, counter_processor, test_settings,
+};
 use tributary_integration_tests::{
     HOW_TO_START, database_url, describe_broker, kafka_bootstrap, unique_prefix,
 };
@@ -204,6 +210,8 @@ struct Settings {
     plot: String,
     /// Commands of the unmeasured warm-up round per system (0: none).
     warm_up: usize,
+    /// Tributary's `max_transactions_at_once` (`usize::MAX`: no limit).
+    max_transactions: usize,
 }
 
 /// A fresh Tributary (new topics under a unique prefix, one processor, a gateway),
@@ -211,6 +219,10 @@ struct Settings {
 async fn tributary_up(s: &Settings, tag: &str) -> (ProcessorHandle, Target) {
     let prefix = unique_prefix("bench-peer");
     let processor = counter_processor(&s.bootstrap, &prefix, PARTITIONS)
+        .settings(ProcessorSettings {
+            max_transactions_at_once: s.max_transactions,
+            ..test_settings()
+        })
         .start()
         .await
         .expect("processor");
@@ -539,6 +551,10 @@ async fn main() {
         scenarios: arg_str("--scenarios").unwrap_or_else(|| "closed,hot,sweep".into()),
         plot: arg_str("--plot").unwrap_or_else(|| "docs/benchmarks/peer-sweep.svg".into()),
         warm_up: arg("--warm-up", 5_000),
+        max_transactions: match arg("--max-transactions-at-once", 2) {
+            0 => usize::MAX,
+            n => n,
+        },
     };
 
     // cqrs-es: its tables in a schema of their own, reached through search_path.
@@ -577,12 +593,18 @@ async fn main() {
     println!("postgres: {pg_version}, cqrs-es schema {schema}");
     println!(
         "settings: {VERSIONS}; cqrs-es: PersistedEventStore {}, pool of {pool_size} connections, conflicts retried at once; \
-         Tributary: one processor, {PARTITIONS} partitions, processor defaults; {AGGREGATES} aggregates, {commands} commands \
-         per closed-loop run ({} at 1 caller), {} on the hot aggregate, timeout {:?} per command, seed {}",
+         Tributary: one processor, {PARTITIONS} partitions, the test settings (session timeout 6 s), at most {} transactions at once; \
+         {AGGREGATES} aggregates, {commands} commands per closed-loop run ({} at 1 caller), {} on the hot aggregate, \
+         timeout {:?} per command, seed {}",
         if snapshot == 0 {
             "event store (no snapshots)".to_owned()
         } else {
             format!("snapshot every {snapshot} events")
+        },
+        if s.max_transactions == usize::MAX {
+            "unlimited".to_owned()
+        } else {
+            s.max_transactions.to_string()
         },
         commands / 10,
         s.hot_commands,
