@@ -220,7 +220,11 @@ mod tests {
             .unwrap();
         for partition in 0..PARTITIONS {
             producer
-                .send(BaseRecord::<[u8], [u8]>::to("replies").partition(partition).payload(b"r"))
+                .send(
+                    BaseRecord::<[u8], [u8]>::to("replies")
+                        .partition(partition)
+                        .payload(b"r"),
+                )
                 .map_err(|(e, _)| e)
                 .unwrap();
         }

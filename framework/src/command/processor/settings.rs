@@ -29,7 +29,11 @@ pub struct ProcessorSettings {
     /// limit trades latency at light load (a partition waits its turn) for a
     /// shorter tail at saturation (fewer, larger transactions): see
     /// docs/benchmarks.md. A partition stalled until its transaction timeout keeps
-    /// its slot meanwhile.
+    /// its slot meanwhile. On one two-core broker shared with its clients, 4 to 12
+    /// partitions without a limit sent so many small transactions at a few
+    /// thousand commands/s that the broker's group coordinator stalled for seconds;
+    /// a limit of 2 per instance kept it in step. Set one when the brokers are that
+    /// small.
     pub max_transactions_at_once: usize,
     /// Consumer group session timeout: how fast a crashed instance's partitions move.
     pub session_timeout: Duration,
