@@ -20,6 +20,7 @@ use tributary_integration_tests::command_support::{
     test_settings,
 };
 use tributary_integration_tests::node::Node;
+use tributary_integration_tests::projection_support::wait_until;
 use tributary_integration_tests::{database_url, kafka_bootstrap, pg_store, unique_prefix};
 
 const AGGREGATES: usize = 200;
@@ -182,15 +183,11 @@ async fn a_killed_owner_s_partitions_are_restored_lazily_and_continue_exactly() 
     // Its first command waits for its own partition's restore; the other partition
     // restores on a thread of its own and may finish later.
     expect_one(&gateway, 0, 2).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while processor.stats().counters().restores < PARTITIONS as u64 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not every partition restored within 60 s: {:?}",
-            processor.stats().counters()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(Duration::from_secs(60), "every partition restored", || {
+        let restores = processor.stats().counters().restores;
+        async move { restores >= PARTITIONS as u64 }
+    })
+    .await;
     let after_restore = processor.stats().counters();
     let held = processor.stats().cached_aggregates();
     assert_eq!(after_restore.restores, PARTITIONS as u64);
