@@ -43,8 +43,7 @@ use postgres_es::PostgresCqrs;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use tributary::command::ProcessorHandle;
-use tributary::command::ProcessorSettings;
+use tributary::command::{ProcessorCounters, ProcessorHandle, ProcessorSettings};
 use tributary_integration_tests::bench_load::{
     CounterGateway, Kind, Sender, Sent, Step, Tally, arg, arg_list, arg_str, best_within,
     closed_loop, counter_gateway, machine, ms, ms_or_inf, open_loop, plan, process_cpu,
@@ -300,10 +299,7 @@ async fn measure(
     let mut per_txn = None;
     if let (Some(processor), Some(before)) = (processor, before) {
         let after = processor.stats().counters();
-        per_txn = Some(
-            (after.commands - before.commands) as f64
-                / (after.transactions - before.transactions).max(1) as f64,
-        );
+        per_txn = Some(per_transaction(&before, &after));
         if let Err(e) = processor.shutdown().await {
             println!("warning: processor shutdown: {e}");
         }
@@ -315,6 +311,12 @@ async fn measure(
         per_txn,
         cpu,
     }
+}
+
+/// Commands per processor transaction between two readings of its counters.
+fn per_transaction(before: &ProcessorCounters, after: &ProcessorCounters) -> f64 {
+    (after.commands - before.commands) as f64
+        / (after.transactions - before.transactions).max(1) as f64
 }
 
 fn closed_header() {
@@ -367,11 +369,9 @@ async fn sweep(system: System, s: &Settings, cqrs: &Target) -> Vec<Step> {
             .as_ref()
             .zip(before)
             .map_or(String::new(), |(p, before)| {
-                let after = p.stats().counters();
                 format!(
                     ", {:.1} commands per transaction",
-                    (after.commands - before.commands) as f64
-                        / (after.transactions - before.transactions).max(1) as f64
+                    per_transaction(&before, &p.stats().counters())
                 )
             });
         println!(
