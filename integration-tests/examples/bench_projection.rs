@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Options: `--events N` (default 200000), `--partitions P` (default 2),
-//! `--batch-size B` (default 2000), `--accounts K` (default 10000).
+//! `--batch-size B` (default 2000), `--accounts K` (default 10000),
+//! `--at-once A`: the worker's `max_partitions_at_once` (default: P).
 //! Needs the services (`eval "$(scripts/services.sh up)"`).
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
@@ -125,6 +126,8 @@ struct Args {
     partitions: i32,
     batch_size: usize,
     accounts: usize,
+    /// `max_partitions_at_once`; `None`: one per partition.
+    at_once: Option<usize>,
 }
 
 fn parse_args() -> Args {
@@ -133,6 +136,7 @@ fn parse_args() -> Args {
         partitions: 2,
         batch_size: 2000,
         accounts: 10_000,
+        at_once: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -145,6 +149,7 @@ fn parse_args() -> Args {
             "--partitions" => args.partitions = i32::try_from(number).expect("partitions"),
             "--batch-size" => args.batch_size = number,
             "--accounts" => args.accounts = number,
+            "--at-once" => args.at_once = Some(number),
             other => panic!("unknown option {other}; see the file's header"),
         }
     }
@@ -170,6 +175,9 @@ fn rate(n: usize, elapsed: Duration) -> f64 {
 #[tokio::main]
 async fn main() {
     let args = parse_args();
+    let at_once = args
+        .at_once
+        .unwrap_or(usize::try_from(args.partitions).unwrap_or(1).max(1));
     // The worker's per-event spans are DEBUG in the default build. This crate
     // builds the framework with `otel` (for the trace test), which makes them INFO,
     // and a fmt subscriber at INFO would record a million of them: what an `otel`
@@ -218,8 +226,8 @@ async fn main() {
         store.schema()
     );
     println!(
-        "settings:  events={} partitions={} batch_size={} accounts={} topic={topic}",
-        args.events, args.partitions, args.batch_size, args.accounts
+        "settings:  events={} partitions={} batch_size={} accounts={} max_partitions_at_once={} topic={topic}",
+        args.events, args.partitions, args.batch_size, args.accounts, at_once
     );
 
     // Load.
@@ -392,6 +400,7 @@ async fn main() {
         .subscribe(&codec.prefix, codec.codec.clone())
         .settings(ProjectionSettings {
             batch_size: args.batch_size,
+            max_partitions_at_once: at_once,
             progress_interval: Duration::from_secs(5),
             ..ProjectionSettings::default()
         });

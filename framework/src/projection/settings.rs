@@ -73,6 +73,18 @@ pub struct ProjectionSettings {
     /// Pause after an infrastructure error (Kafka or Postgres unavailable) before the
     /// batch is tried again. Default 1 s.
     pub outage_backoff: Duration,
+    /// How many partitions' batches one worker applies at once, each in a Postgres
+    /// transaction of its own on a connection of its own (from the store's pool).
+    /// Default 1: one batch after the other.
+    ///
+    /// More lets a worker (and a rebuild, which reads every partition) keep Postgres
+    /// busy while it waits for round trips. Records of one partition are still
+    /// applied in order, one batch at a time. Raise it only if handlers of different
+    /// partitions may run at the same time, as they do anyway when several workers
+    /// share a projection: if two batches lock the same rows in different orders,
+    /// Postgres aborts one with a deadlock, which is rolled back and tried again after
+    /// `outage_backoff`. Keep it below the pool's connection count.
+    pub max_partitions_at_once: usize,
 }
 
 impl Default for ProjectionSettings {
@@ -86,13 +98,14 @@ impl Default for ProjectionSettings {
             group_id: None,
             progress_interval: Duration::from_secs(5),
             outage_backoff: Duration::from_secs(1),
+            max_partitions_at_once: 1,
         }
     }
 }
 
 impl ProjectionSettings {
-    /// Checks every value before a worker starts: `batch_size` and
-    /// `retry.max_attempts` of at least 1, a `session_timeout` librdkafka accepts
+    /// Checks every value before a worker starts: `batch_size`,
+    /// `max_partitions_at_once` and `retry.max_attempts` of at least 1, a `session_timeout` librdkafka accepts
     /// (1 ms to 1 hour), and no duration so long that a deadline computed from it
     /// would overflow (at most a year; `max_wait` at most an hour).
     ///
@@ -102,6 +115,7 @@ impl ProjectionSettings {
         use crate::settings::{MAX_DURATION, MAX_SESSION_TIMEOUT, at_least, duration_within};
         let ms = Duration::from_millis;
         at_least("batch_size", self.batch_size, 1)?;
+        at_least("max_partitions_at_once", self.max_partitions_at_once, 1)?;
         duration_within(
             "max_wait",
             self.max_wait,
@@ -174,6 +188,13 @@ mod tests {
                 ..base()
             }),
             "batch_size"
+        );
+        assert_eq!(
+            bad(ProjectionSettings {
+                max_partitions_at_once: 0,
+                ..base()
+            }),
+            "max_partitions_at_once"
         );
         assert_eq!(
             bad(ProjectionSettings {

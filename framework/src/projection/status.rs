@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use futures_util::future::{FutureExt, Shared};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -162,16 +163,19 @@ impl Drop for ProjectionHandle {
     }
 }
 
-/// A shutdown signal that can be awaited repeatedly.
+/// A shutdown signal that can be awaited repeatedly. Its clones share the signal:
+/// each batch applied at the same time waits on one of its own.
+#[derive(Clone)]
 pub(crate) struct Shutdown {
-    signal: Pin<Box<dyn Future<Output = ()> + Send>>,
+    signal: Shared<Pin<Box<dyn Future<Output = ()> + Send>>>,
     fired: bool,
 }
 
 impl Shutdown {
     pub(crate) fn new(signal: impl Future<Output = ()> + Send + 'static) -> Self {
+        let signal: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(signal);
         Self {
-            signal: Box::pin(signal),
+            signal: signal.shared(),
             fired: false,
         }
     }
@@ -188,7 +192,7 @@ impl Shutdown {
     pub(crate) fn fired(&mut self) -> bool {
         if !self.fired {
             let mut cx = Context::from_waker(Waker::noop());
-            if let Poll::Ready(()) = self.signal.as_mut().poll(&mut cx) {
+            if let Poll::Ready(()) = Pin::new(&mut self.signal).poll(&mut cx) {
                 self.fired = true;
             }
         }

@@ -3,6 +3,7 @@
 //! backoff, poison records parked (or halting the projection).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rdkafka::message::{Message, OwnedMessage};
@@ -75,60 +76,83 @@ const EVENT_SPAN_LEVEL: tracing::Level = tracing::Level::INFO;
 const EVENT_SPAN_LEVEL: tracing::Level = tracing::Level::DEBUG;
 
 impl<P: Projection> ProjectionWorker<P> {
-    /// Applies the collected records, one partition after the other, each on a copy
-    /// of its [`Part`] (the caller merges the copies back). Logs conflicts and
-    /// outages (and waits `outage_backoff` after one, as the loop always did before
-    /// the next partition); stops at a halt or a shutdown during a retry backoff.
+    /// Applies the collected records, up to `max_partitions_at_once` partitions at
+    /// a time (one after the other by default), each on a copy of its [`Part`] (the
+    /// caller merges the copies back). Logs conflicts and outages, and waits
+    /// `outage_backoff` after one before the partition's result is returned. After a
+    /// halt or a shutdown during a retry backoff no further partition starts; those
+    /// already running finish, and only the partitions that ran are returned.
     pub(super) async fn apply_groups(
         &self,
         jobs: Vec<(Part, Group)>,
         shutdown: &mut Shutdown,
     ) -> Vec<(Part, Result<(), Failure>)> {
-        let mut outcomes = Vec::with_capacity(jobs.len());
-        for (mut part, group) in jobs {
-            let result = self
-                .apply_partition(&mut part, &group.messages, &group.decoded, shutdown)
-                .await;
-            let stop = match &result {
-                Ok(()) => false,
-                Err(Failure::Conflict) => {
-                    tracing::warn!(projection = P::NAME, topic = %part.topic, partition = part.partition, expected = ?part.checkpoint, "checkpoint was moved by another worker: this worker lost the partition; batch rolled back, checkpoint will be re-read");
-                    self.status.send_modify(|s| s.conflicts += 1);
-                    false
-                }
-                Err(Failure::Infra(error)) => {
-                    tracing::error!(projection = P::NAME, topic = %part.topic, partition = part.partition, error = %error, "batch failed and was rolled back; retrying after a pause");
-                    self.metrics.outage_retries.increment(1);
-                    self.status
-                        .send_modify(|s| s.last_error = Some(error.to_string()));
-                    tokio::select! {
-                        () = shutdown.wait() => {}
-                        () = tokio::time::sleep(self.config.outage_backoff) => {}
+        use futures_util::StreamExt;
+        let stopped = AtomicBool::new(false);
+        let (stopped, shutdown) = (&stopped, &*shutdown);
+        futures_util::stream::iter(jobs)
+            .map(|(part, group)| {
+                let mut shutdown = shutdown.clone();
+                async move {
+                    // A job starts when it is first polled: after a stop, it does not.
+                    if stopped.load(Ordering::Relaxed) {
+                        return None;
                     }
-                    false
-                }
-                Err(Failure::Rebuilding) => {
-                    tracing::debug!(projection = P::NAME, topic = %part.topic, partition = part.partition, "a rebuild of this projection is running: waiting for it");
-                    self.status.send_modify(|s| {
-                        s.last_error = Some(format!(
-                            "paused: a rebuild of projection `{}` is running; this worker goes on from the rebuilt checkpoints when it ends",
-                            P::NAME
-                        ));
-                    });
-                    tokio::select! {
-                        () = shutdown.wait() => {}
-                        () = tokio::time::sleep(REBUILD_POLL) => {}
+                    let outcome = self.apply_group(part, &group, &mut shutdown).await;
+                    if matches!(outcome.1, Err(Failure::Halted(_) | Failure::Shutdown)) {
+                        stopped.store(true, Ordering::Relaxed);
                     }
-                    false
+                    Some(outcome)
                 }
-                Err(Failure::Halted(_) | Failure::Shutdown) => true,
-            };
-            outcomes.push((part, result));
-            if stop {
-                break;
+            })
+            .buffered(self.config.max_partitions_at_once.max(1))
+            .filter_map(std::future::ready)
+            .collect()
+            .await
+    }
+
+    /// Applies one partition's group; logs a conflict, an outage (then waits
+    /// `outage_backoff`) or a running rebuild (then waits a little).
+    async fn apply_group(
+        &self,
+        mut part: Part,
+        group: &Group,
+        shutdown: &mut Shutdown,
+    ) -> (Part, Result<(), Failure>) {
+        let result = self
+            .apply_partition(&mut part, &group.messages, &group.decoded, shutdown)
+            .await;
+        match &result {
+            Ok(()) | Err(Failure::Halted(_) | Failure::Shutdown) => {}
+            Err(Failure::Conflict) => {
+                tracing::warn!(projection = P::NAME, topic = %part.topic, partition = part.partition, expected = ?part.checkpoint, "checkpoint was moved by another worker: this worker lost the partition; batch rolled back, checkpoint will be re-read");
+                self.status.send_modify(|s| s.conflicts += 1);
+            }
+            Err(Failure::Infra(error)) => {
+                tracing::error!(projection = P::NAME, topic = %part.topic, partition = part.partition, error = %error, "batch failed and was rolled back; retrying after a pause");
+                self.metrics.outage_retries.increment(1);
+                self.status
+                    .send_modify(|s| s.last_error = Some(error.to_string()));
+                tokio::select! {
+                    () = shutdown.wait() => {}
+                    () = tokio::time::sleep(self.config.outage_backoff) => {}
+                }
+            }
+            Err(Failure::Rebuilding) => {
+                tracing::debug!(projection = P::NAME, topic = %part.topic, partition = part.partition, "a rebuild of this projection is running: waiting for it");
+                self.status.send_modify(|s| {
+                    s.last_error = Some(format!(
+                        "paused: a rebuild of projection `{}` is running; this worker goes on from the rebuilt checkpoints when it ends",
+                        P::NAME
+                    ));
+                });
+                tokio::select! {
+                    () = shutdown.wait() => {}
+                    () = tokio::time::sleep(REBUILD_POLL) => {}
+                }
             }
         }
-        outcomes
+        (part, result)
     }
 
     /// Applies one partition's records (decoded when they arrived), carrying out
