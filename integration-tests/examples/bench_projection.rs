@@ -25,6 +25,7 @@ use tributary::EventEnvelope;
 use tributary::projection::{
     HandlerError, Handles, Projection, ProjectionSettings, ProjectionWorker,
 };
+use tributary_integration_tests::bench_load::process_cpu;
 use tributary_integration_tests::projection_support::{
     AccountEvent, EventsTopic, RawRecord, database_url, kafka_config, produce, test_store,
 };
@@ -404,8 +405,10 @@ async fn main() {
             progress_interval: Duration::from_secs(5),
             ..ProjectionSettings::default()
         });
+    let cpu_before = process_cpu();
     let report = worker.rebuild().await.expect("rebuild");
     let projection_time = report.elapsed;
+    let cpu = cpu_before.zip(process_cpu()).map(|(a, b)| b - a);
 
     // The read model must be right, or the numbers mean nothing.
     let mut actual: Vec<(String, i64, i64)> =
@@ -453,6 +456,13 @@ async fn main() {
         "ratio to slower ceiling:   {:.2}",
         projection / kafka.min(postgres)
     );
+    if let Some(cpu) = cpu {
+        println!(
+            "rebuild CPU of this process: {:.2} s, {:.2} µs/event",
+            cpu.as_secs_f64(),
+            cpu.as_secs_f64() * 1e6 / args.events as f64
+        );
+    }
     println!(
         "read model verified: {} accounts, {} events",
         actual.len(),
