@@ -365,7 +365,7 @@ fn generate(
             }
         })
         .collect();
-    let indices = (0..variants.len()).map(Literal::usize_unsuffixed);
+    let indices: Vec<Literal> = (0..variants.len()).map(Literal::usize_unsuffixed).collect();
     let units = variants
         .iter()
         .map(|v| matches!(v.variant.fields, Fields::Unit));
@@ -428,6 +428,23 @@ fn generate(
                         __other => ::core::result::Result::Err(#krate::PayloadError::UnknownType {
                             name: ::std::borrow::ToOwned::to_owned(__other),
                         }),
+                    }
+                }
+
+                fn from_payload_text(
+                    __event_type: &#krate::EventType,
+                    __json: &[u8],
+                ) -> ::core::option::Option<Self> {
+                    static NAMES: ::std::sync::OnceLock<&'static [&'static str]> =
+                        ::std::sync::OnceLock::new();
+                    let __names = *NAMES.get_or_init(#krate::__private::variant_names::<Self>);
+                    match __event_type.name {
+                        #(
+                            #name_consts => #krate::__private::from_payload_text(
+                                __names, #count, #indices, __json,
+                            ),
+                        )*
+                        _ => ::core::option::Option::None,
                     }
                 }
             }
@@ -503,6 +520,7 @@ mod expansion_tests {
             "Self::Shipped=>&__TRIBUTARY_EVENT_TYPE_2",
             "__TRIBUTARY_EVENT_NAME_2=>::tributary_core::__private::from_payload(",
             r#"from_payload("OrderLineEvent",__names,3,2,true,__payload"#,
+            "__TRIBUTARY_EVENT_NAME_2=>::tributary_core::__private::from_payload_text(__names,3,2,__json",
             "::tributary_core::DomainEvent",
         ] {
             assert!(out.contains(snippet), "missing {snippet} in {out}");

@@ -67,18 +67,29 @@ impl DomainEvent for ShopEvent {
 
     fn from_payload(event_type: &EventType, payload: Value) -> Result<Self, PayloadError> {
         let names = derive_support::variant_names::<Self>();
-        let (index, unit) = match event_type.name {
-            "order.placed" => (0, false),
-            "order.cancelled" => (1, false),
-            "order.pinged" => (2, true),
-            "order.noted" => (3, false),
-            other => {
-                return Err(PayloadError::UnknownType {
-                    name: other.to_owned(),
-                });
-            }
+        let Some((index, unit)) = variant(event_type.name) else {
+            return Err(PayloadError::UnknownType {
+                name: event_type.name.to_owned(),
+            });
         };
         derive_support::from_payload("ShopEvent", names, 4, index, unit, payload)
+    }
+
+    fn from_payload_text(event_type: &EventType, json: &[u8]) -> Option<Self> {
+        let names = derive_support::variant_names::<Self>();
+        let (index, _) = variant(event_type.name)?;
+        derive_support::from_payload_text(names, 4, index, json)
+    }
+}
+
+/// The variant index of an event type name, and whether it is a unit variant.
+fn variant(name: &str) -> Option<(usize, bool)> {
+    match name {
+        "order.placed" => Some((0, false)),
+        "order.cancelled" => Some((1, false)),
+        "order.pinged" => Some((2, true)),
+        "order.noted" => Some((3, false)),
+        _ => None,
     }
 }
 
@@ -661,8 +672,96 @@ fn arb_headers() -> impl Strategy<Value = Vec<(String, Option<Vec<u8>>)>> {
     proptest::collection::vec((name, value), 0..14)
 }
 
+#[test]
+fn the_payload_text_path_reads_every_variant() {
+    for event in [
+        ShopEvent::Placed {
+            customer: "c-1".into(),
+            lines: vec![("sku".into(), 2)],
+        },
+        ShopEvent::Cancelled {
+            reason: "late".into(),
+            by_customer: true,
+        },
+        ShopEvent::Pinged,
+        ShopEvent::Noted("hi".into()),
+    ] {
+        let text = serde_json::to_vec(&event.to_payload().unwrap()).unwrap();
+        assert_eq!(
+            ShopEvent::from_payload_text(event.event_type(), &text),
+            Some(event.clone()),
+            "{}",
+            String::from_utf8_lossy(&text)
+        );
+    }
+    // A unit variant's payload is `null` or `{}`, nothing else.
+    let pinged = &TYPES[2];
+    assert_eq!(
+        ShopEvent::from_payload_text(pinged, b"null"),
+        Some(ShopEvent::Pinged)
+    );
+    for text in [&b"{\"a\":1}"[..], b"[]", b"\"Pinged\"", b"{} x", b""] {
+        assert_eq!(ShopEvent::from_payload_text(pinged, text), None);
+    }
+    // A tuple variant only from an array that is not empty, as the `Value` path.
+    #[derive(Debug, PartialEq, Deserialize)]
+    enum Tuples {
+        Pair(u8, String),
+        Empty(),
+    }
+    let names = derive_support::variant_names::<Tuples>();
+    let text = |index, json: &str| {
+        derive_support::from_payload_text::<Tuples>(names, 2, index, json.as_bytes())
+    };
+    assert_eq!(text(0, r#"[1,"a"]"#), Some(Tuples::Pair(1, "a".into())));
+    assert_eq!(text(0, r#"{"0":1,"1":"a"}"#), None);
+    assert_eq!(text(0, "[1]"), None);
+    assert_eq!(text(1, "[]"), None);
+    assert_eq!(text(1, "[1]"), None);
+}
+
+/// Payload texts for any event type: right ones, wrong shapes, duplicates, junk.
+fn arb_payload_text() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        arb_event().prop_map(|e| serde_json::to_vec(&e.to_payload().unwrap()).unwrap()),
+        prop_oneof![
+            Just("null"),
+            Just("{}"),
+            Just("[]"),
+            Just("\"x\""),
+            Just("7"),
+            Just(r#"{"reason":"a","by_customer":false}"#),
+            Just(r#"{"reason":"a","reason":"b","by_customer":true}"#),
+            Just(r#"{"customer":"c","lines":[["s",1]],"extra":null}"#),
+            Just(r#"{"customer":"c","lines":[["s",-1]]}"#),
+            Just(r#"["c",[]]"#),
+            Just(r#"{"customer":"c","lines":[]} {}"#),
+            Just(r#"{"customer":"c""#),
+        ]
+        .prop_map(|s| s.as_bytes().to_vec()),
+        proptest::collection::vec(any::<u8>(), 0..24),
+    ]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The text path is only a shortcut: whatever it reads, the `Value` path reads
+    /// the same, and it reads every payload the encoder writes.
+    #[test]
+    fn the_payload_text_path_agrees_with_the_value_path(
+        type_index in 0..TYPES.len(),
+        text in arb_payload_text(),
+        event in arb_event(),
+    ) {
+        let event_type = &TYPES[type_index];
+        if let Some(fast) = ShopEvent::from_payload_text(event_type, &text) {
+            let value: Value = serde_json::from_slice(&text).unwrap();
+            prop_assert_eq!(ShopEvent::from_payload(event_type, value).unwrap(), fast);
+        }
+        let own = serde_json::to_vec(&event.to_payload().unwrap()).unwrap();
+        prop_assert_eq!(ShopEvent::from_payload_text(event.event_type(), &own), Some(event));
+    }
 
     #[test]
     fn any_envelope_round_trips(envelope in arb_envelope()) {
