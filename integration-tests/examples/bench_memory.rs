@@ -57,7 +57,8 @@ fn memory(pid: u32) -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// The last `stats` line the node printed: cached aggregates, loaded, evicted.
+/// The last `stats` line the node printed: cached aggregates, loaded, evicted, and
+/// the heap the node's Rust code holds when it was built with `heap-stats`.
 fn cached(node: &mut Node, last: &mut String) -> String {
     if let Some(line) = node
         .printed()
@@ -67,10 +68,18 @@ fn cached(node: &mut Node, last: &mut String) -> String {
     {
         *last = line;
     }
-    let mut fields = last.split_whitespace().skip(1);
-    let mut next = || fields.next().unwrap_or("?").to_owned();
-    let (cached, loaded, evicted) = (next(), next(), next());
-    format!("{cached} cached, {loaded} loaded, {evicted} evicted")
+    let fields: Vec<&str> = last.split_whitespace().skip(1).collect();
+    let field = |i: usize| fields.get(i).copied().unwrap_or("?");
+    let heap = field(5)
+        .parse::<f64>()
+        .map(|bytes| format!(", heap {:.0} MiB", bytes / 1_048_576.0))
+        .unwrap_or_default();
+    format!(
+        "{} cached, {} loaded, {} evicted{heap}",
+        field(0),
+        field(1),
+        field(2)
+    )
 }
 
 struct Mode {

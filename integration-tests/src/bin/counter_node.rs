@@ -18,8 +18,10 @@
 //!   processor's `batch_linger` and `max_transactions_at_once` (read by
 //!   `test_settings`);
 //! - `TRIBUTARY_PRINT_STATS`: print a line
-//!   `stats <cached aggregates> <loaded> <evicted> <restores> <restore ms>` every second
-//!   (for the benchmarks).
+//!   `stats <cached aggregates> <loaded> <evicted> <restores> <restore ms> <heap>`
+//!   every second (for the benchmarks), where `<heap>` is the bytes the process's
+//!   Rust code holds on the heap when built with the feature `heap-stats` (memory
+//!   that librdkafka's C code allocates is not counted), `-` without it.
 //!
 //! Prints `fenced` once a commit of it was refused because another owner fenced it.
 
@@ -31,6 +33,27 @@ use std::time::Duration;
 
 use tributary::command::{FaultPoint, ProcessorSettings};
 use tributary_integration_tests::command_support::{counter_processor, test_settings};
+
+/// Counts the heap's bytes in use (`heap-stats`).
+#[cfg(feature = "heap-stats")]
+#[global_allocator]
+static HEAP: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
+
+/// The bytes the process's Rust code holds on the heap now, `-` without `heap-stats`.
+fn heap_in_use() -> String {
+    #[cfg(feature = "heap-stats")]
+    {
+        let stats = HEAP.stats();
+        stats
+            .bytes_allocated
+            .saturating_sub(stats.bytes_deallocated)
+            .to_string()
+    }
+    #[cfg(not(feature = "heap-stats"))]
+    {
+        "-".to_owned()
+    }
+}
 
 #[tokio::main]
 async fn main() {
@@ -100,12 +123,13 @@ async fn main() {
             let stats = processor.stats();
             let c = stats.counters();
             println!(
-                "stats {} {} {} {} {}",
+                "stats {} {} {} {} {} {}",
                 stats.cached_aggregates(),
                 c.aggregates_loaded,
                 c.aggregates_evicted,
                 c.restores,
-                c.restore_millis
+                c.restore_millis,
+                heap_in_use()
             );
             let _ = std::io::stdout().flush();
         }
