@@ -1,11 +1,11 @@
 //! The `tributary_dead_letters` table.
 
 use chrono::{DateTime, Utc};
-use rdkafka::message::{Headers, Message, OwnedMessage};
 use sqlx::{PgConnection, PgExecutor};
 
 use crate::codec::RecordRef;
 use crate::projection::error::{PoisonReason, PoisonReport, ProjectionError};
+use crate::projection::received::Received;
 
 /// A parked record of a projection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,17 +144,12 @@ pub(crate) const COLUMNS: &str = "id, projection, topic, partition, record_offse
 pub(crate) async fn park(
     conn: &mut PgConnection,
     report: &PoisonReport,
-    message: &OwnedMessage,
+    message: &Received,
 ) -> Result<(), sqlx::Error> {
     let (names, values): (Vec<String>, Vec<Option<Vec<u8>>>) = message
         .headers()
-        .map(|headers| {
-            headers
-                .iter()
-                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                .unzip()
-        })
-        .unwrap_or_default();
+        .map(|(name, value)| (name.to_owned(), value.map(<[u8]>::to_vec)))
+        .unzip();
     sqlx::query(
         "INSERT INTO tributary_dead_letters
             (projection, topic, partition, record_offset, record_key, payload,

@@ -67,6 +67,7 @@ mod checkpoint;
 mod dead_letter;
 mod error;
 mod lag;
+mod received;
 mod settings;
 pub(crate) mod source;
 mod status;

@@ -6,7 +6,6 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use rdkafka::message::{Message, OwnedMessage};
 use tracing::Instrument;
 
 use super::ProjectionWorker;
@@ -17,6 +16,7 @@ use super::rebuild::rebuild_running;
 use crate::codec::DecodeError;
 use crate::projection::dead_letter;
 use crate::projection::error::{PoisonReport, ProjectionError};
+use crate::projection::received::Received;
 use crate::projection::source::{Decoded, Source};
 use crate::projection::status::Shutdown;
 use crate::projection::{HandlerError, Projection};
@@ -161,7 +161,7 @@ impl<P: Projection> ProjectionWorker<P> {
     async fn apply_partition(
         &self,
         part: &mut Part,
-        messages: &[OwnedMessage],
+        messages: &[Received],
         decoded: &[Result<Decoded, DecodeError>],
         shutdown: &mut Shutdown,
     ) -> Result<(), Failure> {
@@ -179,7 +179,7 @@ impl<P: Projection> ProjectionWorker<P> {
             self.config.poison,
         );
         // The decoded records of `range`, with their messages.
-        let items = |range: std::ops::Range<usize>| -> Vec<(&OwnedMessage, &Decoded)> {
+        let items = |range: std::ops::Range<usize>| -> Vec<(&Received, &Decoded)> {
             range
                 .filter_map(|i| decoded[i].as_ref().ok().map(|d| (&messages[i], d)))
                 .collect()
@@ -241,7 +241,7 @@ impl<P: Projection> ProjectionWorker<P> {
         &self,
         source: &dyn Source<P>,
         part: &mut Part,
-        items: &[(&OwnedMessage, &Decoded)],
+        items: &[(&Received, &Decoded)],
         mode: Mode,
     ) -> Result<(), TryError> {
         let (Some(first), Some(last)) = (items.first(), items.last()) else {
@@ -281,7 +281,7 @@ impl<P: Projection> ProjectionWorker<P> {
                 return Err(TryError::Rebuilding);
             }
             // One span per event, continuing the trace the event was written in.
-            let event_span = |message: &OwnedMessage, event: &Decoded| {
+            let event_span = |message: &Received, event: &Decoded| {
                 let span = tracing::span!(EVENT_SPAN_LEVEL, "projection_event", projection = P::NAME, topic = %part.topic, partition = part.partition, offset = message.offset());
                 trace_context::continue_trace(&span, source.traceparent(event));
                 span
@@ -337,7 +337,7 @@ impl<P: Projection> ProjectionWorker<P> {
         .await
     }
 
-    fn poison_report(part: &Part, message: &OwnedMessage, poison: Poison) -> PoisonReport {
+    fn poison_report(part: &Part, message: &Received, poison: Poison) -> PoisonReport {
         PoisonReport {
             projection: P::NAME,
             topic: part.topic.clone(),
@@ -353,7 +353,7 @@ impl<P: Projection> ProjectionWorker<P> {
     async fn park(
         &self,
         part: &mut Part,
-        message: &OwnedMessage,
+        message: &Received,
         report: PoisonReport,
     ) -> Result<(), Failure> {
         tracing::warn!(projection = P::NAME, topic = %report.topic, partition = report.partition, offset = report.offset, reason = %report.reason, error = %report.error, "poison record parked in tributary_dead_letters");

@@ -1,8 +1,7 @@
 //! The partitions a worker applies and the records it has received for them.
 
-use rdkafka::message::OwnedMessage;
-
 use crate::codec::DecodeError;
+use crate::projection::received::Received;
 use crate::projection::source::Decoded;
 
 /// A partition the worker applies.
@@ -53,7 +52,7 @@ impl Part {
 pub(super) struct Group {
     /// [`Part::id`].
     pub(super) id: u64,
-    pub(super) messages: Vec<OwnedMessage>,
+    pub(super) messages: Vec<Received>,
     /// `decoded[i]` is `messages[i]` decoded.
     pub(super) decoded: Vec<Result<Decoded, DecodeError>>,
 }
@@ -72,7 +71,7 @@ impl Pending {
     pub(super) fn push(
         &mut self,
         id: u64,
-        message: OwnedMessage,
+        message: Received,
         decoded: Result<Decoded, DecodeError>,
     ) -> usize {
         let index = match self.groups.iter().position(|g| g.id == id) {
@@ -114,10 +113,8 @@ impl Pending {
 
 #[cfg(test)]
 mod tests {
-    use rdkafka::Timestamp;
-    use rdkafka::message::Message;
-
     use super::*;
+    use crate::codec::RecordRef;
 
     fn part(id: u64, partition: i32, ready: bool) -> Part {
         Part {
@@ -133,20 +130,16 @@ mod tests {
         }
     }
 
-    fn message(partition: i32, offset: i64) -> OwnedMessage {
-        OwnedMessage::new(
-            Some(b"{}".to_vec()),
-            None,
-            "shop.order.events".to_owned(),
-            Timestamp::NotAvailable,
-            partition,
-            offset,
-            None,
-        )
+    fn message(_partition: i32, offset: i64) -> Received {
+        let record = RecordRef {
+            value: Some(b"{}"),
+            ..RecordRef::default()
+        };
+        Received::new(offset, &record)
     }
 
     fn offsets(group: &Group) -> Vec<i64> {
-        group.messages.iter().map(Message::offset).collect()
+        group.messages.iter().map(Received::offset).collect()
     }
 
     #[test]

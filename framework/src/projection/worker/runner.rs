@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::ProjectionWorker;
@@ -16,6 +16,7 @@ use crate::kafka::record_ref;
 use crate::projection::Projection;
 use crate::projection::checkpoint;
 use crate::projection::error::ProjectionError;
+use crate::projection::received::Received;
 use crate::projection::status::Shutdown;
 
 /// How long an idle worker waits for records before it looks at rebalances and
@@ -309,9 +310,18 @@ impl<P: Projection> Runner<'_, P> {
             match received {
                 Err(_elapsed) => break,
                 Ok(Ok(message)) => {
-                    let message = message.detach();
+                    let source = self
+                        .worker
+                        .sources
+                        .iter()
+                        .position(|s| s.topic() == message.topic());
+                    let partition = message.partition();
+                    let received = Received::new(message.offset(), &record_ref(&message));
+                    drop(message);
                     self.take_rebalance_events_dropping(pending);
-                    if let Some(len) = self.accept(message, pending) {
+                    if let Some(len) =
+                        source.and_then(|source| self.accept(source, partition, received, pending))
+                    {
                         if pending.first_at.is_none() {
                             let now = tokio::time::Instant::now();
                             pending.first_at = Some(now);
@@ -345,25 +355,28 @@ impl<P: Projection> Runner<'_, P> {
         }
     }
 
-    /// Decodes a record and adds it to its partition's group, unless its partition
-    /// is not ready or it was already received. Returns the group's size, `None` if
-    /// dropped.
-    fn accept(&mut self, message: OwnedMessage, pending: &mut Pending) -> Option<usize> {
+    /// Decodes a record of partition `partition` of the topic of source `source` and
+    /// adds it to its partition's group, unless its partition is not ready or it was
+    /// already received. Returns the group's size, `None` if dropped.
+    fn accept(
+        &mut self,
+        source: usize,
+        partition: i32,
+        record: Received,
+        pending: &mut Pending,
+    ) -> Option<usize> {
         let part = self
             .parts
             .iter_mut()
-            .find(|p| p.partition == message.partition() && p.topic == message.topic())?;
-        if !part.ready || message.offset() < part.position {
+            .find(|p| p.partition == partition && p.source == source)?;
+        if !part.ready || record.offset() < part.position {
             return None;
         }
-        let source = self.worker.sources.get(part.source)?;
-        part.position = message.offset() + 1;
+        let decoder = self.worker.sources.get(source)?;
+        part.position = record.offset() + 1;
         part.at_end = false;
-        let decoded = source.decode(
-            &record_ref(&message),
-            (message.partition(), message.offset()),
-        );
-        Some(pending.push(part.id, message, decoded))
+        let decoded = decoder.decode(&record.as_record(), (partition, record.offset()));
+        Some(pending.push(part.id, record, decoded))
     }
 
     /// At the end of a partition, moves the checkpoint past trailing transaction
