@@ -145,8 +145,11 @@ async fn a_restore_longer_than_the_poll_interval_keeps_the_instance_in_its_group
     use tributary_integration_tests::projection_support::{RawRecord, produce};
 
     // Enough that the restore outlasts the 6 s poll interval on an idle machine too
-    // (400,000 took 5.3 s there in a debug build).
-    const EVENTS: u64 = 1_000_000;
+    // (400,000 took 5.3 s there in a debug build; once events were decoded without
+    // a `serde_json::Value`, 1,000,000 took 5.5 s in CI).
+    const EVENTS: u64 = 1_600_000;
+    // Written in slices, so the test holds one slice of records at a time.
+    const SLICE: u64 = 200_000;
     let bootstrap = kafka_bootstrap();
     let prefix = unique_prefix("fault-longrestore");
     let (large, small) = (id_on(0, 2), id_on(1, 2));
@@ -164,19 +167,21 @@ async fn a_restore_longer_than_the_poll_interval_keeps_the_instance_in_its_group
         .expect("processor");
     first.shutdown().await.expect("shutdown");
     let codec = EventsTopic::<CounterEvent>::new(&prefix);
-    let records: Vec<RawRecord> = (1..=EVENTS)
-        .map(|sequence| {
-            let envelope = EventEnvelope::new(
-                large.as_str(),
-                sequence,
-                CounterEvent::Incremented { by: 1 },
-            );
-            let mut record: RawRecord = codec.encode(&envelope).into();
-            record.partition = Some(0);
-            record
-        })
-        .collect();
-    produce(&bootstrap, &codec.name.clone(), records).await;
+    for start in (1..=EVENTS).step_by(SLICE as usize) {
+        let records: Vec<RawRecord> = (start..(start + SLICE).min(EVENTS + 1))
+            .map(|sequence| {
+                let envelope = EventEnvelope::new(
+                    large.as_str(),
+                    sequence,
+                    CounterEvent::Incremented { by: 1 },
+                );
+                let mut record: RawRecord = codec.encode(&envelope).into();
+                record.partition = Some(0);
+                record
+            })
+            .collect();
+        produce(&bootstrap, &codec.name.clone(), records).await;
+    }
 
     let processor = counter_processor(&bootstrap, &prefix, 2)
         .settings(settings)
