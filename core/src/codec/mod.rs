@@ -225,7 +225,14 @@ impl<E: DomainEvent> EventCodec<E> {
             .flatten();
         let event = match fast {
             Some(event) => event,
-            None => self.decode_value(ce_type, event_type, found_version, value)?,
+            None => {
+                let payload =
+                    serde_json::from_slice(value).map_err(|source| DecodeError::InvalidJson {
+                        ce_type: ce_type.to_owned(),
+                        source,
+                    })?;
+                self.event_from_value(ce_type, event_type, found_version, payload)?
+            }
         };
         Ok(EventEnvelope {
             id,
@@ -237,26 +244,6 @@ impl<E: DomainEvent> EventCodec<E> {
         })
     }
 
-    /// The payload read through a [`serde_json::Value`], upcast from `found_version`.
-    fn decode_value(
-        &self,
-        ce_type: &str,
-        event_type: &'static EventType,
-        found_version: u32,
-        value: &[u8],
-    ) -> Result<E, DecodeError> {
-        let payload: serde_json::Value =
-            serde_json::from_slice(value).map_err(|source| DecodeError::InvalidJson {
-                ce_type: ce_type.to_owned(),
-                source,
-            })?;
-        let payload = self.upcast(event_type, found_version, payload)?;
-        E::from_payload(event_type, payload).map_err(|source| DecodeError::Payload {
-            ce_type: ce_type.to_owned(),
-            source,
-        })
-    }
-
     /// Decodes a bare payload of type `ce_type` (`order.placed.v1`), upcasting an
     /// older version. Used where the payload travels without record headers.
     pub fn decode_payload(
@@ -265,6 +252,18 @@ impl<E: DomainEvent> EventCodec<E> {
         payload: serde_json::Value,
     ) -> Result<E, DecodeError> {
         let (event_type, found_version) = self.parse_type(ce_type)?;
+        self.event_from_value(ce_type, event_type, found_version, payload)
+    }
+
+    /// A payload of type `ce_type` at `found_version`, upcast to the current version
+    /// of `event_type` and deserialized.
+    fn event_from_value(
+        &self,
+        ce_type: &str,
+        event_type: &'static EventType,
+        found_version: u32,
+        payload: serde_json::Value,
+    ) -> Result<E, DecodeError> {
         let payload = self.upcast(event_type, found_version, payload)?;
         E::from_payload(event_type, payload).map_err(|source| DecodeError::Payload {
             ce_type: ce_type.to_owned(),
