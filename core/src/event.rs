@@ -175,6 +175,19 @@ pub(crate) mod derive_support {
         }
     }
 
+    /// The serde tag of variant `index`, if serde's names are one per variant
+    /// (`variant_count`): `None` when they are not, as when a variant is skipped.
+    fn variant_tag(
+        variant_names: &'static [&'static str],
+        variant_count: usize,
+        index: usize,
+    ) -> Option<&'static str> {
+        if variant_names.len() != variant_count {
+            return None;
+        }
+        variant_names.get(index).copied()
+    }
+
     /// Re-attaches the serde tag of variant `index` and deserializes.
     pub fn from_payload<T: de::DeserializeOwned>(
         enum_name: &'static str,
@@ -184,11 +197,7 @@ pub(crate) mod derive_support {
         unit: bool,
         payload: Value,
     ) -> Result<T, PayloadError> {
-        if variant_names.len() != variant_count {
-            return Err(PayloadError::Representation { enum_name });
-        }
-        let tag = variant_names
-            .get(index)
+        let tag = variant_tag(variant_names, variant_count, index)
             .ok_or(PayloadError::Representation { enum_name })?;
         let tagged = if unit {
             match &payload {
@@ -200,10 +209,10 @@ pub(crate) mod derive_support {
                     ))));
                 }
             }
-            Value::String((*tag).to_owned())
+            Value::String(tag.to_owned())
         } else {
             let mut map = Map::with_capacity(1);
-            map.insert((*tag).to_owned(), payload);
+            map.insert(tag.to_owned(), payload);
             Value::Object(map)
         };
         Ok(serde_json::from_value(tagged)?)
@@ -218,10 +227,7 @@ pub(crate) mod derive_support {
         index: usize,
         json: &[u8],
     ) -> Option<T> {
-        if variant_names.len() != variant_count {
-            return None;
-        }
-        let tag = variant_names.get(index)?;
+        let tag = variant_tag(variant_names, variant_count, index)?;
         let mut json = serde_json::Deserializer::from_slice(json);
         let value = T::deserialize(Tagged {
             tag,

@@ -391,6 +391,13 @@ fn generate(
                 };
             )*
 
+            /// The serde names of the enum's variants, found once.
+            fn __tributary_variant_names() -> &'static [&'static str] {
+                static NAMES: ::std::sync::OnceLock<&'static [&'static str]> =
+                    ::std::sync::OnceLock::new();
+                *NAMES.get_or_init(#krate::__private::variant_names::<#ident>)
+            }
+
             #[automatically_derived]
             impl #krate::DomainEvent for #ident {
                 const AGGREGATE: &'static str = __TRIBUTARY_AGGREGATE;
@@ -416,9 +423,7 @@ fn generate(
                     __event_type: &#krate::EventType,
                     __payload: #krate::__private::serde_json::Value,
                 ) -> ::core::result::Result<Self, #krate::PayloadError> {
-                    static NAMES: ::std::sync::OnceLock<&'static [&'static str]> =
-                        ::std::sync::OnceLock::new();
-                    let __names = *NAMES.get_or_init(#krate::__private::variant_names::<Self>);
+                    let __names = __tributary_variant_names();
                     match __event_type.name {
                         #(
                             #name_consts => #krate::__private::from_payload(
@@ -435,9 +440,7 @@ fn generate(
                     __event_type: &#krate::EventType,
                     __json: &[u8],
                 ) -> ::core::option::Option<Self> {
-                    static NAMES: ::std::sync::OnceLock<&'static [&'static str]> =
-                        ::std::sync::OnceLock::new();
-                    let __names = *NAMES.get_or_init(#krate::__private::variant_names::<Self>);
+                    let __names = __tributary_variant_names();
                     match __event_type.name {
                         #(
                             #name_consts => #krate::__private::from_payload_text(
