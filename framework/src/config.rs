@@ -57,6 +57,9 @@ impl KafkaConfig {
 
     /// Sets any librdkafka property. Tributary's own required settings (such as
     /// `isolation.level` or `enable.idempotence`) are applied after these and win.
+    /// The tuning defaults it chose yield to a property set here: the producers'
+    /// `linger.ms` (1), and a projection consumer's `fetch.queue.backoff.ms` (10)
+    /// and `statistics.interval.ms` (1000).
     #[must_use]
     pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.properties.insert(key.into(), value.into());
