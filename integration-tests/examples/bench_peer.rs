@@ -385,6 +385,16 @@ async fn sweep(system: System, s: &Settings, cqrs: &Target) -> Vec<Step> {
                 .as_ref()
                 .map_or(String::new(), |e| format!(" (first error: {e})"))
         );
+        if step.p99_ms().is_none_or(|p| p > P99_BOUND_MS) {
+            println!(
+                "    slow: {}",
+                step.slow_runs(
+                    Duration::from_secs_f64(P99_BOUND_MS / 1000.0),
+                    Duration::from_millis(50),
+                    5
+                )
+            );
+        }
         let saturated = step.achieved < SATURATED * rate as f64;
         steps.push(step);
         if saturated {

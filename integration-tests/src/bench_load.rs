@@ -235,12 +235,53 @@ pub struct Step {
     pub achieved: f64,
     /// What it measured.
     pub tally: Tally,
+    /// Each accepted command's due time (from the step's start) and latency, in
+    /// due order: where in the step the slow ones were.
+    pub timeline: Vec<(Duration, Duration)>,
 }
 
 impl Step {
     /// The p99 latency in ms, `None` when it falls on a failed or dropped command.
     pub fn p99_ms(&self) -> Option<f64> {
         self.tally.latency(0.99).map(|d| d.as_secs_f64() * 1000.0)
+    }
+
+    /// Where the commands slower than `bound` were due: runs of them whose due
+    /// times are less than `gap` apart, as `count over from–to s (max ms)`, the
+    /// `limit` runs with the most commands. Tells one long stall from many short
+    /// ones.
+    pub fn slow_runs(&self, bound: Duration, gap: Duration, limit: usize) -> String {
+        let mut runs: Vec<(Duration, Duration, usize, Duration)> = Vec::new();
+        for &(due, latency) in self.timeline.iter().filter(|(_, l)| *l > bound) {
+            match runs.last_mut() {
+                Some((_, to, count, max)) if due.saturating_sub(*to) < gap => {
+                    *to = due;
+                    *count += 1;
+                    *max = (*max).max(latency);
+                }
+                _ => runs.push((due, due, 1, latency)),
+            }
+        }
+        let total: usize = runs.iter().map(|r| r.2).sum();
+        let shown = runs.len().min(limit);
+        runs.sort_by_key(|r| std::cmp::Reverse(r.2));
+        let parts: Vec<String> = runs[..shown]
+            .iter()
+            .map(|(from, to, count, max)| {
+                format!(
+                    "{count} due {:.2}–{:.2} s (max {:.0} ms)",
+                    from.as_secs_f64(),
+                    to.as_secs_f64(),
+                    max.as_secs_f64() * 1000.0
+                )
+            })
+            .collect();
+        format!(
+            "{total} over {:.0} ms in {} runs; largest: {}",
+            bound.as_secs_f64() * 1000.0,
+            runs.len(),
+            parts.join(", ")
+        )
     }
 }
 
@@ -286,11 +327,15 @@ pub async fn open_loop<T: Sender>(
             let sent = target.send(id, timeout).await;
             drop(permit);
             let done = Instant::now();
-            (sent, done.saturating_duration_since(due), done)
+            (sent, due, done.saturating_duration_since(due), done)
         }));
     }
+    let mut timeline = Vec::with_capacity(tasks.len());
     for task in tasks {
-        let (sent, latency, done) = task.await.expect("command task");
+        let (sent, due, latency, done) = task.await.expect("command task");
+        if matches!(sent.kind, Kind::Accepted) {
+            timeline.push((due.saturating_duration_since(start), latency));
+        }
         tally.add(sent, latency, done);
     }
     tally.ok.sort_unstable();
@@ -302,6 +347,7 @@ pub async fn open_loop<T: Sender>(
         offered: rate,
         achieved: tally.ok.len() as f64 / elapsed.as_secs_f64().max(1e-9),
         tally,
+        timeline,
     }
 }
 
@@ -309,7 +355,7 @@ pub async fn open_loop<T: Sender>(
 /// them (a processor that has just started may still be creating them).
 pub async fn counter_gateway(bootstrap: &str, prefix: &str) -> CounterGateway {
     let gateway = tributary::command::CommandGateway::connect_with_timeout(
-        tributary::KafkaConfig::new(bootstrap),
+        crate::command_support::counter_kafka(bootstrap),
         prefix,
         Duration::from_secs(60),
     )

@@ -156,17 +156,29 @@ pub fn test_settings() -> tributary::command::ProcessorSettings {
     settings
 }
 
+/// The Kafka settings of the counter's processors and gateways: `bootstrap`, and
+/// for benchmarks and debugging the librdkafka `debug` and `linger.ms` of
+/// `TRIBUTARY_KAFKA_DEBUG` and `TRIBUTARY_KAFKA_LINGER_MS` when set.
+pub fn counter_kafka(bootstrap: &str) -> tributary::KafkaConfig {
+    let mut kafka = tributary::KafkaConfig::new(bootstrap);
+    for (var, property) in [
+        ("TRIBUTARY_KAFKA_DEBUG", "debug"),
+        ("TRIBUTARY_KAFKA_LINGER_MS", "linger.ms"),
+    ] {
+        if let Ok(value) = std::env::var(var) {
+            kafka = kafka.set(property, value);
+        }
+    }
+    kafka
+}
+
 /// A processor for the counter with [`test_settings`].
 pub fn counter_processor(
     bootstrap: &str,
     prefix: &str,
     partitions: i32,
 ) -> tributary::command::CommandProcessor<Counter> {
-    let mut kafka = tributary::KafkaConfig::new(bootstrap);
-    if let Ok(debug) = std::env::var("TRIBUTARY_KAFKA_DEBUG") {
-        kafka = kafka.set("debug", debug);
-    }
-    tributary::command::CommandProcessor::<Counter>::new(kafka, prefix)
+    tributary::command::CommandProcessor::<Counter>::new(counter_kafka(bootstrap), prefix)
         .expect("valid prefix")
         .settings(test_settings())
         .topics(tributary::command::TopicSettings {
