@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::snapshot;
 use super::topics::{TopicLayout, TopicSettings, ensure_topics};
@@ -435,12 +435,19 @@ struct Shared<A: Aggregate> {
     fail_reply_producer: Arc<AtomicBool>,
 }
 
-/// Logs a step of a transaction that took long: a broker or coordinator moving, or
-/// unreachable.
+/// Logs a step of a transaction that took long: over a second (a broker or
+/// coordinator moving, or unreachable) as a warning, over 100 ms (a stall that sets
+/// the tail latency) at debug level.
 fn slow(step: &'static str, started: Instant) {
     let took = started.elapsed();
     if took > Duration::from_secs(1) {
         warn!(
+            step,
+            took_ms = took.as_millis() as u64,
+            "slow transaction step"
+        );
+    } else if took > Duration::from_millis(100) {
+        debug!(
             step,
             took_ms = took.as_millis() as u64,
             "slow transaction step"
