@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run --release -p tributary-integration-tests --example bench_peer -- \
-//!     [--commands N] [--scenarios closed,hot,sweep] [--rates 100,200,500,1000,2000,4000,8000] \
+//!     [--commands N] [--scenarios closed,hot,sweep] [--rates 100,200,500,1000,2000,3000,4000,6000,8000] \
 //!     [--step-secs S] [--plot PATH]
 //! ```
 //!
@@ -61,7 +61,7 @@ const CALLERS: [usize; 4] = [1, 10, 100, 1000];
 const HOT_CALLERS: usize = 50;
 const WARM_UP: usize = 50;
 const WARM_UP_TIMEOUT: Duration = Duration::from_secs(60);
-const DEFAULT_RATES: [usize; 7] = [100, 200, 500, 1000, 2000, 4000, 8000];
+const DEFAULT_RATES: [usize; 9] = [100, 200, 500, 1000, 2000, 3000, 4000, 6000, 8000];
 const SATURATED: f64 = 0.8;
 const P99_BOUND_MS: f64 = 100.0;
 const VERSIONS: &str = "cqrs-es 0.5.0, postgres-es 0.5.0 (sqlx 0.8, shared with the workspace)";
@@ -364,6 +364,9 @@ async fn sweep(system: System, s: &Settings, cqrs: &Target) -> Vec<Step> {
             AGGREGATES,
         );
         let before = processor.as_ref().map(|p| p.stats().counters());
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         let step = open_loop(&target, ids, rate, s.max_in_flight, s.timeout).await;
         let per_txn = processor
             .as_ref()
@@ -375,7 +378,7 @@ async fn sweep(system: System, s: &Settings, cqrs: &Target) -> Vec<Step> {
                 )
             });
         println!(
-            "  {} at {rate}/s: achieved {:.0}/s, p99 {} ms, failed {}{per_txn}{}",
+            "  {} at {rate}/s: achieved {:.0}/s, p99 {} ms, failed {}{per_txn}{} (started at {:.3} s since the epoch)",
             system.name(),
             step.achieved,
             ms(step.tally.latency(0.99)),
@@ -383,7 +386,8 @@ async fn sweep(system: System, s: &Settings, cqrs: &Target) -> Vec<Step> {
             step.tally
                 .first_error
                 .as_ref()
-                .map_or(String::new(), |e| format!(" (first error: {e})"))
+                .map_or(String::new(), |e| format!(" (first error: {e})")),
+            started.as_secs_f64()
         );
         if step.p99_ms().is_none_or(|p| p > P99_BOUND_MS) {
             println!(
