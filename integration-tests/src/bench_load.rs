@@ -419,3 +419,51 @@ pub fn start_counter_node(
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     crate::node::Node::counter(program, bootstrap, prefix, partitions, &env)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{Step, Tally};
+
+    fn step(timeline: &[(u64, u64)]) -> Step {
+        Step {
+            offered: 1000,
+            achieved: 1000.0,
+            tally: Tally::default(),
+            timeline: timeline
+                .iter()
+                .map(|&(due, latency)| (Duration::from_millis(due), Duration::from_millis(latency)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn slow_runs_group_the_slow_commands_by_due_time_largest_first() {
+        let step = step(&[
+            (100, 150),
+            (110, 120),
+            (120, 20),
+            (130, 180),
+            (900, 101),
+            (2000, 300),
+            (2010, 250),
+            (2020, 200),
+            (2030, 120),
+        ]);
+        let ms = Duration::from_millis;
+        assert_eq!(
+            step.slow_runs(ms(100), ms(50), 5),
+            "8 over 100 ms in 3 runs; largest: 4 due 2.00–2.03 s (max 300 ms), \
+             3 due 0.10–0.13 s (max 180 ms), 1 due 0.90–0.90 s (max 101 ms)"
+        );
+        assert_eq!(
+            step.slow_runs(ms(100), ms(50), 1),
+            "8 over 100 ms in 3 runs; largest: 4 due 2.00–2.03 s (max 300 ms)"
+        );
+        assert_eq!(
+            step.slow_runs(ms(400), ms(50), 5),
+            "0 over 400 ms in 0 runs; largest: "
+        );
+    }
+}

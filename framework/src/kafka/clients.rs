@@ -104,9 +104,9 @@ pub(crate) fn watermark_reader(kafka: &KafkaConfig, group: Option<&str>) -> Clie
 /// `linger.ms` of the framework's producers unless the Kafka settings set it (or
 /// its alias `queue.buffering.max.ms`). One millisecond lets the records of a
 /// batch, or of many callers, share a request. 0 sends each record at once: on the
-/// benchmark machine a lone command's median fell by about 1.5 ms, and the hot
-/// aggregate lost a third of its throughput to more than twice the CPU per
-/// command (docs/benchmarks.md).
+/// benchmark machine a lone command's median fell by 1.1–2 ms, and the hot
+/// aggregate lost a quarter to a half of its throughput at about three times the
+/// CPU per command (docs/benchmarks.md).
 const PRODUCER_LINGER_MS: &str = "1";
 
 fn default_linger(config: &mut ClientConfig) {
