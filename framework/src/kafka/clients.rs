@@ -109,10 +109,24 @@ pub(crate) fn watermark_reader(kafka: &KafkaConfig, group: Option<&str>) -> Clie
 /// CPU per command (docs/benchmarks.md).
 const PRODUCER_LINGER_MS: &str = "1";
 
-fn default_linger(config: &mut ClientConfig) {
-    if config.get("linger.ms").is_none() && config.get("queue.buffering.max.ms").is_none() {
-        config.set("linger.ms", PRODUCER_LINGER_MS);
+/// Sets a tuning default: `key` to `value` unless the user's Kafka settings set it
+/// or one of its librdkafka `aliases`.
+fn set_default(config: &mut ClientConfig, key: &str, aliases: &[&str], value: &str) {
+    if std::iter::once(key)
+        .chain(aliases.iter().copied())
+        .all(|k| config.get(k).is_none())
+    {
+        config.set(key, value);
     }
+}
+
+fn default_linger(config: &mut ClientConfig) {
+    set_default(
+        config,
+        "linger.ms",
+        &["queue.buffering.max.ms"],
+        PRODUCER_LINGER_MS,
+    );
 }
 
 /// The processor's producer of one partition's transactions (events, outcomes,
@@ -193,13 +207,19 @@ pub(crate) fn projection_consumer(
     session_timeout: Duration,
 ) -> ClientConfig {
     let mut config = kafka.client_config();
-    if config.get("fetch.queue.backoff.ms").is_none() {
-        config.set("fetch.queue.backoff.ms", PROJECTION_FETCH_QUEUE_BACKOFF_MS);
-    }
+    set_default(
+        &mut config,
+        "fetch.queue.backoff.ms",
+        &[],
+        PROJECTION_FETCH_QUEUE_BACKOFF_MS,
+    );
     // The partitions' last stable offsets for the lag gauge come with the statistics.
-    if config.get("statistics.interval.ms").is_none() {
-        config.set("statistics.interval.ms", PROJECTION_STATISTICS_INTERVAL_MS);
-    }
+    set_default(
+        &mut config,
+        "statistics.interval.ms",
+        &[],
+        PROJECTION_STATISTICS_INTERVAL_MS,
+    );
     config
         .set("group.id", group)
         .set("enable.auto.commit", "false")
