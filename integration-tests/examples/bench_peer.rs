@@ -364,9 +364,6 @@ async fn sweep(system: System, s: &Settings, cqrs: &Target) -> Vec<Step> {
             AGGREGATES,
         );
         let before = processor.as_ref().map(|p| p.stats().counters());
-        let started = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
         let step = open_loop(&target, ids, rate, s.max_in_flight, s.timeout).await;
         let per_txn = processor
             .as_ref()
@@ -378,7 +375,7 @@ async fn sweep(system: System, s: &Settings, cqrs: &Target) -> Vec<Step> {
                 )
             });
         println!(
-            "  {} at {rate}/s: achieved {:.0}/s, p99 {} ms, failed {}{per_txn}{} (started at {:.3} s since the epoch)",
+            "  {} at {rate}/s: achieved {:.0}/s, p99 {} ms, failed {}{per_txn}{} (first due at {:.3} s since the epoch)",
             system.name(),
             step.achieved,
             ms(step.tally.latency(0.99)),
@@ -387,7 +384,10 @@ async fn sweep(system: System, s: &Settings, cqrs: &Target) -> Vec<Step> {
                 .first_error
                 .as_ref()
                 .map_or(String::new(), |e| format!(" (first error: {e})")),
-            started.as_secs_f64()
+            step.started
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64()
         );
         if step.p99_ms().is_none_or(|p| p > P99_BOUND_MS) {
             println!(

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Semaphore;
 
@@ -235,6 +235,9 @@ pub struct Step {
     pub achieved: f64,
     /// What it measured.
     pub tally: Tally,
+    /// When the first command was due, by the wall clock: to match the step with
+    /// the logs of the broker and the processor.
+    pub started: SystemTime,
     /// Each accepted command's due time (from the step's start) and latency, in
     /// due order: where in the step the slow ones were.
     pub timeline: Vec<(Duration, Duration)>,
@@ -313,6 +316,7 @@ pub async fn open_loop<T: Sender>(
     let mut tally = Tally::default();
     let mut tasks = Vec::with_capacity(issued);
     let start = Instant::now() + Duration::from_millis(20);
+    let started = SystemTime::now() + Duration::from_millis(20);
     for (i, id) in ids.into_iter().enumerate() {
         let due = start + Duration::from_nanos((i as u64 * 1_000_000_000) / rate as u64);
         if due > Instant::now() {
@@ -347,6 +351,7 @@ pub async fn open_loop<T: Sender>(
         offered: rate,
         achieved: tally.ok.len() as f64 / elapsed.as_secs_f64().max(1e-9),
         tally,
+        started,
         timeline,
     }
 }
@@ -431,6 +436,7 @@ mod tests {
             offered: 1000,
             achieved: 1000.0,
             tally: Tally::default(),
+            started: std::time::SystemTime::UNIX_EPOCH,
             timeline: timeline
                 .iter()
                 .map(|&(due, latency)| (Duration::from_millis(due), Duration::from_millis(latency)))
