@@ -31,8 +31,7 @@ pub const DECIDE_BATCH_SECONDS: &str = "tributary_decide_batch_seconds";
 /// Histogram: commands per partition batch, by `aggregate`.
 pub const COMMAND_BATCH_SIZE: &str = "tributary_command_batch_size";
 /// Counter: Kafka transactions of the processors, by `aggregate` and `result`
-/// (`committed`, `aborted`, `fenced`, `deposed`, `abandoned`). A deposed
-/// transaction is also aborted, so it counts under both.
+/// (`committed`, `aborted`, `fenced`, `abandoned`).
 pub const TRANSACTIONS: &str = "tributary_transactions_total";
 /// Histogram (seconds): `commit_transaction` of the processors, by `aggregate`.
 pub const TRANSACTION_COMMIT_SECONDS: &str = "tributary_transaction_commit_seconds";

@@ -1,7 +1,7 @@
 //! G1 and G2 where Kafka's transactions do the work, on Apache Kafka: a zombie
 //! frozen with its transaction open, a crash inside a transaction (recovered through
 //! the same transactional id, and through the broker's transaction timeout), a
-//! member that lost the consumer group trying to commit (KIP-447), and partitions
+//! member that lost the consumer group while its transaction ran, and partitions
 //! whose transactions run without waiting for each other, at most
 //! `max_transactions_at_once` of them at once.
 //!
@@ -22,8 +22,8 @@ use tributary_integration_tests::command_support::{counter_log_worker, counter_p
 use tributary_integration_tests::node::Node;
 use tributary_integration_tests::raw_log::{self, Isolation};
 use tributary_integration_tests::transaction_support::{
-    COMMANDS, assert_log, assert_open_transaction, assert_state, events_topic, gateway,
-    send_commands,
+    COMMANDS, assert_log, assert_open_transaction, assert_state, events_topic, expected_values,
+    gateway, send_commands,
 };
 use tributary_integration_tests::{kafka_bootstrap, pg_store, unique_prefix};
 
@@ -247,15 +247,17 @@ async fn a_crash_inside_a_transaction_is_aborted_by_the_broker_after_its_timeout
     owner.shutdown().await.expect("shutdown");
 }
 
-/// KIP-447: a processor stalls inside its transaction while a rebalance waits for
-/// it longer than `max.poll.interval.ms` (the rebalance timeout), so it leaves the
-/// group. The rebalance is started by a plain consumer of the same group that reads
-/// another topic: no other instance takes the commands partition (so nothing fences
-/// its transactional id); the group coordinator alone must refuse its offsets. The
-/// batch aborts, and once the processor has rejoined the group it handles the
-/// commands exactly once.
+/// A processor stalls inside its transaction while a rebalance waits for it longer
+/// than `max.poll.interval.ms` (the rebalance timeout), so it leaves the group. The
+/// rebalance is started by a plain consumer of the same group that reads another
+/// topic: no other instance takes the commands partition, so nobody fences its
+/// transactional ids and nobody wrote the partition meanwhile. Its commit stands:
+/// the position is in its outcomes, not in the group's offsets (which KIP-447 would
+/// refuse from a member that left, aborting the batch). Once it has
+/// rejoined the group and restored the partition, it goes on from that position,
+/// and every command takes effect exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_member_that_lost_the_group_cannot_commit_its_offsets() {
+async fn a_member_that_lost_the_group_mid_transaction_commits_once_and_goes_on() {
     use rdkafka::consumer::{BaseConsumer, Consumer};
 
     let bootstrap = kafka_bootstrap();
@@ -304,13 +306,43 @@ async fn a_member_that_lost_the_group_cannot_commit_its_offsets() {
         }
     });
     let accepted = sends.await.expect("callers");
+    // Back in the group, with the partition restored again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while processor.stats().counters().restores < 2 {
+        assert!(Instant::now() < deadline, "the processor never rejoined");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The stalled batch committed (nothing aborted), once, as the callers were told.
+    let topic = events_topic(&prefix);
+    let committed = raw_log::read(&bootstrap, &topic, Isolation::Committed);
+    raw_log::assert_single_writer(&committed);
+    assert_eq!(committed.len(), COMMANDS as usize, "{committed:?}");
     assert_eq!(
-        processor.stats().counters().deposed,
-        1,
-        "the stale member's offsets were not refused by the group coordinator"
+        raw_log::read(&bootstrap, &topic, Isolation::Uncommitted).len(),
+        COMMANDS as usize,
+        "records of an aborted transaction in the log"
     );
-    assert_log(&bootstrap, &prefix, &accepted, None).await;
+    for (command_id, (aggregate, version, ids)) in &accepted {
+        assert!(
+            committed.iter().any(|e| &e.causation_id == command_id
+                && (&e.aggregate_id, e.sequence) == (aggregate, *version)
+                && ids == &vec![e.event_id.clone()]),
+            "{command_id}: the reply and the log disagree: {committed:?}"
+        );
+    }
     assert_state(&gateway).await;
+    let counters = processor.stats().counters();
+    // Every increment decided once, with one event; the checks of `assert_state`
+    // are accepted with none.
+    assert_eq!(
+        (counters.aborted, counters.accepted, counters.events),
+        (
+            0,
+            u64::from(COMMANDS) + expected_values().len() as u64,
+            u64::from(COMMANDS)
+        ),
+        "the stalled transaction did not commit, or a command was decided twice: {counters:?}"
+    );
     done.store(true, Ordering::SeqCst);
     joiner.join().expect("joiner");
     processor.shutdown().await.expect("shutdown");

@@ -14,6 +14,14 @@ use crate::codec::{self, CONTENT_TYPE, EncodedRecord, RecordRef, SPEC_VERSION, h
 /// Header naming the replies-topic partition the sender listens on.
 pub const REPLY_PARTITION: &str = "tributary_replypartition";
 
+/// Header of the outcome records: the offset of the commands partition that the
+/// processor consumes next once the transaction that wrote the record commits (the
+/// command's offset + 1). The processor's position is kept here, in its own
+/// transaction, and read back on restore; a transaction whose last command wrote no
+/// outcome (forwarded, answered from the dedup window, unreadable) ends with a
+/// position record: this header and no key or value.
+pub const CONSUMED: &str = "tributary_consumed";
+
 pub use tributary_core::topics::{commands_topic, events_topic, outcomes_topic, replies_topic};
 
 /// The partition of an aggregate's commands, events and outcomes: Kafka's default
@@ -180,6 +188,12 @@ fn header<'a>(record: &RecordRef<'a>, name: &str) -> Option<&'a str> {
         .find(|(n, _)| *n == name)
         .and_then(|(_, v)| *v)
         .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// The position an outcome or position record carries ([`CONSUMED`]); `None` for a
+/// record written before positions were kept there.
+pub(crate) fn consumed_of(record: &RecordRef<'_>) -> Option<i64> {
+    header(record, CONSUMED).and_then(|v| v.parse().ok())
 }
 
 pub(crate) fn decode_command<'a>(

@@ -59,6 +59,20 @@ pub(super) fn take<M>(held: &mut VecDeque<M>, max_batch: usize) -> Vec<M> {
     held.drain(..n).collect()
 }
 
+/// Drops the commands below `consumed`, the partition's position (see
+/// `PartitionState::consumed`): decided by a committed transaction, and consumed
+/// again because the consumer group's offset lagged behind the outcomes. Returns
+/// how many were dropped.
+pub(super) fn drop_decided<M>(
+    messages: &mut Vec<M>,
+    consumed: i64,
+    offset: impl Fn(&M) -> i64,
+) -> usize {
+    let before = messages.len();
+    messages.retain(|m| offset(m) >= consumed);
+    before - messages.len()
+}
+
 /// Whether a busy partition holds so many commands that it is paused until its
 /// thread catches up: two batches' worth.
 pub(super) fn over_limit(held: usize, max_batch: usize) -> bool {
@@ -115,6 +129,18 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn commands_below_the_position_are_dropped_and_counted() {
+        let mut offsets = vec![7, 8, 9, 10, 11];
+        assert_eq!(drop_decided(&mut offsets, 10, |o| *o), 3);
+        assert_eq!(offsets, [10, 11]);
+        // An unknown position (-1) drops nothing.
+        assert_eq!(drop_decided(&mut offsets, -1, |o| *o), 0);
+        assert_eq!(offsets, [10, 11]);
+        assert_eq!(drop_decided(&mut offsets, 12, |o| *o), 2);
+        assert!(offsets.is_empty());
+    }
 
     /// A source of records, each arriving `gap` after the previous one was taken,
     /// on a fake clock (time since the start) that a poll advances by the time it

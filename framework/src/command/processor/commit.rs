@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::Producer;
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use crate::Aggregate;
 use crate::command::dedup::Seen;
@@ -114,11 +114,24 @@ impl<A: Aggregate> Core<A> {
         &mut self,
         core: &Arc<Mutex<Core<A>>>,
         partition: i32,
-        messages: Vec<OwnedMessage>,
+        mut messages: Vec<OwnedMessage>,
     ) {
         let first = messages.first().map_or(0, Message::offset);
         let Some(part) = self.partitions.remove(&partition) else {
             self.rewinds.push((partition, first));
+            return;
+        };
+        let dropped = batch::drop_decided(&mut messages, part.consumed, Message::offset);
+        if dropped > 0 {
+            debug!(
+                partition,
+                dropped,
+                consumed = part.consumed,
+                "skipping commands that the outcomes show decided (the group's offset lagged)"
+            );
+        }
+        let Some(first) = messages.first().map(Message::offset) else {
+            self.partitions.insert(partition, part);
             return;
         };
         self.next_ticket += 1;
@@ -201,6 +214,7 @@ impl<A: Aggregate> Core<A> {
         match result {
             Ok(new_seen) => {
                 ProcessorStats::add(&shared.stats.transactions, 1);
+                let consumed = part.consumed;
                 if let Some(hook) = &shared.fault_hook {
                     hook(FaultPoint::AfterCommit, partition);
                 }
@@ -228,6 +242,7 @@ impl<A: Aggregate> Core<A> {
                     }
                 }
                 serve_ready(&self.reply_producer);
+                self.positions.insert(partition, consumed);
                 self.after_commit(partition);
                 Ok(())
             }
@@ -264,27 +279,21 @@ fn drive<A: Aggregate>(
     mut part: PartitionState<A>,
     mut messages: Vec<OwnedMessage>,
 ) {
-    let (shared, mut metadata) = {
-        let c = lock(core);
-        (Arc::clone(&c.shared), c.metadata.clone())
-    };
+    let shared = Arc::clone(&lock(core).shared);
     loop {
         let first = messages.first().map_or(0, Message::offset);
-        let result = match &metadata {
-            Some(metadata) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                transact(&shared, partition, &mut part, &messages, metadata)
-            }))
-            .unwrap_or_else(|_| {
-                // A panicking handler fails the transaction (aborted, the partition
-                // restored, its commands retried).
-                error!(
-                    partition,
-                    "a command handler panicked; the batch is retried"
-                );
-                Err(TxFailure::HandlerPanicked)
-            }),
-            None => Err(TxFailure::Load),
-        };
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            transact(&shared, partition, &mut part, &messages)
+        }))
+        .unwrap_or_else(|_| {
+            // A panicking handler fails the transaction (aborted, the partition
+            // restored, its commands retried).
+            error!(
+                partition,
+                "a command handler panicked; the batch is retried"
+            );
+            Err(TxFailure::HandlerPanicked)
+        });
         let mut c = lock(core);
         if c.inflight
             .get(&partition)
@@ -326,7 +335,6 @@ fn drive<A: Aggregate>(
             f.since = Instant::now();
             f.cached = part.aggregates.len();
         }
-        metadata.clone_from(&c.metadata);
         messages = next;
     }
 }
@@ -364,7 +372,7 @@ pub(super) fn quiesce<A: Aggregate>(core: &Mutex<Core<A>>, partitions: &[i32]) {
 }
 
 /// A transaction that Kafka refused or that failed: fenced by a new owner (nothing
-/// to abort), deposed from the group (KIP-447) or failed otherwise (both aborted).
+/// to abort) or failed otherwise (aborted).
 fn refused<A: Aggregate>(
     error: &KafkaError,
     partition: i32,
@@ -380,23 +388,9 @@ fn refused<A: Aggregate>(
                 Code::Fenced | Code::ProducerFenced | Code::InvalidProducerEpoch
             )
         });
-    // KIP-447: the group coordinator refused the offsets because this member is no
-    // longer in the group (or in an older generation).
-    let deposed = code.is_some_and(|c| {
-        matches!(
-            c,
-            Code::UnknownMemberId | Code::IllegalGeneration | Code::FencedInstanceId
-        )
-    });
     if fenced {
         error!(%error, partition, "commit refused: another processor owns this partition now; dropping it");
         ProcessorStats::add(&stats.fenced, 1);
-        BatchFailure::Fenced
-    } else if deposed {
-        error!(%error, partition,
-            "commit refused: this instance lost its consumer group membership; aborting and dropping the partition");
-        ProcessorStats::add(&stats.deposed, 1);
-        abort(part, stats);
         BatchFailure::Fenced
     } else {
         warn!(%error, partition, "transaction failed; aborting it and restoring the partition");

@@ -17,6 +17,7 @@ use crate::Aggregate;
 use super::commit::quiesce;
 use super::lock;
 use super::partitions::Core;
+use super::run::commit_positions;
 
 /// Records the highest offset the producer wrote to its events partition.
 pub(super) struct DeliveryContext {
@@ -79,12 +80,14 @@ pub(super) struct RebalanceContext<A: Aggregate> {
 impl<A: Aggregate> ClientContext for RebalanceContext<A> {}
 
 impl<A: Aggregate> ConsumerContext for RebalanceContext<A> {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             // Their running transactions finish first, so what they decided is
             // committed, answered and snapshotted before the partitions move.
             quiesce(&self.core, &partitions);
+            let positions = lock(&self.core).take_positions(Some(&partitions));
+            commit_positions(consumer, &positions);
             lock(&self.core).revoke(&partitions, true);
         }
     }

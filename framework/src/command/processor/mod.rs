@@ -12,10 +12,13 @@
 //!
 //! Per batch and partition: begin → for each command: check its id against the seen
 //! window, run the handler, produce events (to partition `p`) and the outcome (to the
-//! outcomes topic, partition `p`) → `send_offsets_to_transaction` → commit. The
-//! replies are sent after the commit, by one non-transactional producer: a caller
-//! never hears of an outcome that did not commit. Snapshots are written after the
-//! commit.
+//! outcomes topic, partition `p`, carrying the position after the command) → commit.
+//! The position that counts is in the committed outcomes: a new owner reads it back
+//! on restore and skips the commands below it. It is also committed to the consumer
+//! group, outside the transaction and a moment later, where consumption starts after
+//! an assignment. The replies are sent after the commit, by one non-transactional
+//! producer: a caller never hears of an outcome that did not commit. Snapshots are
+//! written after the commit.
 
 mod batch;
 mod cache;
@@ -76,11 +79,12 @@ type FaultHook = Arc<dyn Fn(FaultPoint, i32) + Send + Sync>;
 pub enum FaultPoint {
     /// The batch was polled; its transaction has not begun.
     BeforeTransaction,
-    /// The batch's events and outcomes are produced inside the open transaction and
-    /// acknowledged by the broker (in the log, not yet committed); the consumed
-    /// offsets are not yet part of the transaction.
+    /// The batch's events and outcomes (with the position after the batch) are
+    /// produced inside the open transaction and acknowledged by the broker (in the
+    /// log, not yet committed). The name is from when the consumed offsets were sent
+    /// to the transaction after this point; they are in the outcome records now.
     BeforeOffsets,
-    /// The offsets are part of the transaction; `commit_transaction` comes next.
+    /// Everything of the transaction is delivered; `commit_transaction` comes next.
     BeforeCommit,
     /// The transaction committed; its replies are not sent yet.
     AfterCommit,
@@ -242,7 +246,7 @@ impl<A: Aggregate> CommandProcessor<A> {
             held: HashMap::new(),
             waiting: VecDeque::new(),
             rewinds: Vec::new(),
-            metadata: None,
+            positions: HashMap::new(),
             deferred: Vec::new(),
             next_ticket: 0,
         }));

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{BaseProducer, Producer};
 use tokio::sync::mpsc::UnboundedSender;
@@ -71,6 +70,12 @@ pub(super) struct PartitionState<A> {
     /// evicted, or the partition was restored lazily), an aggregate missing from
     /// memory is looked up among the snapshot rows before it counts as new.
     pub(super) complete: bool,
+    /// The offset of the next command to decide: the position of the last committed
+    /// transaction, from its outcome records (-1 when not known: the outcomes
+    /// predate positions or expired, and the consumer group's offset stands).
+    /// Commands below it were decided already and are skipped: the consumer group's
+    /// offset, where consumption starts after an assignment, may lag behind it.
+    pub(super) consumed: i64,
 }
 
 pub(super) struct Core<A: Aggregate> {
@@ -109,8 +114,11 @@ pub(super) struct Core<A: Aggregate> {
     /// Partitions whose commands must be consumed again from the given offset (a
     /// transaction failed or was abandoned). The poll loop seeks them back.
     pub(super) rewinds: Vec<(i32, i64)>,
-    /// The consumer group metadata of the latest poll, for the transactions' offsets.
-    pub(super) metadata: Option<Arc<ConsumerGroupMetadata>>,
+    /// Positions to commit to the consumer group, by partition: they follow the
+    /// committed transactions (and restores) outside them, at most every
+    /// `POSITION_COMMIT_INTERVAL`, for the tools that read a group's offsets and as
+    /// the start after an assignment. The position that counts is in the outcomes.
+    pub(super) positions: HashMap<i32, i64>,
     /// Snapshot confirmations of busy partitions, applied once their state is back.
     pub(super) deferred: Vec<Written>,
     /// Numbers the partition threads, so that a thread whose partition was given up
@@ -194,6 +202,9 @@ impl<A: Aggregate> Core<A> {
             }
             match result {
                 Ok(state) => {
+                    if state.consumed >= 0 {
+                        self.positions.insert(partition, state.consumed);
+                    }
                     self.partitions.insert(partition, state);
                     lock(&self.shared.stats.owned).push(partition);
                     resume.push(partition);
@@ -322,6 +333,21 @@ impl<A: Aggregate> Core<A> {
         &self.reply_producer
     }
 
+    /// Takes the positions to commit to the consumer group (of `only` these
+    /// partitions, or all), as `(topic, partition, offset)`.
+    pub(super) fn take_positions(&mut self, only: Option<&[i32]>) -> Vec<(String, i32, i64)> {
+        let topic = &self.shared.layout.commands;
+        let mut taken = Vec::new();
+        self.positions.retain(|p, offset| {
+            let take = only.is_none_or(|only| only.contains(p));
+            if take {
+                taken.push((topic.clone(), *p, *offset));
+            }
+            !take
+        });
+        taken
+    }
+
     /// Gives up partitions: snapshots them (if `snapshot`) and drops their state.
     pub(super) fn revoke(&mut self, partitions: &[i32], snapshot: bool) {
         for &p in partitions {
@@ -337,6 +363,7 @@ impl<A: Aggregate> Core<A> {
             self.inflight.remove(&p);
             self.drop_held(p);
             self.rewinds.retain(|(q, _)| *q != p);
+            self.positions.remove(&p);
             if snapshot {
                 self.flush(p, true);
             }

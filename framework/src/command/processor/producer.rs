@@ -5,10 +5,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaResult;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 
 use crate::Aggregate;
+use crate::command::wire;
 use crate::config::KafkaConfig;
 
 use super::Shared;
@@ -101,14 +102,12 @@ pub(super) fn forward<A: Aggregate>(
     home: i32,
 ) -> KafkaResult<()> {
     use rdkafka::message::Headers;
-    let headers = message
-        .headers()
-        .map_or_else(rdkafka::message::OwnedHeaders::new, |h| {
-            h.iter().fold(
-                rdkafka::message::OwnedHeaders::new_with_capacity(h.count()),
-                |acc, header| acc.insert(header),
-            )
-        });
+    let headers = message.headers().map_or_else(OwnedHeaders::new, |h| {
+        h.iter()
+            .fold(OwnedHeaders::new_with_capacity(h.count()), |acc, header| {
+                acc.insert(header)
+            })
+    });
     let record = BaseRecord::to(&shared.layout.commands)
         .partition(home)
         .key(aggregate_id.as_bytes())
@@ -148,19 +147,49 @@ pub(super) fn send<C: ProducerContext<DeliveryOpaque = ()>>(
     value: &[u8],
     correlation_id: Option<&str>,
 ) -> KafkaResult<()> {
-    let mut headers = rdkafka::message::OwnedHeaders::new();
-    if let Some(id) = correlation_id {
-        headers = headers.insert(rdkafka::message::Header {
-            key: crate::codec::headers::CORRELATION_ID,
-            value: Some(id),
-        });
-    }
     let record = BaseRecord::to(topic)
         .partition(partition)
         .key(key)
         .payload(value)
-        .headers(headers);
+        .headers(headers(correlation_id, None));
     crate::kafka::send_retrying(producer, record)
+}
+
+/// Writes an outcome record (`value` is `None` for a position record) carrying the
+/// position `consumed` ([`wire::CONSUMED`]) inside the open transaction.
+pub(super) fn send_outcome(
+    producer: &BaseProducer<DeliveryContext>,
+    topic: &str,
+    partition: i32,
+    key_value: Option<(&[u8], &[u8])>,
+    correlation_id: Option<&str>,
+    consumed: i64,
+) -> KafkaResult<()> {
+    let record = BaseRecord::<[u8], [u8], ()>::to(topic)
+        .partition(partition)
+        .headers(headers(correlation_id, Some(consumed)));
+    let record = match key_value {
+        Some((key, value)) => record.key(key).payload(value),
+        None => record,
+    };
+    crate::kafka::send_retrying(producer, record)
+}
+
+fn headers(correlation_id: Option<&str>, consumed: Option<i64>) -> OwnedHeaders {
+    let mut headers = OwnedHeaders::new();
+    if let Some(id) = correlation_id {
+        headers = headers.insert(Header {
+            key: crate::codec::headers::CORRELATION_ID,
+            value: Some(id),
+        });
+    }
+    if let Some(offset) = consumed {
+        headers = headers.insert(Header {
+            key: wire::CONSUMED,
+            value: Some(&offset.to_string()),
+        });
+    }
+    headers
 }
 
 /// Serves every delivery report that is ready, without waiting for more.

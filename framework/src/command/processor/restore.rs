@@ -129,7 +129,7 @@ impl<A: Aggregate> Restorer<A> {
         } = self.restore_aggregates(partition, false)?;
         let events_ms = step.elapsed().as_millis() as u64;
         let step = Instant::now();
-        let seen = self.restore_seen(partition)?;
+        let (seen, consumed) = self.restore_seen(partition)?;
         let outcomes_ms = step.elapsed().as_millis() as u64;
         let max_offset = aggregates
             .values()
@@ -139,6 +139,7 @@ impl<A: Aggregate> Restorer<A> {
             .max(covered);
         producers.set_max_offset(max_offset);
         info!(
+            consumed = consumed.unwrap_or(-1),
             aggregates = aggregates.len(),
             lazily = !complete,
             events_read = read,
@@ -178,6 +179,7 @@ impl<A: Aggregate> Restorer<A> {
             replies: Vec::new(),
             recency,
             complete,
+            consumed: consumed.unwrap_or(-1),
         })
     }
 
@@ -401,8 +403,13 @@ impl<A: Aggregate> Restorer<A> {
 
     /// The dedup window of a partition, from its outcomes: only the records of the
     /// last `dedup_window` are read (found by timestamp), and each is kept as its
-    /// offset, so restore time and memory do not grow with older history.
-    pub(super) fn restore_seen(&self, partition: i32) -> Result<SeenWindow, ProcessorError> {
+    /// offset, so restore time and memory do not grow with older history. With it,
+    /// the partition's position: the highest [`wire::CONSUMED`] of its committed
+    /// outcome records (`None` when they carry none).
+    pub(super) fn restore_seen(
+        &self,
+        partition: i32,
+    ) -> Result<(SeenWindow, Option<i64>), ProcessorError> {
         let topic = self.shared.layout.outcomes.clone();
         let window = self.shared.settings.dedup_window;
         let since = SystemTime::now()
@@ -449,7 +456,9 @@ impl<A: Aggregate> Restorer<A> {
             &self.shared.stats.restore_outcomes_read,
             u64::try_from(high - start).unwrap_or(0),
         );
+        let mut consumed = None;
         self.read_range(&topic, partition, start, high, |message| {
+            consumed = consumed.max(wire::consumed_of(&record_ref(message)));
             let time = message
                 .timestamp()
                 .to_millis()
@@ -466,7 +475,39 @@ impl<A: Aggregate> Restorer<A> {
             }
             Ok(())
         })?;
-        Ok(seen)
+        if start >= high && high > low {
+            // Every outcome is older than the window: the position is in the last.
+            consumed = self.last_position(&topic, partition, low, high)?;
+        }
+        Ok((seen, consumed))
+    }
+
+    /// The position carried by the last committed records before `high`: read
+    /// backwards in growing steps until a step holds a record (the offsets just
+    /// below `high` can all be transaction markers or aborted records).
+    fn last_position(
+        &self,
+        topic: &str,
+        partition: i32,
+        low: i64,
+        high: i64,
+    ) -> Result<Option<i64>, ProcessorError> {
+        let mut step = 64;
+        let mut end = high;
+        loop {
+            let start = (end - step).max(low);
+            let (mut any, mut consumed) = (false, None);
+            self.read_range(topic, partition, start, end, |message| {
+                any = true;
+                consumed = consumed.max(wire::consumed_of(&record_ref(message)));
+                Ok(())
+            })?;
+            if any || start == low {
+                return Ok(consumed);
+            }
+            end = start;
+            step = step.saturating_mul(16);
+        }
     }
 
     /// Whether the newest record before `high` is older than `limit_ms` (epoch ms).

@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::Aggregate;
 
@@ -38,7 +38,13 @@ pub(super) fn run<A: Aggregate>(
     };
     // Busy partitions paused because they hold too many commands.
     let mut backpressured: HashSet<i32> = HashSet::new();
+    let mut positions_committed = Instant::now();
     loop {
+        if positions_committed.elapsed() >= POSITION_COMMIT_INTERVAL {
+            positions_committed = Instant::now();
+            let positions = lock(&core).take_positions(None);
+            commit_positions(&consumer, &positions);
+        }
         if let Some(error) = lock(&core).fatal.take() {
             return Err(error);
         }
@@ -89,6 +95,8 @@ pub(super) fn run<A: Aggregate>(
                     .collect()
             };
             quiesce(&core, &owned);
+            let positions = lock(&core).take_positions(None);
+            commit_positions(&consumer, &positions);
             lock(&core).revoke(&owned, true);
             if let Err(error) = lock(&core).reply_producer.flush(Duration::from_secs(5)) {
                 warn!(%error, "replies still queued at shutdown; their callers will resend");
@@ -122,17 +130,11 @@ pub(super) fn run<A: Aggregate>(
             continue;
         }
         // Rewinds pending stay in the core until a batch is routed (below).
-        let Some(metadata) = consumer.group_metadata() else {
-            warn!("no consumer group metadata yet; retrying the batch");
-            seek_back(&consumer, positions_of(&batch));
-            continue;
-        };
         let assigned: HashSet<i32> = consumer
             .assignment()
             .map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect())
             .unwrap_or_default();
         let mut c = lock(&core);
-        c.metadata = Some(Arc::new(metadata));
         // Transactions that failed since the last look: their partitions' commands
         // are consumed again from the failed batch on, so what this batch has of
         // them is dropped.
@@ -185,6 +187,31 @@ pub(super) fn run<A: Aggregate>(
         if !rewind.is_empty() {
             seek_back(&consumer, rewind);
         }
+    }
+}
+
+/// How often the positions of committed transactions are committed to the
+/// consumer group (see `Core::positions`).
+pub(super) const POSITION_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Commits `(partition, position)` pairs of the commands topic to the consumer
+/// group, without waiting. A refusal (this member left the group meanwhile) is
+/// harmless: the position that counts is in the outcomes.
+pub(super) fn commit_positions<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    positions: &[(String, i32, i64)],
+) {
+    if positions.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, offset) in positions {
+        if let Err(error) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
+            warn!(%error, partition, "cannot list a position to commit");
+        }
+    }
+    if let Err(error) = consumer.commit(&tpl, CommitMode::Async) {
+        debug!(%error, "cannot commit the positions to the consumer group; the outcomes keep them");
     }
 }
 

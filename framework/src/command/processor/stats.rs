@@ -28,9 +28,6 @@ pub struct ProcessorCounters {
     pub aborted: u64,
     /// Commits refused because another owner fenced this one.
     pub fenced: u64,
-    /// Commits refused because this instance had lost its consumer group membership
-    /// (KIP-447 generation fencing).
-    pub deposed: u64,
     /// Transactions abandoned because a Kafka client call hung past the
     /// transaction timeout (their partition was restored with a new producer).
     pub abandoned: u64,
@@ -86,9 +83,6 @@ pub struct ProcessorStats {
     pub(crate) aborted: Stat,
     /// Commits refused because another owner fenced this one.
     pub(crate) fenced: Stat,
-    /// Commits refused because this instance had lost its consumer group membership
-    /// (KIP-447 generation fencing).
-    pub(crate) deposed: Stat,
     /// Transactions abandoned because a Kafka client call hung past the
     /// transaction timeout (their partition was restored with a new producer).
     pub(crate) abandoned: Stat,
@@ -141,7 +135,6 @@ impl ProcessorStats {
             transactions: self.transactions.get(),
             aborted: self.aborted.get(),
             fenced: self.fenced.get(),
-            deposed: self.deposed.get(),
             abandoned: self.abandoned.get(),
             restores: self.restores.get(),
             restore_records_read: self.restore_records_read.get(),
@@ -203,7 +196,6 @@ impl ProcessorStats {
             transactions: labelled(TRANSACTIONS, "result", "committed"),
             aborted: labelled(TRANSACTIONS, "result", "aborted"),
             fenced: labelled(TRANSACTIONS, "result", "fenced"),
-            deposed: labelled(TRANSACTIONS, "result", "deposed"),
             abandoned: labelled(TRANSACTIONS, "result", "abandoned"),
             restores: plain(RESTORES),
             restore_records_read: labelled(RESTORE_RECORDS, "kind", "events"),

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{Consumer, ConsumerGroupMetadata};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{BaseRecord, Producer};
@@ -21,20 +21,27 @@ use crate::trace_context;
 use super::commit::TxFailure;
 use super::decide::{Accepted, Decider, Decision, Prior, prior};
 use super::partitions::{NewSeen, PartitionState, PendingReply};
-use super::producer::{drain_deliveries, forward, send};
+use super::producer::{drain_deliveries, forward, send_outcome};
 use super::restore::slot_from_row;
 use super::stats::ProcessorStats;
 use super::{FaultPoint, Shared, lock, slow};
 
-/// One partition's batch in one transaction: begin → decide every command →
-/// offsets → commit. Replies are collected in `part.replies` and sent by
-/// [`Core::finish`] once the commit succeeded.
+/// One partition's batch in one transaction: begin → decide every command, each
+/// outcome record carrying the position after its command → commit. Replies are
+/// collected in `part.replies` and sent by [`Core::finish`] once the commit
+/// succeeded.
+///
+/// The position is not sent to the consumer group inside the transaction
+/// (`send_offsets_to_transaction`): that costs two round trips per transaction, and
+/// the group coordinator's answer was the largest stall under load. It is committed
+/// with the outcomes instead, and read back by the next owner on restore. The
+/// consumer group's offsets still follow, outside the transaction (`Core::positions`),
+/// for tools that read them.
 pub(super) fn transact<A: Aggregate>(
     shared: &Shared<A>,
     partition: i32,
     part: &mut PartitionState<A>,
     messages: &[OwnedMessage],
-    metadata: &ConsumerGroupMetadata,
 ) -> Result<NewSeen, TxFailure> {
     let first = messages.first().map_or(-1, Message::offset);
     let last = messages.last().map_or(-1, Message::offset);
@@ -72,10 +79,24 @@ pub(super) fn transact<A: Aggregate>(
         .failed
         .store(false, Ordering::SeqCst);
     let mut new_seen: NewSeen = Vec::new();
+    // Whether the last outcome record written carries the batch's position.
+    let mut positioned = false;
     for message in messages {
+        positioned = false;
         if let Some(entry) = handle_one(shared, partition, part, &new_seen, message)? {
             new_seen.push(entry);
+            positioned = true;
         }
+    }
+    if !positioned {
+        send_outcome(
+            part.producers.current(),
+            &shared.layout.outcomes,
+            partition,
+            None,
+            None,
+            last + 1,
+        )?;
     }
     if shared.fault_hook.is_some() {
         // Only under test: the records reach the log before the hook runs.
@@ -86,19 +107,18 @@ pub(super) fn transact<A: Aggregate>(
     let timings = &shared.stats.timings;
     timings.decide_batch.record(step.elapsed().as_secs_f64());
     timings.batch_size.record(messages.len() as f64);
-    let mut offsets = TopicPartitionList::new();
-    offsets.add_partition_offset(&shared.layout.commands, partition, Offset::Offset(last + 1))?;
+    // The commit waits for the records' delivery; served here in finer steps than
+    // its own flush (see `drain_deliveries`).
     let step = Instant::now();
-    let producer = part.producers.current();
-    producer.send_offsets_to_transaction(&offsets, metadata, timeout)?;
-    drain_deliveries(producer, timeout);
-    slow("send offsets", step);
+    drain_deliveries(part.producers.current(), timeout);
+    slow("deliver", step);
     fault(FaultPoint::BeforeCommit);
     let step = Instant::now();
-    producer.commit_transaction(timeout)?;
+    part.producers.current().commit_transaction(timeout)?;
     timings.commit.record(step.elapsed().as_secs_f64());
     slow("commit", step);
     part.producers.committed();
+    part.consumed = last + 1;
     Ok(new_seen)
 }
 
@@ -302,13 +322,13 @@ pub(super) fn handle_one<A: Aggregate>(
             return Ok(None);
         }
     };
-    send(
+    send_outcome(
         part.producers.current(),
         &shared.layout.outcomes,
         partition,
-        command.aggregate_id.as_bytes(),
-        &bytes,
+        Some((command.aggregate_id.as_bytes(), &bytes)),
         command.correlation_id,
+        message.offset() + 1,
     )?;
     if let Some(rp) = command.reply_partition {
         part.replies.push(PendingReply {
