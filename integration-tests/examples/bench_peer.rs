@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run --release -p tributary-integration-tests --example bench_peer -- \
-//!     [--commands N] [--scenarios closed,hot,sweep] [--rates 100,200,500,1000,2000,3000,4000,6000,8000] \
+//!     [--commands N] [--scenarios closed,hot,sweep] [--rates 100,200,500,1000,2000,3000,4000,6000,8000,10000,12000,16000] \
 //!     [--step-secs S] [--plot PATH]
 //! ```
 //!
@@ -61,7 +61,9 @@ const CALLERS: [usize; 4] = [1, 10, 100, 1000];
 const HOT_CALLERS: usize = 50;
 const WARM_UP: usize = 50;
 const WARM_UP_TIMEOUT: Duration = Duration::from_secs(60);
-const DEFAULT_RATES: [usize; 9] = [100, 200, 500, 1000, 2000, 3000, 4000, 6000, 8000];
+const DEFAULT_RATES: [usize; 12] = [
+    100, 200, 500, 1000, 2000, 3000, 4000, 6000, 8000, 10000, 12000, 16000,
+];
 const SATURATED: f64 = 0.8;
 const P99_BOUND_MS: f64 = 100.0;
 const VERSIONS: &str = "cqrs-es 0.5.0, postgres-es 0.5.0 (sqlx 0.8, shared with the workspace)";

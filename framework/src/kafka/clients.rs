@@ -129,8 +129,8 @@ fn default_linger(config: &mut ClientConfig) {
     );
 }
 
-/// The processor's producer of one partition's transactions (events, outcomes,
-/// consumed offsets): `transactional.id` `{group}.{partition}` fences the previous
+/// The processor's producer of one partition's transactions (events, and outcomes
+/// with the partition's position): `transactional.id` `{group}.{partition}` fences the previous
 /// owner of the partition.
 pub(crate) fn transactional_producer(
     kafka: &KafkaConfig,
@@ -142,12 +142,13 @@ pub(crate) fn transactional_producer(
         .set("transactional.id", transactional_id)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        // The coordinator answers CONCURRENT_TRANSACTIONS to AddOffsetsToTxn and
-        // TxnOffsetCommit while the markers of this id's previous transaction are
-        // still being written, which takes milliseconds. librdkafka retries those
-        // requests with `retry.backoff.ms` doubling up to `retry.backoff.max.ms`
-        // (defaults 100 and 1,000): 100 + 200 + 400 + 800 ms, and a commit under load
-        // took 1.8 s. Retry sooner, still doubling.
+        // The coordinator answers CONCURRENT_TRANSACTIONS while the markers of this
+        // id's previous transaction are still being written, which takes
+        // milliseconds. librdkafka retried such requests (AddOffsetsToTxn and
+        // TxnOffsetCommit, when the processor still sent offsets) with
+        // `retry.backoff.ms` doubling up to `retry.backoff.max.ms` (defaults 100 and
+        // 1,000): 100 + 200 + 400 + 800 ms, and a commit under load took 1.8 s.
+        // Retry sooner, still doubling.
         .set("retry.backoff.ms", "10")
         .set("retry.backoff.max.ms", "200")
         .set("transaction.timeout.ms", millis(transaction_timeout))
