@@ -130,7 +130,7 @@ pub(super) fn forward<A: Aggregate>(
 /// broker that paused for a moment pause for seconds: under load, two transaction
 /// threads looking 5,000 times a second each took CPU the broker on the same two
 /// cores needed to come back. `bench_peer` from a cold broker at 2,000–3,000
-/// commands/s: in each of five runs transactions waited 1.4–4.8 s here, while the
+/// commands/s: in each of seven runs transactions waited 1.3–4.8 s here, while the
 /// broker answered every request (fetches and heartbeats too) about 2 s late; in
 /// two runs with the growing look, no step waited a second.
 pub(super) fn drain_deliveries(producer: &BaseProducer<DeliveryContext>, timeout: Duration) {
