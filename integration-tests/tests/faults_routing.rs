@@ -63,21 +63,30 @@ async fn foreign_increment(
         .expect("produce the foreign command");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_command_on_the_wrong_partition_is_forwarded_to_its_aggregates_partition() {
-    let bootstrap = kafka_bootstrap();
-    let prefix = unique_prefix("fault-route");
-    let processor = counter_processor(&bootstrap, &prefix, PARTITIONS as i32)
+/// The counter's processor on `PARTITIONS` partitions, and a gateway.
+async fn processor_and_gateway(
+    bootstrap: &str,
+    prefix: &str,
+) -> (tributary::command::ProcessorHandle, CommandGateway) {
+    let processor = counter_processor(bootstrap, prefix, PARTITIONS as i32)
         .start()
         .await
         .expect("processor");
     let gateway = CommandGateway::connect_with_timeout(
-        KafkaConfig::new(&bootstrap),
-        &prefix,
+        KafkaConfig::new(bootstrap),
+        prefix,
         Duration::from_secs(30),
     )
     .await
     .expect("gateway");
+    (processor, gateway)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_command_on_the_wrong_partition_is_forwarded_to_its_aggregates_partition() {
+    let bootstrap = kafka_bootstrap();
+    let prefix = unique_prefix("fault-route");
+    let (processor, gateway) = processor_and_gateway(&bootstrap, &prefix).await;
     let aggregate = "sku-tea";
     let home = partition_for(aggregate.as_bytes(), PARTITIONS);
     let increment = || Increment {
@@ -146,17 +155,7 @@ async fn the_position_is_kept_in_the_outcomes_not_in_the_groups_offsets() {
 
     let bootstrap = kafka_bootstrap();
     let prefix = unique_prefix("position");
-    let processor = counter_processor(&bootstrap, &prefix, PARTITIONS as i32)
-        .start()
-        .await
-        .expect("processor");
-    let gateway = CommandGateway::connect_with_timeout(
-        KafkaConfig::new(&bootstrap),
-        &prefix,
-        Duration::from_secs(30),
-    )
-    .await
-    .expect("gateway");
+    let (processor, gateway) = processor_and_gateway(&bootstrap, &prefix).await;
     let aggregate = "sku-tea";
     let home = partition_for(aggregate.as_bytes(), PARTITIONS);
     let increment = |id: &str| Increment {
