@@ -176,10 +176,10 @@ impl<A: Aggregate> Core<A> {
     /// Gives up the transactions that have not finished when their timeout has
     /// passed (plus a margin): each one's thread keeps its producer until the client
     /// call returns, and the partition is restored with new producers, whose
-    /// initialisation fences the old ones. librdkafka's
-    /// `send_offsets_to_transaction` can block past its timeout while the group
-    /// coordinator fails over (librdkafka issues 5456 and 5511); the other
-    /// partitions go on meanwhile.
+    /// initialisation fences the old ones. A librdkafka transaction call can block
+    /// past its timeout while a coordinator fails over (librdkafka issues 5456 and
+    /// 5511, for `send_offsets_to_transaction`, which the processor no longer
+    /// calls); the other partitions go on meanwhile.
     pub(super) fn abandon_overdue(&mut self) {
         let limit = hang_limit(&self.shared.settings);
         let overdue: Vec<(i32, i64)> = self
