@@ -86,8 +86,7 @@ impl<A: Aggregate> ConsumerContext for RebalanceContext<A> {
             // Their running transactions finish first, so what they decided is
             // committed, answered and snapshotted before the partitions move.
             quiesce(&self.core, &partitions);
-            let positions = lock(&self.core).take_positions(Some(&partitions));
-            commit_positions(consumer, &positions);
+            commit_positions(consumer, &self.core, Some(&partitions));
             lock(&self.core).revoke(&partitions, true);
         }
     }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{error, info, warn};
 
@@ -334,14 +335,16 @@ impl<A: Aggregate> Core<A> {
     }
 
     /// Takes the positions to commit to the consumer group (of `only` these
-    /// partitions, or all), as `(topic, partition, offset)`.
-    pub(super) fn take_positions(&mut self, only: Option<&[i32]>) -> Vec<(String, i32, i64)> {
+    /// partitions, or all), as offsets of the commands topic.
+    pub(super) fn take_positions(&mut self, only: Option<&[i32]>) -> TopicPartitionList {
         let topic = &self.shared.layout.commands;
-        let mut taken = Vec::new();
+        let mut taken = TopicPartitionList::new();
         self.positions.retain(|p, offset| {
             let take = only.is_none_or(|only| only.contains(p));
-            if take {
-                taken.push((topic.clone(), *p, *offset));
+            if take
+                && let Err(error) = taken.add_partition_offset(topic, *p, Offset::Offset(*offset))
+            {
+                warn!(%error, partition = p, "cannot list a position to commit");
             }
             !take
         });

@@ -42,8 +42,7 @@ pub(super) fn run<A: Aggregate>(
     loop {
         if positions_committed.elapsed() >= POSITION_COMMIT_INTERVAL {
             positions_committed = Instant::now();
-            let positions = lock(&core).take_positions(None);
-            commit_positions(&consumer, &positions);
+            commit_positions(&consumer, &core, None);
         }
         if let Some(error) = lock(&core).fatal.take() {
             return Err(error);
@@ -95,8 +94,7 @@ pub(super) fn run<A: Aggregate>(
                     .collect()
             };
             quiesce(&core, &owned);
-            let positions = lock(&core).take_positions(None);
-            commit_positions(&consumer, &positions);
+            commit_positions(&consumer, &core, None);
             lock(&core).revoke(&owned, true);
             if let Err(error) = lock(&core).reply_producer.flush(Duration::from_secs(5)) {
                 warn!(%error, "replies still queued at shutdown; their callers will resend");
@@ -194,23 +192,19 @@ pub(super) fn run<A: Aggregate>(
 /// consumer group (see `Core::positions`).
 pub(super) const POSITION_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Commits `(partition, position)` pairs of the commands topic to the consumer
-/// group, without waiting. A refusal (this member left the group meanwhile) is
-/// harmless: the position that counts is in the outcomes.
-pub(super) fn commit_positions<C: ConsumerContext>(
+/// Commits the positions that `core` holds (of `only` these partitions, or all) to
+/// the consumer group, without waiting. A refusal (this member left the group
+/// meanwhile) is harmless: the position that counts is in the outcomes.
+pub(super) fn commit_positions<A: Aggregate, C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
-    positions: &[(String, i32, i64)],
+    core: &Mutex<Core<A>>,
+    only: Option<&[i32]>,
 ) {
-    if positions.is_empty() {
+    let positions = lock(core).take_positions(only);
+    if positions.count() == 0 {
         return;
     }
-    let mut tpl = TopicPartitionList::new();
-    for (topic, partition, offset) in positions {
-        if let Err(error) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
-            warn!(%error, partition, "cannot list a position to commit");
-        }
-    }
-    if let Err(error) = consumer.commit(&tpl, CommitMode::Async) {
+    if let Err(error) = consumer.commit(&positions, CommitMode::Async) {
         debug!(%error, "cannot commit the positions to the consumer group; the outcomes keep them");
     }
 }
