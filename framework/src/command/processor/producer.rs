@@ -231,18 +231,6 @@ pub(super) fn serve_ready<C: ProducerContext>(producer: &BaseProducer<C>) {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    #[test]
-    fn the_delivery_poll_grows_with_the_wait_to_a_tenth_of_it_within_its_bounds() {
-        use super::{DELIVERY_POLL, DELIVERY_POLL_MAX, delivery_poll};
-        assert_eq!(delivery_poll(Duration::ZERO), DELIVERY_POLL);
-        assert_eq!(delivery_poll(Duration::from_millis(1)), DELIVERY_POLL);
-        assert_eq!(
-            delivery_poll(Duration::from_millis(20)),
-            Duration::from_millis(2)
-        );
-        assert_eq!(delivery_poll(Duration::from_secs(3)), DELIVERY_POLL_MAX);
-    }
-
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::{Duration, Instant};
@@ -253,7 +241,18 @@ mod tests {
     use rdkafka::mocking::MockCluster;
     use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
 
-    use super::serve_ready;
+    use super::{DELIVERY_POLL, DELIVERY_POLL_MAX, delivery_poll, serve_ready};
+
+    #[test]
+    fn the_delivery_poll_grows_with_the_wait_to_a_tenth_of_it_within_its_bounds() {
+        assert_eq!(delivery_poll(Duration::ZERO), DELIVERY_POLL);
+        assert_eq!(delivery_poll(Duration::from_millis(1)), DELIVERY_POLL);
+        assert_eq!(
+            delivery_poll(Duration::from_millis(20)),
+            Duration::from_millis(2)
+        );
+        assert_eq!(delivery_poll(Duration::from_secs(3)), DELIVERY_POLL_MAX);
+    }
 
     #[derive(Clone, Default)]
     struct Counting(Arc<AtomicUsize>);

@@ -130,6 +130,7 @@ impl<A: Aggregate> Restorer<A> {
         let events_ms = step.elapsed().as_millis() as u64;
         let step = Instant::now();
         let (seen, consumed) = self.restore_seen(partition)?;
+        let consumed = consumed.unwrap_or(-1);
         let outcomes_ms = step.elapsed().as_millis() as u64;
         let max_offset = aggregates
             .values()
@@ -139,7 +140,7 @@ impl<A: Aggregate> Restorer<A> {
             .max(covered);
         producers.set_max_offset(max_offset);
         info!(
-            consumed = consumed.unwrap_or(-1),
+            consumed,
             aggregates = aggregates.len(),
             lazily = !complete,
             events_read = read,
@@ -179,7 +180,7 @@ impl<A: Aggregate> Restorer<A> {
             replies: Vec::new(),
             recency,
             complete,
-            consumed: consumed.unwrap_or(-1),
+            consumed,
         })
     }
 

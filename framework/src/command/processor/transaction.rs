@@ -35,9 +35,9 @@ use super::{FaultPoint, Shared, lock, slow};
 /// (`send_offsets_to_transaction`): that costs two round trips per transaction
 /// and a write to `__consumer_offsets`, and without them the sweep of
 /// docs/benchmarks.md holds its p99 within 100 ms at three times the rate. It is
-/// committed with the outcomes instead, and read back by the next owner on restore. The
-/// consumer group's offsets still follow, outside the transaction (`Core::positions`),
-/// for tools that read them.
+/// committed with the outcomes instead, and read back by the next owner on
+/// restore. The consumer group's offsets still follow, outside the transaction
+/// (`Core::positions`), for tools that read them.
 pub(super) fn transact<A: Aggregate>(
     shared: &Shared<A>,
     partition: i32,
