@@ -180,9 +180,11 @@ impl Handles<AccountEvent> for Overlap {
 }
 
 /// `max_partitions_at_once` lets a rebuild apply two partitions' batches at the same
-/// time (and the default does not), and the read model is the same either way.
+/// time (and the default does not), and the read model is the same either way. The
+/// rebuild's batch closes when both partitions are at their end, not after `max_wait`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rebuild_applies_partitions_at_once_only_when_allowed() {
+    const MAX_WAIT: Duration = Duration::from_secs(30);
     let bootstrap = kafka_bootstrap();
     let prefix = unique_prefix("proj-overlap");
     let codec = EventsTopic::<AccountEvent>::new(&prefix);
@@ -215,12 +217,20 @@ async fn a_rebuild_applies_partitions_at_once_only_when_allowed() {
                 .subscribe(&codec.prefix, codec.codec.clone())
                 .settings(ProjectionSettings {
                     max_partitions_at_once: at_once,
-                    // Both partitions' records in the first batch: wait for them.
-                    max_wait: Duration::from_secs(1),
+                    // Both partitions' records in the first batch: it waits for
+                    // them even when the broker is slow to serve one partition, and
+                    // closes once both are at their end, long before `max_wait`.
+                    max_wait: MAX_WAIT,
                     ..test_config()
                 });
         let report = worker.rebuild().await.expect("rebuild");
         assert_eq!(report.events, 40, "at once {at_once}");
+        assert!(
+            report.elapsed < MAX_WAIT,
+            "the rebuild's batch waited out max_wait ({MAX_WAIT:?}) instead of closing \
+             when every partition was at its end: {:?}",
+            report.elapsed
+        );
         assert_eq!(
             overlap.most.load(Ordering::SeqCst),
             at_once,

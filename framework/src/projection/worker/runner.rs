@@ -280,7 +280,8 @@ impl<P: Projection> Runner<'_, P> {
 
     /// Receives records into `pending`, split by partition and decoded on arrival,
     /// until one partition has `batch_size` of them: waits up to `IDLE_TICK` for
-    /// the first, then at most `max_wait` after the first. Stops early on shutdown.
+    /// the first, then at most `max_wait` after the first. Stops early on shutdown,
+    /// and in a rebuild once every partition has reached its end.
     ///
     /// Without `shutdown` it is the prefetch that runs while a batch is applied:
     /// the caller drops it when the batch is done, so it yields now and then to let
@@ -293,10 +294,12 @@ impl<P: Projection> Runner<'_, P> {
     async fn collect(&mut self, mut shutdown: Option<&mut Shutdown>, pending: &mut Pending) {
         let config = &self.worker.config;
         let mut count = pending.largest();
-        let mut deadline = tokio::time::Instant::now() + IDLE_TICK;
-        if let Some(first) = pending.first_at {
-            deadline = deadline.min(first + config.max_wait);
-        }
+        // `max_wait` counts from the first record, also when it is longer than the
+        // idle tick.
+        let mut deadline = match pending.first_at {
+            Some(first) => first + config.max_wait,
+            None => tokio::time::Instant::now() + IDLE_TICK,
+        };
         let mut since_yield = 0;
         while count < config.batch_size {
             let received = match shutdown.as_deref_mut() {
@@ -325,7 +328,7 @@ impl<P: Projection> Runner<'_, P> {
                         if pending.first_at.is_none() {
                             let now = tokio::time::Instant::now();
                             pending.first_at = Some(now);
-                            deadline = deadline.min(now + config.max_wait);
+                            deadline = now + config.max_wait;
                         }
                         count = count.max(len);
                     }
@@ -343,6 +346,9 @@ impl<P: Projection> Runner<'_, P> {
                     if !self.eof.contains(&partition) {
                         self.eof.push(partition);
                     }
+                    if self.rebuild_caught_up(pending) {
+                        break;
+                    }
                 }
                 Ok(Err(error)) => {
                     tracing::warn!(projection = P::NAME, error = %error, "Kafka consumer error");
@@ -353,6 +359,13 @@ impl<P: Projection> Runner<'_, P> {
                 }
             }
         }
+    }
+
+    /// A rebuild's batch holds records and every partition has reached its end:
+    /// nothing more will come to wait for, so the batch closes without waiting out
+    /// `max_wait`. A group worker waits, because its partitions keep growing.
+    fn rebuild_caught_up(&self, pending: &Pending) -> bool {
+        !self.group && pending.first_at.is_some() && self.parts.iter().all(|p| p.at_end)
     }
 
     /// Decodes a record of partition `partition` of the topic of source `source` and
