@@ -10,11 +10,15 @@
 //!    (`linger.ms` 1, `acks` all, idempotence, `fetch.wait.max.ms` 5), one at a time
 //!    on the same broker: a record produced and seen by an assigned consumer (the
 //!    command's way to the processor, and the reply's way back), and a transaction
-//!    like the processor's, step by step (begin, two records produced and delivered,
-//!    the consumed offset sent, commit).
+//!    like the processor's, step by step (begin, an event and an outcome produced
+//!    and delivered, commit).
 //!
 //! The sum of the bare hops is the floor of one command with a Kafka transaction
-//! per command on this broker; the framework's median is compared with it.
+//! per command on this broker; the framework's median is compared with it. It is
+//! also the floor of a closed-loop caller's round on a hot aggregate: each command
+//! goes in, is decided in a transaction that begins after it arrived, and comes
+//! back. The program prints what `--callers` callers (default 50, as in
+//! `bench_peer`'s hot scenario) would do with rounds at that floor.
 //!
 //! 3. The broker's transaction capacity: the same bare transactions, back to back,
 //!    by 1, 2 and 4 producers at once (`--parallel`), each on partitions of its
@@ -24,8 +28,11 @@
 //!    commit, and so the batching delay a command sees.
 //!
 //! ```text
-//! cargo run --release -p tributary-integration-tests --example bench_budget -- [--commands N] [--parallel 1,2,4]
+//! cargo run --release -p tributary-integration-tests --example bench_budget -- [--commands N] [--parallel 1,2,4] [--linger MS] [--callers N]
 //! ```
+//!
+//! `--linger` sets `linger.ms` of every producer, the framework's included (default:
+//! the framework's 1 ms).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -39,7 +46,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tributary::command::{CommandGateway, CommandProcessor, ProcessorSettings, TopicSettings};
 use tributary::{KafkaConfig, telemetry};
-use tributary_integration_tests::bench_load::{arg, arg_list};
+use tributary_integration_tests::bench_load::{arg, arg_list, arg_str};
 use tributary_integration_tests::command_support::{Counter, Increment};
 use tributary_integration_tests::{create_topic, describe_broker, kafka_bootstrap, unique_prefix};
 
@@ -84,9 +91,23 @@ fn print_rows(rows: &[Row]) {
     }
 }
 
-async fn framework(bootstrap: &str, commands: usize, snapshotter: &Snapshotter) -> Vec<Row> {
+/// The framework's Kafka settings, with `linger.ms` when `--linger` is given.
+fn kafka_config(bootstrap: &str, linger: Option<u64>) -> KafkaConfig {
+    let kafka = KafkaConfig::new(bootstrap);
+    match linger {
+        Some(ms) => kafka.set("linger.ms", ms.to_string()),
+        None => kafka,
+    }
+}
+
+async fn framework(
+    bootstrap: &str,
+    commands: usize,
+    linger: Option<u64>,
+    snapshotter: &Snapshotter,
+) -> Vec<Row> {
     let prefix = unique_prefix("bench-budget");
-    let processor = CommandProcessor::<Counter>::new(KafkaConfig::new(bootstrap), &prefix)
+    let processor = CommandProcessor::<Counter>::new(kafka_config(bootstrap, linger), &prefix)
         .unwrap()
         .settings(ProcessorSettings {
             session_timeout: Duration::from_secs(6),
@@ -101,7 +122,7 @@ async fn framework(bootstrap: &str, commands: usize, snapshotter: &Snapshotter) 
         .await
         .expect("processor");
     let gateway = CommandGateway::connect_with_timeout(
-        KafkaConfig::new(bootstrap),
+        kafka_config(bootstrap, linger),
         &prefix,
         Duration::from_secs(60),
     )
@@ -153,13 +174,13 @@ async fn framework(bootstrap: &str, commands: usize, snapshotter: &Snapshotter) 
     ]
 }
 
-fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> BaseProducer {
+fn producer(bootstrap: &str, linger: u64, extra: &[(&str, &str)]) -> BaseProducer {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "1");
+        .set("linger.ms", linger.to_string());
     for (k, v) in extra {
         config.set(*k, *v);
     }
@@ -182,8 +203,8 @@ fn wait_delivered(producer: &BaseProducer) {
 
 /// A record produced and seen by an assigned consumer: `(produce → delivery report,
 /// produce → consumed)` per record.
-fn produce_and_fetch(bootstrap: &str, topic: &str, n: usize) -> (Vec<f64>, Vec<f64>) {
-    let producer = producer(bootstrap, &[]);
+fn produce_and_fetch(bootstrap: &str, topic: &str, n: usize, linger: u64) -> (Vec<f64>, Vec<f64>) {
+    let producer = producer(bootstrap, linger, &[]);
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("{topic}.reader"))
@@ -230,17 +251,15 @@ fn produce_and_fetch(bootstrap: &str, topic: &str, n: usize) -> (Vec<f64>, Vec<f
 }
 
 /// A transaction like the processor's, `n` times: begin, an event and an outcome
-/// produced and delivered, the consumed command's offset sent, commit. Samples of
-/// each step and of the whole.
-fn transactions(bootstrap: &str, prefix: &str, n: usize) -> [Vec<f64>; 4] {
-    let (events, outcomes, commands) = (
-        format!("{prefix}.events"),
-        format!("{prefix}.outcomes"),
-        format!("{prefix}.commands"),
-    );
+/// produced and delivered, commit. (The processor keeps its position in the
+/// outcome's header, so it sends no offsets to the transaction.) Samples of each
+/// step and of the whole.
+fn transactions(bootstrap: &str, prefix: &str, n: usize, linger: u64) -> [Vec<f64>; 3] {
+    let (events, outcomes) = (format!("{prefix}.events"), format!("{prefix}.outcomes"));
     let txid = format!("{prefix}.tx");
     let producer = producer(
         bootstrap,
+        linger,
         &[
             ("transactional.id", txid.as_str()),
             ("transaction.timeout.ms", "10000"),
@@ -249,22 +268,7 @@ fn transactions(bootstrap: &str, prefix: &str, n: usize) -> [Vec<f64>; 4] {
     producer
         .init_transactions(Duration::from_secs(30))
         .expect("init transactions");
-    let group: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("{prefix}.group"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    group.subscribe(&[commands.as_str()]).unwrap();
-    let metadata = loop {
-        group.poll(Duration::from_millis(100));
-        if let Some(m) = group.group_metadata()
-            && !group.assignment().map(|a| a.count() == 0).unwrap_or(true)
-        {
-            break m;
-        }
-    };
-    let mut steps: [Vec<f64>; 4] = Default::default();
+    let mut steps: [Vec<f64>; 3] = Default::default();
     let timeout = Duration::from_secs(10);
     for i in 0..n + 10 {
         let payload = i.to_string();
@@ -275,21 +279,12 @@ fn transactions(bootstrap: &str, prefix: &str, n: usize) -> [Vec<f64>; 4] {
         }
         wait_delivered(&producer);
         let produced = started.elapsed();
-        let mut offsets = TopicPartitionList::new();
-        offsets
-            .add_partition_offset(&commands, 0, Offset::Offset(i as i64 + 1))
-            .unwrap();
-        producer
-            .send_offsets_to_transaction(&offsets, &metadata, timeout)
-            .unwrap();
-        let offsets_sent = started.elapsed();
         producer.commit_transaction(timeout).unwrap();
         let committed = started.elapsed();
         if i >= 10 {
             steps[0].push(produced.as_secs_f64());
-            steps[1].push((offsets_sent - produced).as_secs_f64());
-            steps[2].push((committed - offsets_sent).as_secs_f64());
-            steps[3].push(committed.as_secs_f64());
+            steps[1].push((committed - produced).as_secs_f64());
+            steps[2].push(committed.as_secs_f64());
         }
     }
     steps
@@ -298,6 +293,9 @@ fn transactions(bootstrap: &str, prefix: &str, n: usize) -> [Vec<f64>; 4] {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let commands = arg("--commands", 500);
+    let callers = arg("--callers", 50);
+    let linger = arg_str("--linger").and_then(|v| v.parse::<u64>().ok());
+    let bare_linger = linger.unwrap_or(1);
     let bootstrap = kafka_bootstrap();
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
@@ -305,26 +303,23 @@ async fn main() {
     println!("# bench_budget");
     println!("broker: {}", describe_broker(&bootstrap));
     println!(
-        "command: cargo run --release -p tributary-integration-tests --example bench_budget -- --commands {commands}"
+        "command: cargo run --release -p tributary-integration-tests --example bench_budget -- --commands {commands} --callers {callers}{}",
+        linger.map_or(String::new(), |ms| format!(" --linger {ms}"))
     );
+    println!("linger.ms of every producer: {bare_linger}");
     println!();
 
-    let mut rows = framework(&bootstrap, commands, &snapshotter).await;
+    let mut rows = framework(&bootstrap, commands, linger, &snapshotter).await;
 
     let prefix = unique_prefix("bench-budget-raw");
-    for (topic, partitions) in [
-        ("records", 1),
-        ("events", 1),
-        ("outcomes", 1),
-        ("commands", 1),
-    ] {
-        create_topic(&bootstrap, &format!("{prefix}.{topic}"), partitions).await;
+    for topic in ["records", "events", "outcomes"] {
+        create_topic(&bootstrap, &format!("{prefix}.{topic}"), 1).await;
     }
     let (mut delivered, mut consumed, mut steps) = {
         let (b, p) = (bootstrap.clone(), prefix.clone());
         tokio::task::spawn_blocking(move || {
-            let (d, c) = produce_and_fetch(&b, &format!("{p}.records"), commands);
-            let steps = transactions(&b, &p, commands);
+            let (d, c) = produce_and_fetch(&b, &format!("{p}.records"), commands, bare_linger);
+            let steps = transactions(&b, &p, commands, bare_linger);
             (d, c, steps)
         })
         .await
@@ -332,17 +327,17 @@ async fn main() {
     };
     let (d50, d99) = quantiles(&mut delivered);
     let (f50, f99) = quantiles(&mut consumed);
-    let [produce, offsets, commit, whole] = &mut steps;
+    let [produce, commit, whole] = &mut steps;
     let (p50, p99) = quantiles(produce);
-    let (o50, o99) = quantiles(offsets);
     let (c50, c99) = quantiles(commit);
     let (t50, t99) = quantiles(whole);
+    let floor = f50 + t50 + f50;
     rows.extend([
         Row {
             hop: "bare: produce → delivery report (`acks` all, idempotent)",
             p50: d50,
             p99: d99,
-            moved_by: "`linger.ms` (1); `acks`; the broker's request handling",
+            moved_by: "`linger.ms`; `acks`; the broker's request handling",
         },
         Row {
             hop: "bare: produce → seen by an assigned consumer (the command's way in; the reply's way back)",
@@ -355,12 +350,6 @@ async fn main() {
             p50,
             p99,
             moved_by: "adding the partitions to the transaction (one round trip to the coordinator) + the produce",
-        },
-        Row {
-            hop: "bare transaction: `send_offsets_to_transaction`",
-            p50: o50,
-            p99: o99,
-            moved_by: "two round trips (transaction and group coordinators)",
         },
         Row {
             hop: "bare transaction: `commit_transaction`",
@@ -376,18 +365,23 @@ async fn main() {
         },
         Row {
             hop: "**floor: way in + transaction + way back (sum of the bare medians)**",
-            p50: f50 + t50 + f50,
+            p50: floor,
             p99: f64::NAN,
             moved_by: "the broker and the machine",
         },
     ]);
     print_rows(&rows);
-    capacity(&bootstrap, commands).await;
+    println!();
+    println!(
+        "a round at the floor: {callers} closed-loop callers on one aggregate ÷ {floor:.2} ms = {:.0} commands/s",
+        callers as f64 * 1000.0 / floor
+    );
+    capacity(&bootstrap, commands, bare_linger).await;
 }
 
 /// Section 3: `p` bare transaction loops at once, each with its own topics, for
 /// each `p` of `--parallel`.
-async fn capacity(bootstrap: &str, commands: usize) {
+async fn capacity(bootstrap: &str, commands: usize, linger: u64) {
     println!();
     println!(
         "| transactional producers at once | transactions/s in all | one transaction p50 / p99 ms |"
@@ -397,7 +391,7 @@ async fn capacity(bootstrap: &str, commands: usize) {
         let mut prefixes = Vec::with_capacity(parallel);
         for _ in 0..parallel {
             let prefix = unique_prefix("bench-budget-cap");
-            for topic in ["events", "outcomes", "commands"] {
+            for topic in ["events", "outcomes"] {
                 create_topic(bootstrap, &format!("{prefix}.{topic}"), 1).await;
             }
             prefixes.push(prefix);
@@ -407,12 +401,12 @@ async fn capacity(bootstrap: &str, commands: usize) {
             .into_iter()
             .map(|prefix| {
                 let b = bootstrap.to_owned();
-                tokio::task::spawn_blocking(move || transactions(&b, &prefix, commands))
+                tokio::task::spawn_blocking(move || transactions(&b, &prefix, commands, linger))
             })
             .collect();
         let mut whole = Vec::new();
         for l in loops {
-            let [_, _, _, w] = l.await.unwrap();
+            let [_, _, w] = l.await.unwrap();
             whole.extend(w);
         }
         // A loop's set-up (init_transactions, the group join) is no transaction
