@@ -56,13 +56,17 @@ async fn a_lost_snapshot_write_never_lets_the_watermark_pass_its_aggregate() {
     .expect("gateway");
     send(&gateway, "b").await; // the partition is assigned and restored
 
-    // Every snapshot write that includes `a` fails for the next 1.5 s.
+    // Every snapshot write that includes `a` fails, until the writer has given up
+    // on it (three attempts): a sequence counts the failures, as a rolled-back
+    // write leaves no other trace.
     for statement in [
-        "CREATE TABLE fail_snapshots_until (t timestamptz NOT NULL)",
-        "INSERT INTO fail_snapshots_until VALUES (clock_timestamp() + interval '1500 milliseconds')",
+        "CREATE TABLE fail_snapshots_of_a (since timestamptz NOT NULL)",
+        "INSERT INTO fail_snapshots_of_a VALUES (clock_timestamp())",
+        "CREATE SEQUENCE failed_snapshots_of_a",
         "CREATE FUNCTION fail_snapshot_of_a() RETURNS trigger AS $$
          BEGIN
-           IF NEW.aggregate_id = 'a' AND clock_timestamp() < (SELECT t FROM fail_snapshots_until) THEN
+           IF NEW.aggregate_id = 'a' AND EXISTS (SELECT 1 FROM fail_snapshots_of_a) THEN
+             PERFORM nextval('failed_snapshots_of_a');
              RAISE EXCEPTION 'injected failure: snapshot of a';
            END IF;
            RETURN NEW;
@@ -75,8 +79,29 @@ async fn a_lost_snapshot_write_never_lets_the_watermark_pass_its_aggregate() {
     for expected in 1..=10 {
         assert_eq!(send(&gateway, "a").await, expected);
     }
-    // The writer's retries of `a`'s snapshot (version 10) run out inside the window.
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // The writer tries `a`'s snapshot (version 10) three times, then gives up; only
+    // then do writes of `a` succeed again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let failed: i64 = sqlx::query_scalar(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM failed_snapshots_of_a",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        if failed >= 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the snapshot writer tried `a`'s snapshot {failed} times in 60 s, not 3"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sqlx::query("DELETE FROM fail_snapshots_of_a")
+        .execute(store.pool())
+        .await
+        .unwrap();
     // Enough events on `b` for a partition flush, which writes a watermark.
     for _ in 0..25 {
         send(&gateway, "b").await;
