@@ -349,9 +349,10 @@ async fn a_member_that_lost_the_group_mid_transaction_commits_once_and_goes_on()
 }
 
 /// Partitions do not wait for each other: while one partition's transaction is
-/// stalled (6 s, before its commit), commands of the other partition are decided
-/// and answered. A poll loop that waited for every transaction of a batch before
-/// starting the next would answer them only after the stall.
+/// stalled before its commit (until the other partition's commands are answered,
+/// 20 s at most), commands of the other partition are decided and answered. A poll
+/// loop that waited for every transaction of a batch before starting the next
+/// would answer them only after the stall.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stalled_partition_does_not_hold_up_the_others() {
     use tributary::command::CommandOutcome;
@@ -371,12 +372,14 @@ async fn a_stalled_partition_does_not_hold_up_the_others() {
     let armed = Arc::new(AtomicBool::new(false));
     let stalling = Arc::new(AtomicBool::new(false));
     let released = Arc::new(AtomicBool::new(false));
+    let go_on = Arc::new(AtomicBool::new(false));
     let processor = counter_processor(&bootstrap, &prefix, 2)
         .fault_hook({
-            let (armed, stalling, released) = (
+            let (armed, stalling, released, go_on) = (
                 Arc::clone(&armed),
                 Arc::clone(&stalling),
                 Arc::clone(&released),
+                Arc::clone(&go_on),
             );
             move |point, partition| {
                 if point == FaultPoint::BeforeCommit
@@ -384,7 +387,11 @@ async fn a_stalled_partition_does_not_hold_up_the_others() {
                     && armed.load(Ordering::SeqCst)
                     && !stalling.swap(true, Ordering::SeqCst)
                 {
-                    std::thread::sleep(Duration::from_secs(6));
+                    // Well inside the transaction timeout (30 s).
+                    let until = Instant::now() + Duration::from_secs(20);
+                    while !go_on.load(Ordering::SeqCst) && Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
                     released.store(true, Ordering::SeqCst);
                 }
             }
@@ -410,8 +417,15 @@ async fn a_stalled_partition_does_not_hold_up_the_others() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let started = Instant::now();
-    for id in &fast {
-        match gateway.send(increment(id)).await.expect("fast command") {
+    let sends: Vec<_> = fast
+        .iter()
+        .map(|id| {
+            let (gateway, command) = (gateway.clone(), increment(id));
+            tokio::spawn(async move { gateway.send(command).await })
+        })
+        .collect();
+    for (id, send) in fast.iter().zip(sends) {
+        match send.await.expect("task").expect("fast command") {
             CommandOutcome::Accepted { version, .. } => assert_eq!(version, 2),
             CommandOutcome::Rejected(e) => panic!("{id}: {e}"),
         }
@@ -422,6 +436,7 @@ async fn a_stalled_partition_does_not_hold_up_the_others() {
         "partition 1's commands were answered only after partition 0's stalled \
          transaction went on ({fast_took:?}): one partition held up the others"
     );
+    go_on.store(true, Ordering::SeqCst);
     match stalled.await.expect("task").expect("stalled command") {
         CommandOutcome::Accepted { version, .. } => assert_eq!(version, 2),
         CommandOutcome::Rejected(e) => panic!("{slow}: {e}"),
