@@ -235,7 +235,9 @@ async fn a_restore_reads_only_the_outcomes_of_the_dedup_window() {
     let bootstrap = kafka_bootstrap();
     let prefix = unique_prefix("fault-window");
     let settings = tributary::command::ProcessorSettings {
-        dedup_window: Duration::from_secs(4),
+        // Long enough for the new commands, a crash and a restore to fit in it on a
+        // loaded machine.
+        dedup_window: Duration::from_secs(20),
         ..tributary_integration_tests::command_support::test_settings()
     };
     let start = || {
@@ -277,7 +279,8 @@ async fn a_restore_reads_only_the_outcomes_of_the_dedup_window() {
     for i in 0..60 {
         send(format!("old-{i}")).await;
     }
-    tokio::time::sleep(Duration::from_secs(5)).await; // out of the window
+    // Out of the window, and of the tenth before it that a restore also reads.
+    tokio::time::sleep(Duration::from_secs(24)).await;
     for i in 0..5 {
         send(format!("new-{i}")).await;
     }
