@@ -64,7 +64,11 @@ pub struct SendOptions {
     pub correlation_id: Option<String>,
     /// W3C trace context to continue; a new trace when `None`.
     pub traceparent: Option<String>,
-    /// How long to wait for the outcome; the gateway's default when `None`.
+    /// How long to wait for the outcome; the gateway's default when `None`. The
+    /// command's delivery to Kafka keeps the gateway's default as its limit (its
+    /// producer's `message.timeout.ms`): a longer timeout lengthens only the wait
+    /// for the outcome after the command was delivered, and an unreachable broker
+    /// still fails the send with [`GatewayError::Unavailable`] after the default.
     pub timeout: Option<Duration>,
 }
 

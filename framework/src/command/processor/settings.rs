@@ -12,7 +12,9 @@ pub struct ProcessorSettings {
     /// Most commands in one transaction (per partition).
     pub max_batch: usize,
     /// How long to wait for more commands once the first command of a poll arrived
-    /// (commands already queued are always taken, up to `max_batch`). 0 by default:
+    /// (commands already queued are always taken, up to `max_batch`). While
+    /// transactions run, the poll loop looks at them at least every 5 ms, so a
+    /// 5 ms gap between commands then ends the wait early. 0 by default:
     /// a partition with no transaction running starts one at once, and batches grow
     /// by themselves under load, because a busy partition's commands queue up
     /// while its transaction commits and become its next batch.
