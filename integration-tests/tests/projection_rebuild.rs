@@ -122,7 +122,7 @@ async fn a_rebuild_reproduces_the_read_model_and_reports_progress() {
 }
 
 /// Counts the handler calls running at once. The first two calls each wait (up to
-/// 3 s) for a second call to be running beside them: a handler call of one batch
+/// `wait`) for a second call to be running beside them: a handler call of one batch
 /// never runs beside another of the same batch, so only another partition's batch
 /// can meet them.
 #[derive(Debug, Clone, Default)]
@@ -130,6 +130,8 @@ struct Overlap {
     calls: Arc<AtomicUsize>,
     running: Arc<AtomicUsize>,
     most: Arc<AtomicUsize>,
+    /// How long each of the first two calls waits for another beside it.
+    wait: Duration,
 }
 
 impl Projection for Overlap {
@@ -159,7 +161,7 @@ impl Handles<AccountEvent> for Overlap {
         let running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.most.fetch_max(running, Ordering::SeqCst);
         if self.calls.fetch_add(1, Ordering::SeqCst) < 2 {
-            let deadline = Instant::now() + Duration::from_secs(3);
+            let deadline = Instant::now() + self.wait;
             while self.running.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -211,7 +213,12 @@ async fn a_rebuild_applies_partitions_at_once_only_when_allowed() {
     let store = test_store(&prefix).await;
 
     for at_once in [1, 2] {
-        let overlap = Overlap::default();
+        let overlap = Overlap {
+            // Long where a second call is expected (it ends as soon as one runs);
+            // short where none may come, as it is always waited out.
+            wait: Duration::from_secs(if at_once == 2 { 30 } else { 3 }),
+            ..Overlap::default()
+        };
         let worker =
             ProjectionWorker::new(overlap.clone(), store.clone(), kafka_config(&bootstrap))
                 .subscribe(&codec.prefix, codec.codec.clone())
@@ -225,16 +232,16 @@ async fn a_rebuild_applies_partitions_at_once_only_when_allowed() {
                 });
         let report = worker.rebuild().await.expect("rebuild");
         assert_eq!(report.events, 40, "at once {at_once}");
+        assert_eq!(
+            overlap.most.load(Ordering::SeqCst),
+            at_once,
+            "handler calls running at once, with max_partitions_at_once = {at_once}"
+        );
         assert!(
             report.elapsed < MAX_WAIT,
             "the rebuild's batch waited out max_wait ({MAX_WAIT:?}) instead of closing \
              when every partition was at its end: {:?}",
             report.elapsed
-        );
-        assert_eq!(
-            overlap.most.load(Ordering::SeqCst),
-            at_once,
-            "handler calls running at once, with max_partitions_at_once = {at_once}"
         );
         let counts: Vec<(String, i64)> =
             sqlx::query_as("SELECT id, events FROM overlap_counts ORDER BY id")
