@@ -305,7 +305,10 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
-        std::thread::sleep(Duration::from_millis(200));
+        // Time for the produce responses to come back and their reports to be
+        // queued, with room for a loaded machine (the queue's length cannot be read
+        // without unsafe code).
+        std::thread::sleep(Duration::from_secs(1));
         assert_eq!(served.0.load(Ordering::SeqCst), 0);
 
         serve_ready(&producer);
