@@ -163,7 +163,7 @@ async fn a_rebuild_pauses_the_live_workers_and_can_be_cancelled() {
     let calls_before = live.calls.load(Ordering::SeqCst);
     produce(&bootstrap, &topic, deposits(&codec, &["late"], 20)).await;
     wait_until(
-        Duration::from_secs(10),
+        Duration::from_secs(60),
         "the live worker to report the rebuild",
         || {
             let status = worker.status();
