@@ -47,7 +47,11 @@ pub struct ProcessorSettings {
     /// Command ids seen within this window return their original outcome. Kept in
     /// memory per owned partition and rebuilt from the outcomes topic on assignment.
     pub dedup_window: Duration,
-    /// Give up restoring a partition after this long.
+    /// Give up restoring a partition when one of its reads from Kafka (the dedup
+    /// window's outcomes, the events after the snapshots) takes longer than this.
+    /// A restore makes a few such reads, after fencing the partition's previous
+    /// writer (bounded by `transaction_timeout`), and looks up watermarks and
+    /// offsets by time (30 s at most each), so a whole restore may take longer.
     pub restore_timeout: Duration,
     /// Snapshot every changed aggregate of a partition (and advance the partition's
     /// restore watermark) every this many events in the partition. Only for
