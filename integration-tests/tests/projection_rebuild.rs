@@ -162,7 +162,9 @@ impl Handles<AccountEvent> for Overlap {
         self.most.fetch_max(running, Ordering::SeqCst);
         if self.calls.fetch_add(1, Ordering::SeqCst) < 2 {
             let deadline = Instant::now() + self.wait;
-            while self.running.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
+            // `most`, not `running`: once two calls met, neither waits on, even if
+            // the other has finished before this one looks.
+            while self.most.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             self.most
@@ -182,11 +184,9 @@ impl Handles<AccountEvent> for Overlap {
 }
 
 /// `max_partitions_at_once` lets a rebuild apply two partitions' batches at the same
-/// time (and the default does not), and the read model is the same either way. The
-/// rebuild's batch closes when both partitions are at their end, not after `max_wait`.
+/// time (and the default does not), and the read model is the same either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rebuild_applies_partitions_at_once_only_when_allowed() {
-    const MAX_WAIT: Duration = Duration::from_secs(30);
     let bootstrap = kafka_bootstrap();
     let prefix = unique_prefix("proj-overlap");
     let codec = EventsTopic::<AccountEvent>::new(&prefix);
@@ -224,10 +224,11 @@ async fn a_rebuild_applies_partitions_at_once_only_when_allowed() {
                 .subscribe(&codec.prefix, codec.codec.clone())
                 .settings(ProjectionSettings {
                     max_partitions_at_once: at_once,
-                    // Both partitions' records in the first batch: it waits for
-                    // them even when the broker is slow to serve one partition, and
-                    // closes once both are at their end, long before `max_wait`.
-                    max_wait: MAX_WAIT,
+                    // Both partitions' records in the first batch: it waits 5 s
+                    // after the first record, for a broker slow to serve the other
+                    // partition (a batch used to close at 250 ms whatever this
+                    // said).
+                    max_wait: Duration::from_secs(5),
                     ..test_config()
                 });
         let report = worker.rebuild().await.expect("rebuild");
@@ -236,12 +237,6 @@ async fn a_rebuild_applies_partitions_at_once_only_when_allowed() {
             overlap.most.load(Ordering::SeqCst),
             at_once,
             "handler calls running at once, with max_partitions_at_once = {at_once}"
-        );
-        assert!(
-            report.elapsed < MAX_WAIT,
-            "the rebuild's batch waited out max_wait ({MAX_WAIT:?}) instead of closing \
-             when every partition was at its end: {:?}",
-            report.elapsed
         );
         let counts: Vec<(String, i64)> =
             sqlx::query_as("SELECT id, events FROM overlap_counts ORDER BY id")

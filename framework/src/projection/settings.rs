@@ -56,8 +56,7 @@ pub struct ProjectionSettings {
     /// Most records applied in one Postgres transaction (per partition). Default 1000.
     pub batch_size: usize,
     /// How long a batch waits for more records after its first one. Default 50 ms:
-    /// the bound on the extra latency batching adds under light load. A rebuild's
-    /// batch also closes as soon as every partition has reached its end.
+    /// the bound on the extra latency batching adds under light load.
     pub max_wait: Duration,
     /// Kafka `session.timeout.ms` of the worker's group membership. Default 10 s.
     /// Shorter detects dead workers sooner (the tests use 6 s).

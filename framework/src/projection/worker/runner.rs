@@ -27,6 +27,20 @@ const IDLE_TICK: Duration = Duration::from_millis(250);
 /// Postgres round trips go on after this many records.
 const PREFETCH_YIELD_EVERY: usize = 64;
 
+/// When `collect` stops waiting: `max_wait` after the batch's first record (also
+/// when that is longer than the idle tick), or, before any record, an idle tick
+/// from `now`.
+fn batch_deadline(
+    first: Option<tokio::time::Instant>,
+    now: tokio::time::Instant,
+    max_wait: Duration,
+) -> tokio::time::Instant {
+    match first {
+        Some(first) => first + max_wait,
+        None => now + IDLE_TICK,
+    }
+}
+
 /// The consume-apply loop shared by group workers and rebuilds.
 pub(super) struct Runner<'w, P: Projection> {
     pub(super) worker: &'w ProjectionWorker<P>,
@@ -280,8 +294,7 @@ impl<P: Projection> Runner<'_, P> {
 
     /// Receives records into `pending`, split by partition and decoded on arrival,
     /// until one partition has `batch_size` of them: waits up to `IDLE_TICK` for
-    /// the first, then at most `max_wait` after the first. Stops early on shutdown,
-    /// and in a rebuild once every partition has reached its end.
+    /// the first, then at most `max_wait` after the first. Stops early on shutdown.
     ///
     /// Without `shutdown` it is the prefetch that runs while a batch is applied:
     /// the caller drops it when the batch is done, so it yields now and then to let
@@ -294,12 +307,11 @@ impl<P: Projection> Runner<'_, P> {
     async fn collect(&mut self, mut shutdown: Option<&mut Shutdown>, pending: &mut Pending) {
         let config = &self.worker.config;
         let mut count = pending.largest();
-        // `max_wait` counts from the first record, also when it is longer than the
-        // idle tick.
-        let mut deadline = match pending.first_at {
-            Some(first) => first + config.max_wait,
-            None => tokio::time::Instant::now() + IDLE_TICK,
-        };
+        let mut deadline = batch_deadline(
+            pending.first_at,
+            tokio::time::Instant::now(),
+            config.max_wait,
+        );
         let mut since_yield = 0;
         while count < config.batch_size {
             let received = match shutdown.as_deref_mut() {
@@ -328,7 +340,7 @@ impl<P: Projection> Runner<'_, P> {
                         if pending.first_at.is_none() {
                             let now = tokio::time::Instant::now();
                             pending.first_at = Some(now);
-                            deadline = now + config.max_wait;
+                            deadline = batch_deadline(Some(now), now, config.max_wait);
                         }
                         count = count.max(len);
                     }
@@ -346,9 +358,6 @@ impl<P: Projection> Runner<'_, P> {
                     if !self.eof.contains(&partition) {
                         self.eof.push(partition);
                     }
-                    if self.rebuild_caught_up(pending) {
-                        break;
-                    }
                 }
                 Ok(Err(error)) => {
                     tracing::warn!(projection = P::NAME, error = %error, "Kafka consumer error");
@@ -359,13 +368,6 @@ impl<P: Projection> Runner<'_, P> {
                 }
             }
         }
-    }
-
-    /// A rebuild's batch holds records and every partition has reached its end:
-    /// nothing more will come to wait for, so the batch closes without waiting out
-    /// `max_wait`. A group worker waits, because its partitions keep growing.
-    fn rebuild_caught_up(&self, pending: &Pending) -> bool {
-        !self.group && pending.first_at.is_some() && self.parts.iter().all(|p| p.at_end)
     }
 
     /// Decodes a record of partition `partition` of the topic of source `source` and
@@ -498,4 +500,36 @@ fn single(topic: &str, partition: i32, offset: Option<Offset>) -> TopicPartition
         }
     }
     list
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::{IDLE_TICK, batch_deadline};
+
+    #[test]
+    fn a_batch_waits_max_wait_after_its_first_record_even_past_the_idle_tick() {
+        let now = Instant::now();
+        let first = now - Duration::from_millis(100);
+        for max_wait in [
+            Duration::from_millis(20),
+            IDLE_TICK * 4,
+            Duration::from_secs(30),
+        ] {
+            assert_eq!(batch_deadline(Some(first), now, max_wait), first + max_wait);
+            assert_eq!(batch_deadline(Some(now), now, max_wait), now + max_wait);
+        }
+    }
+
+    #[test]
+    fn before_any_record_it_waits_an_idle_tick() {
+        let now = Instant::now();
+        assert_eq!(
+            batch_deadline(None, now, Duration::from_secs(30)),
+            now + IDLE_TICK
+        );
+    }
 }
