@@ -92,7 +92,7 @@ fn print_rows(rows: &[Row]) {
 }
 
 /// The framework's Kafka settings, with `linger.ms` when `--linger` is given.
-fn kafka_config(bootstrap: &str, linger: Option<u64>) -> KafkaConfig {
+fn kafka_config(bootstrap: &str, linger: Option<f64>) -> KafkaConfig {
     let kafka = KafkaConfig::new(bootstrap);
     match linger {
         Some(ms) => kafka.set("linger.ms", ms.to_string()),
@@ -103,7 +103,7 @@ fn kafka_config(bootstrap: &str, linger: Option<u64>) -> KafkaConfig {
 async fn framework(
     bootstrap: &str,
     commands: usize,
-    linger: Option<u64>,
+    linger: Option<f64>,
     snapshotter: &Snapshotter,
 ) -> Vec<Row> {
     let prefix = unique_prefix("bench-budget");
@@ -174,7 +174,7 @@ async fn framework(
     ]
 }
 
-fn producer(bootstrap: &str, linger: u64, extra: &[(&str, &str)]) -> BaseProducer {
+fn producer(bootstrap: &str, linger: f64, extra: &[(&str, &str)]) -> BaseProducer {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", bootstrap)
@@ -203,7 +203,7 @@ fn wait_delivered(producer: &BaseProducer) {
 
 /// A record produced and seen by an assigned consumer: `(produce → delivery report,
 /// produce → consumed)` per record.
-fn produce_and_fetch(bootstrap: &str, topic: &str, n: usize, linger: u64) -> (Vec<f64>, Vec<f64>) {
+fn produce_and_fetch(bootstrap: &str, topic: &str, n: usize, linger: f64) -> (Vec<f64>, Vec<f64>) {
     let producer = producer(bootstrap, linger, &[]);
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -254,7 +254,7 @@ fn produce_and_fetch(bootstrap: &str, topic: &str, n: usize, linger: u64) -> (Ve
 /// produced and delivered, commit. (The processor keeps its position in the
 /// outcome's header, so it sends no offsets to the transaction.) Samples of each
 /// step and of the whole.
-fn transactions(bootstrap: &str, prefix: &str, n: usize, linger: u64) -> [Vec<f64>; 3] {
+fn transactions(bootstrap: &str, prefix: &str, n: usize, linger: f64) -> [Vec<f64>; 3] {
     let (events, outcomes) = (format!("{prefix}.events"), format!("{prefix}.outcomes"));
     let txid = format!("{prefix}.tx");
     let producer = producer(
@@ -294,8 +294,12 @@ fn transactions(bootstrap: &str, prefix: &str, n: usize, linger: u64) -> [Vec<f6
 async fn main() {
     let commands = arg("--commands", 500);
     let callers = arg("--callers", 50);
-    let linger = arg_str("--linger").and_then(|v| v.parse::<u64>().ok());
-    let bare_linger = linger.unwrap_or(1);
+    // librdkafka takes fractions of a millisecond too.
+    let linger = arg_str("--linger").map(|v| {
+        v.parse::<f64>()
+            .unwrap_or_else(|_| panic!("--linger takes milliseconds, such as 1 or 0.5: {v}"))
+    });
+    let bare_linger = linger.unwrap_or(1.0);
     let bootstrap = kafka_bootstrap();
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
@@ -381,7 +385,7 @@ async fn main() {
 
 /// Section 3: `p` bare transaction loops at once, each with its own topics, for
 /// each `p` of `--parallel`.
-async fn capacity(bootstrap: &str, commands: usize, linger: u64) {
+async fn capacity(bootstrap: &str, commands: usize, linger: f64) {
     println!();
     println!(
         "| transactional producers at once | transactions/s in all | one transaction p50 / p99 ms |"
@@ -409,7 +413,7 @@ async fn capacity(bootstrap: &str, commands: usize, linger: u64) {
             let [_, _, w] = l.await.unwrap();
             whole.extend(w);
         }
-        // A loop's set-up (init_transactions, the group join) is no transaction
+        // A loop's set-up (init_transactions) is no transaction
         // time: the window is the mean time the loops spent in transactions.
         let wall = started.elapsed().as_secs_f64();
         let busy = whole.iter().sum::<f64>() / parallel as f64;
