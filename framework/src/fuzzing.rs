@@ -23,6 +23,8 @@ pub struct DecodedCommand<'a> {
     pub traceparent: Option<&'a str>,
     /// `tributary_replypartition`.
     pub reply_partition: Option<i32>,
+    /// `tributary_gateway`.
+    pub gateway: Option<&'a str>,
     /// The command's JSON.
     pub payload: &'a [u8],
 }
@@ -37,6 +39,7 @@ pub fn decode_command<'a>(record: &RecordRef<'a>) -> Result<DecodedCommand<'a>, 
         correlation_id: c.correlation_id,
         traceparent: c.traceparent,
         reply_partition: c.reply_partition,
+        gateway: c.gateway,
         payload: c.payload,
     })
 }

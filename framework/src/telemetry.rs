@@ -63,6 +63,9 @@ pub const AGGREGATES_LOADED: &str = "tributary_aggregates_loaded_total";
 pub const AGGREGATES_EVICTED: &str = "tributary_aggregates_evicted_total";
 /// Counter: reply producers replaced after a fatal error, by `aggregate`.
 pub const REPLY_PRODUCERS_REPLACED: &str = "tributary_reply_producers_replaced_total";
+/// Counter: replies a processor handed in memory to a gateway of its own process
+/// (instead of producing them to the replies topic), by `aggregate`.
+pub const REPLIES_IN_PROCESS: &str = "tributary_replies_in_process_total";
 
 /// Histogram (seconds): a command at the gateway, from `send` to its outcome (or
 /// error), by `aggregate` and `outcome` (`accepted`, `rejected`, `timeout`,

@@ -25,7 +25,10 @@
 //! first, so that the broker's JVM is warm; 0 = none), `--max-transactions-at-once N`
 //! (Tributary's `ProcessorSettings::max_transactions_at_once`, default 2 as
 //! docs/commands.md recommends for a broker this small; 0 = no limit, the processor's
-//! default).
+//! default), `--kafka-replies` (Tributary's gateway takes its replies from the
+//! replies topic, `CommandGateway::without_in_process_replies`, as a gateway in another
+//! process would; by default the processor, in the same process, hands them over in
+//! memory).
 //! Needs the services (`eval "$(scripts/services.sh up)"`); DATABASE_URL and
 //! KAFKA_BOOTSTRAP_SERVERS as for the tests. cqrs-es's tables live in a schema of
 //! their own, dropped at the end.
@@ -213,6 +216,8 @@ struct Settings {
     warm_up: usize,
     /// Tributary's `max_transactions_at_once` (`usize::MAX`: no limit).
     max_transactions: usize,
+    /// Replies through the replies topic instead of in memory.
+    kafka_replies: bool,
 }
 
 /// A fresh Tributary (new topics under a unique prefix, one processor, a gateway),
@@ -227,7 +232,11 @@ async fn tributary_up(s: &Settings, tag: &str) -> (ProcessorHandle, Target) {
         .start()
         .await
         .expect("processor");
-    let target = Target::Tributary(counter_gateway(&s.bootstrap, &prefix).await);
+    let mut gateway = counter_gateway(&s.bootstrap, &prefix).await;
+    if s.kafka_replies {
+        gateway.0 = gateway.0.without_in_process_replies();
+    }
+    let target = Target::Tributary(gateway);
     warm_up(&target, tag).await;
     (processor, target)
 }
@@ -571,6 +580,7 @@ async fn main() {
             0 => usize::MAX,
             n => n,
         },
+        kafka_replies: std::env::args().any(|a| a == "--kafka-replies"),
     };
 
     // cqrs-es: its tables in a schema of their own, reached through search_path.

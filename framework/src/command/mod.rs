@@ -4,6 +4,7 @@
 
 mod dedup;
 mod gateway;
+mod local;
 mod planned;
 mod processor;
 mod snapshot;

@@ -14,6 +14,11 @@ use crate::codec::{self, CONTENT_TYPE, EncodedRecord, RecordRef, SPEC_VERSION, h
 /// Header naming the replies-topic partition the sender listens on.
 pub const REPLY_PARTITION: &str = "tributary_replypartition";
 
+/// Header naming the sending gateway within its process (random, per gateway), so
+/// that a processor of the same process can hand it the reply in memory. Optional:
+/// a command without it is answered on the replies topic.
+pub const GATEWAY: &str = "tributary_gateway";
+
 /// Header of the outcome records: the offset of the commands partition that the
 /// processor consumes next once the transaction that wrote the record commits (the
 /// command's offset + 1). The processor's position is kept here, in its own
@@ -127,6 +132,9 @@ pub(crate) struct CommandHeaders<'a> {
     pub(crate) correlation_id: &'a str,
     pub(crate) traceparent: Option<&'a str>,
     pub(crate) reply_partition: i32,
+    /// The sending gateway's id in its process ([`GATEWAY`]), when it takes replies
+    /// in memory.
+    pub(crate) gateway: Option<&'a str>,
 }
 
 pub(crate) fn encode_command(h: &CommandHeaders<'_>, value: Vec<u8>) -> EncodedRecord {
@@ -151,6 +159,9 @@ pub(crate) fn encode_command(h: &CommandHeaders<'_>, value: Vec<u8>) -> EncodedR
         push(headers::TRACEPARENT, tp);
     }
     push(REPLY_PARTITION, &h.reply_partition.to_string());
+    if let Some(gateway) = h.gateway {
+        push(GATEWAY, gateway);
+    }
     EncodedRecord {
         key: h.aggregate_id.as_bytes().to_vec(),
         value,
@@ -168,6 +179,7 @@ pub(crate) struct IncomingCommand<'a> {
     pub(crate) correlation_id: Option<&'a str>,
     pub(crate) traceparent: Option<&'a str>,
     pub(crate) reply_partition: Option<i32>,
+    pub(crate) gateway: Option<&'a str>,
     pub(crate) payload: &'a [u8],
 }
 
@@ -217,6 +229,7 @@ pub(crate) fn decode_command<'a>(
         correlation_id: header(record, headers::CORRELATION_ID),
         traceparent: header(record, headers::TRACEPARENT),
         reply_partition: header(record, REPLY_PARTITION).and_then(|p| p.parse().ok()),
+        gateway: header(record, GATEWAY),
         payload: record.value.ok_or(BadCommand::MissingValue)?,
     })
 }
@@ -238,6 +251,7 @@ mod tests {
                 correlation_id: "flow-1",
                 traceparent: None,
                 reply_partition: 3,
+                gateway: Some("g-1"),
             },
             br#"{"x":1}"#.to_vec(),
         );
@@ -248,6 +262,7 @@ mod tests {
         assert_eq!(cmd.aggregate_id, "order-1");
         assert_eq!(cmd.correlation_id, Some("flow-1"));
         assert_eq!(cmd.reply_partition, Some(3));
+        assert_eq!(cmd.gateway, Some("g-1"));
         assert_eq!(cmd.payload, br#"{"x":1}"#);
 
         let no_id = RecordRef {

@@ -1,6 +1,6 @@
 //! The command gateway: send a command, learn its outcome (G3).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 use tracing::{Instrument, debug, info_span, warn};
 
+use super::local::{Delivered, Pending, Registration};
 use super::topics::{TopicError, TopicSettings, ensure_replies_topic};
 use super::wire::{self, CommandHeaders, OutcomeWire, ReplyWire};
 use crate::codec::EventCodec;
@@ -72,11 +73,10 @@ pub struct SendOptions {
     pub timeout: Option<Duration>,
 }
 
-/// Waiting senders by command id: the reply, or why it could not be read.
-type Pending = Mutex<HashMap<String, oneshot::Sender<Result<ReplyWire, String>>>>;
-
 /// Sends commands to their aggregate's commands topic and awaits the outcome on a
-/// partition of the replies topic. Cheap to clone; use one per process.
+/// partition of the replies topic, or, from a processor in the same process, in
+/// memory (see [`CommandGateway::without_in_process_replies`]). Cheap to clone; use
+/// one per process.
 #[derive(Clone)]
 pub struct CommandGateway {
     inner: Arc<Inner>,
@@ -89,6 +89,9 @@ struct Inner {
     prefix: String,
     reply_partition: i32,
     pending: Arc<Pending>,
+    /// This gateway's entry among the gateways a processor of this process hands
+    /// replies to in memory; `None` once turned off.
+    in_process: Mutex<Option<Registration>>,
     timeout: Duration,
     listener: tokio::task::JoinHandle<()>,
     /// Commands topics seen to exist (see [`GatewayError::NoTopic`]).
@@ -168,12 +171,29 @@ impl CommandGateway {
                 producer,
                 prefix: prefix.to_owned(),
                 reply_partition,
+                in_process: Mutex::new(Some(Registration::new(&pending))),
                 pending,
                 timeout,
                 listener,
                 known_topics: Mutex::default(),
             }),
         })
+    }
+
+    /// Has processors of this process send this gateway's replies through the
+    /// replies topic too, as they do for gateways of other processes. By default a
+    /// processor hands the outcome of a command from a gateway of its own process to
+    /// the waiting `send` in memory once its transaction has committed, which spares
+    /// the reply's produce and fetch (a millisecond or more per command). Turn it off
+    /// to exercise the replies topic in a test that runs everything in one process.
+    /// Applies to every clone of this gateway.
+    pub fn without_in_process_replies(self) -> Self {
+        self.inner
+            .in_process
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        self
     }
 
     /// Sends `command` with a new command id and waits for its outcome.
@@ -286,6 +306,13 @@ impl CommandGateway {
         }
         let value = serde_json::to_vec(&command).map_err(GatewayError::Serialize)?;
         let traceparent = traceparent.unwrap_or_else(new_traceparent);
+        let gateway = self
+            .inner
+            .in_process
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|r| r.id().to_owned());
         let record = wire::encode_command(
             &CommandHeaders {
                 prefix: &self.inner.prefix,
@@ -296,6 +323,7 @@ impl CommandGateway {
                 correlation_id: correlation_id.as_deref().unwrap_or(&command_id),
                 traceparent: Some(&traceparent),
                 reply_partition: self.inner.reply_partition,
+                gateway: gateway.as_deref(),
             },
             value,
         );
@@ -360,7 +388,18 @@ impl CommandGateway {
             Ok(Ok(_)) => {
                 let remaining = wait.saturating_sub(started.elapsed());
                 match tokio::time::timeout(remaining, rx).await {
-                    Ok(Ok(Ok(reply))) => return outcome::<A<C>>(reply, &aggregate_id),
+                    Ok(Ok(Ok(Delivered::Read(reply)))) => {
+                        return outcome::<A<C>>(reply, &aggregate_id);
+                    }
+                    Ok(Ok(Ok(Delivered::InProcess(bytes)))) => {
+                        return match serde_json::from_slice::<ReplyWire>(&bytes) {
+                            Ok(reply) => outcome::<A<C>>(reply, &aggregate_id),
+                            Err(e) => Err(GatewayError::BadReply {
+                                command_id,
+                                reason: format!("the in-process reply does not decode: {e}"),
+                            }),
+                        };
+                    }
                     Ok(Ok(Err(reason))) => {
                         return Err(GatewayError::BadReply { command_id, reason });
                     }

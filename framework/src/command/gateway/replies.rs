@@ -60,7 +60,7 @@ pub(super) async fn listen(consumer: StreamConsumer, pending: Arc<Pending>) {
                 match serde_json::from_slice::<ReplyWire>(payload) {
                     Ok(reply) => {
                         if let Some(waiter) = take(&reply.command_id) {
-                            let _ = waiter.send(Ok(reply));
+                            let _ = waiter.send(Ok(Delivered::Read(reply)));
                         }
                     }
                     // The key is the command id: tell its sender now rather than let

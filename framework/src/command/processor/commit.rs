@@ -12,6 +12,7 @@ use tracing::{debug, error, warn};
 
 use crate::Aggregate;
 use crate::command::dedup::Seen;
+use crate::command::local;
 
 use super::batch;
 use super::partitions::{Core, Inflight, NewSeen, PartitionState, PendingReply};
@@ -230,6 +231,13 @@ impl<A: Aggregate> Core<A> {
                 let replies: Vec<PendingReply> = part.replies.drain(..).collect();
                 let reply_producer = self.reply_producer();
                 for r in replies {
+                    if r.gateway
+                        .as_deref()
+                        .is_some_and(|g| local::deliver(g, &r.command_id, &r.reply))
+                    {
+                        ProcessorStats::add(&shared.stats.replies_in_process, 1);
+                        continue;
+                    }
                     if let Err(error) = send(
                         reply_producer,
                         &shared.layout.replies,

@@ -325,6 +325,7 @@ mod tests {
             correlation_id: None,
             traceparent: None,
             reply_partition: Some(0),
+            gateway: None,
             payload,
         }
     }

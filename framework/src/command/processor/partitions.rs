@@ -152,6 +152,8 @@ pub(super) type NewSeen = Vec<(String, Arc<Vec<u8>>)>;
 /// A reply to send once the transaction that decided it has committed.
 pub(super) struct PendingReply {
     pub(super) reply_partition: i32,
+    /// The sending gateway's id in its process, if it said ([`wire::GATEWAY`]).
+    pub(super) gateway: Option<String>,
     pub(super) command_id: String,
     pub(super) reply: Arc<Vec<u8>>,
     pub(super) correlation_id: Option<String>,

@@ -58,6 +58,9 @@ pub struct ProcessorCounters {
     pub forwarded: u64,
     /// Reply producers replaced after a fatal error.
     pub reply_producers_replaced: u64,
+    /// Replies handed in memory to a gateway of this process instead of being
+    /// produced to the replies topic.
+    pub replies_in_process: u64,
 }
 
 /// The live statistics of one processor instance: read its counters with
@@ -112,6 +115,8 @@ pub struct ProcessorStats {
     pub(crate) forwarded: Stat,
     /// Reply producers replaced after a fatal error.
     pub(crate) reply_producers_replaced: Stat,
+    /// Replies handed in memory to a gateway of this process.
+    pub(crate) replies_in_process: Stat,
     /// The exported histograms.
     pub(crate) timings: Timings,
     pub(super) owned: Mutex<Vec<i32>>,
@@ -148,6 +153,7 @@ impl ProcessorStats {
             unavailable: self.unavailable.get(),
             forwarded: self.forwarded.get(),
             reply_producers_replaced: self.reply_producers_replaced.get(),
+            replies_in_process: self.replies_in_process.get(),
         }
     }
 
@@ -205,6 +211,7 @@ impl ProcessorStats {
             aggregates_loaded: plain(AGGREGATES_LOADED),
             aggregates_evicted: plain(AGGREGATES_EVICTED),
             reply_producers_replaced: plain(REPLY_PRODUCERS_REPLACED),
+            replies_in_process: plain(REPLIES_IN_PROCESS),
             timings: Timings {
                 decide_batch: metrics::histogram!(DECIDE_BATCH_SECONDS, "aggregate" => aggregate),
                 batch_size: metrics::histogram!(COMMAND_BATCH_SIZE, "aggregate" => aggregate),

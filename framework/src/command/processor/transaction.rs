@@ -278,6 +278,7 @@ pub(super) fn handle_one<A: Aggregate>(
             if let Some(rp) = command.reply_partition {
                 part.replies.push(PendingReply {
                     reply_partition: rp,
+                    gateway: command.gateway.map(str::to_owned),
                     command_id: command.command_id.to_owned(),
                     reply,
                     correlation_id: command.correlation_id.map(str::to_owned),
@@ -334,6 +335,7 @@ pub(super) fn handle_one<A: Aggregate>(
     if let Some(rp) = command.reply_partition {
         part.replies.push(PendingReply {
             reply_partition: rp,
+            gateway: command.gateway.map(str::to_owned),
             command_id: command.command_id.to_owned(),
             reply: Arc::clone(&bytes),
             correlation_id: command.correlation_id.map(str::to_owned),

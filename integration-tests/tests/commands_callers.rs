@@ -1,0 +1,122 @@
+//! What callers see of the processor's batching and replies. Within one process a
+//! processor hands the outcome of a command from a gateway of its own process over in
+//! memory, after the commit, and produces no reply record for it; a gateway that
+//! turned this off (as a gateway of another process) still gets every reply through
+//! the replies topic (G3).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use tributary::KafkaConfig;
+use tributary::command::{CommandGateway, CommandOutcome};
+use tributary_integration_tests::command_support::{Increment, counter_processor};
+use tributary_integration_tests::{kafka_bootstrap, unique_prefix};
+
+async fn gateway(bootstrap: &str, prefix: &str) -> CommandGateway {
+    CommandGateway::connect_with_timeout(
+        KafkaConfig::new(bootstrap),
+        prefix,
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("gateway")
+}
+
+/// Records on the replies topic, over all its partitions.
+fn reply_records(bootstrap: &str, prefix: &str) -> i64 {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let topic = format!("{prefix}.replies");
+    let metadata = consumer
+        .fetch_metadata(Some(&topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    assert!(partitions > 0, "no replies topic");
+    (0..partitions)
+        .map(|p| {
+            let (low, high) = consumer
+                .fetch_watermarks(&topic, p, Duration::from_secs(10))
+                .unwrap();
+            high - low
+        })
+        .sum()
+}
+
+/// Sends `n` increments of `id` one after another and checks each version.
+async fn increments(gateway: &CommandGateway, id: &str, n: u64) {
+    for expected in 1..=n {
+        match gateway
+            .send(Increment {
+                id: id.into(),
+                by: 1,
+            })
+            .await
+            .expect("send")
+        {
+            CommandOutcome::Accepted { version, events } => {
+                assert_eq!(version, expected, "aggregate {id}");
+                assert_eq!(events.len(), 1);
+            }
+            CommandOutcome::Rejected(e) => panic!("aggregate {id}: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_of_the_same_process_gets_its_replies_in_memory() {
+    let bootstrap = kafka_bootstrap();
+    let prefix = unique_prefix("cmd-inproc");
+    let processor = counter_processor(&bootstrap, &prefix, 2)
+        .start()
+        .await
+        .expect("processor");
+    let local = gateway(&bootstrap, &prefix).await;
+    let remote = gateway(&bootstrap, &prefix)
+        .await
+        .without_in_process_replies();
+
+    // Both at once, on aggregates of their own, so that their replies share
+    // transactions.
+    tokio::join!(
+        increments(&local, "local", 20),
+        increments(&remote, "remote", 15)
+    );
+
+    let counters = processor.stats().counters();
+    assert_eq!(counters.accepted, 35);
+    assert_eq!(counters.replies_in_process, 20, "{counters:?}");
+    // The replies to the remote gateway were produced before its sends returned,
+    // and no reply record was written for the local one.
+    assert_eq!(reply_records(&bootstrap, &prefix), 15);
+
+    // A resent command id is answered from the dedup window, in memory too.
+    let resend = tributary::command::SendOptions {
+        command_id: Some("resent".into()),
+        ..Default::default()
+    };
+    for gateway in [&local, &local, &remote] {
+        let outcome = gateway
+            .send_with(
+                Increment {
+                    id: "local".into(),
+                    by: 1,
+                },
+                resend.clone(),
+            )
+            .await
+            .expect("send");
+        assert!(matches!(
+            outcome,
+            CommandOutcome::Accepted { version: 21, .. }
+        ));
+    }
+    let counters = processor.stats().counters();
+    assert_eq!(counters.duplicates, 2);
+    assert_eq!(counters.replies_in_process, 22);
+    assert_eq!(reply_records(&bootstrap, &prefix), 16);
+    processor.shutdown().await.expect("shutdown");
+}
