@@ -25,7 +25,9 @@
 //! first, so that the broker's JVM is warm; 0 = none), `--max-transactions-at-once N`
 //! (Tributary's `ProcessorSettings::max_transactions_at_once`, default 2 as
 //! docs/commands.md recommends for a broker this small; 0 = no limit, the processor's
-//! default), `--kafka-replies` (Tributary's gateway takes its replies from the
+//! default), `--hot-gather-ms G` (Tributary's `ProcessorSettings::gather_after_commit`
+//! in the hot scenario only, default 10: the setting for callers in a closed loop on
+//! a hot aggregate; the other scenarios keep the default 0; 0 = off), `--kafka-replies` (Tributary's gateway takes its replies from the
 //! replies topic, `CommandGateway::without_in_process_replies`, as a gateway in another
 //! process would; by default the processor, in the same process, hands them over in
 //! memory).
@@ -218,17 +220,24 @@ struct Settings {
     max_transactions: usize,
     /// Replies through the replies topic instead of in memory.
     kafka_replies: bool,
+    /// Tributary's `gather_after_commit` in the hot scenario.
+    hot_gather: Duration,
 }
 
 /// A fresh Tributary (new topics under a unique prefix, one processor, a gateway),
 /// warmed up: the group's first assignment and every partition's restore.
 async fn tributary_up(s: &Settings, tag: &str) -> (ProcessorHandle, Target) {
     let prefix = unique_prefix("bench-peer");
+    let mut settings = ProcessorSettings {
+        max_transactions_at_once: s.max_transactions,
+        ..test_settings()
+    };
+    if tag == "hot" {
+        // Closed-loop callers on one aggregate: the setting made for them.
+        settings.gather_after_commit = s.hot_gather;
+    }
     let processor = counter_processor(&s.bootstrap, &prefix, PARTITIONS)
-        .settings(ProcessorSettings {
-            max_transactions_at_once: s.max_transactions,
-            ..test_settings()
-        })
+        .settings(settings)
         .start()
         .await
         .expect("processor");
@@ -581,6 +590,15 @@ async fn main() {
             n => n,
         },
         kafka_replies: std::env::args().any(|a| a == "--kafka-replies"),
+        hot_gather: Duration::from_micros(
+            arg_str("--hot-gather-ms")
+                .map_or(10_000.0, |ms| {
+                    ms.parse::<f64>().unwrap_or_else(|_| {
+                        panic!("--hot-gather-ms takes milliseconds, such as 10 or 2.5: {ms}")
+                    }) * 1000.0
+                })
+                .round() as u64,
+        ),
     };
 
     // cqrs-es: its tables in a schema of their own, reached through search_path.
@@ -619,7 +637,8 @@ async fn main() {
     println!("postgres: {pg_version}, cqrs-es schema {schema}");
     println!(
         "settings: {VERSIONS}; cqrs-es: PersistedEventStore {}, pool of {pool_size} connections, conflicts retried at once; \
-         Tributary: one processor, {PARTITIONS} partitions, the test settings (session timeout 6 s), at most {} transactions at once; \
+         Tributary: one processor, {PARTITIONS} partitions, the test settings (session timeout 6 s), at most {} transactions at once, \
+         gather_after_commit {:?} on the hot aggregate (0 elsewhere), replies {}; \
          {AGGREGATES} aggregates, {commands} commands per closed-loop run ({} at 1 caller), {} on the hot aggregate, \
          timeout {:?} per command, seed {}",
         if snapshot == 0 {
@@ -631,6 +650,12 @@ async fn main() {
             "unlimited".to_owned()
         } else {
             s.max_transactions.to_string()
+        },
+        s.hot_gather,
+        if s.kafka_replies {
+            "through the replies topic"
+        } else {
+            "in memory (gateway and processor in one process)"
         },
         commands / 10,
         s.hot_commands,

@@ -133,7 +133,8 @@ impl Handle<Check> for Counter {
 /// frozen processor's partitions move within seconds. The poll interval stays above
 /// the time one Kafka operation may take while a broker fails over (tests of a
 /// stalled processor shorten it). For benchmarks, `TRIBUTARY_BATCH_LINGER_MS` sets
-/// `batch_linger` and `TRIBUTARY_MAX_TRANSACTIONS_AT_ONCE` sets
+/// `batch_linger`, `TRIBUTARY_GATHER_AFTER_COMMIT_US` sets `gather_after_commit` (in
+/// microseconds) and `TRIBUTARY_MAX_TRANSACTIONS_AT_ONCE` sets
 /// `max_transactions_at_once` (in-process processors and `counter_node` alike).
 pub fn test_settings() -> tributary::command::ProcessorSettings {
     let mut settings = tributary::command::ProcessorSettings {
@@ -146,6 +147,12 @@ pub fn test_settings() -> tributary::command::ProcessorSettings {
         .and_then(|ms| ms.parse().ok())
     {
         settings.batch_linger = Duration::from_millis(ms);
+    }
+    if let Some(us) = std::env::var("TRIBUTARY_GATHER_AFTER_COMMIT_US")
+        .ok()
+        .and_then(|us| us.parse().ok())
+    {
+        settings.gather_after_commit = Duration::from_micros(us);
     }
     if let Some(n) = std::env::var("TRIBUTARY_MAX_TRANSACTIONS_AT_ONCE")
         .ok()

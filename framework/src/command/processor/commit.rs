@@ -2,7 +2,8 @@
 //! other, and settling each: after a commit the replies, the dedup entries and the
 //! snapshots; after a failure the abort, the dropped partition and the rewind.
 
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use rdkafka::error::KafkaError;
@@ -318,6 +319,16 @@ fn drive<A: Aggregate>(
             c.start_waiting(core);
             return;
         }
+        let gather = c.shared.settings.gather_after_commit;
+        if !gather.is_zero() {
+            c = gather_answered(core, c, partition, messages.len(), gather);
+            if c.inflight
+                .get(&partition)
+                .is_none_or(|f| f.ticket != ticket)
+            {
+                return;
+            }
+        }
         let more = c.held.get(&partition).is_some_and(|held| !held.is_empty());
         if !more || !c.waiting.is_empty() {
             // Done, or other partitions wait for a slot: this one takes its turn
@@ -345,6 +356,40 @@ fn drive<A: Aggregate>(
         }
         messages = next;
     }
+}
+
+/// How often a partition gathering its answered callers' commands looks at what it
+/// holds.
+const GATHER_LOOK: Duration = Duration::from_micros(200);
+
+/// How many commands a partition gathers after a commit before it starts its next
+/// batch (`ProcessorSettings::gather_after_commit`): those it held at the commit and
+/// one for each command of the committed batch, the next of each answered caller in
+/// a closed loop; at most a batch.
+pub(super) fn gather_target(held: usize, answered: usize, max_batch: usize) -> usize {
+    held.saturating_add(answered).min(max_batch)
+}
+
+/// After `partition` committed a batch of `answered` commands: waits up to `gather`
+/// for the partition to hold [`gather_target`] commands, while no other partition
+/// waits for a slot. Returns the lock. (A revocation or shutdown meanwhile waits for
+/// the transaction thread as for a transaction, at most `gather` longer.)
+fn gather_answered<'a, A: Aggregate>(
+    core: &'a Mutex<Core<A>>,
+    mut c: MutexGuard<'a, Core<A>>,
+    partition: i32,
+    answered: usize,
+    gather: Duration,
+) -> MutexGuard<'a, Core<A>> {
+    let held = |c: &Core<A>| c.held.get(&partition).map_or(0, VecDeque::len);
+    let target = gather_target(held(&c), answered, c.shared.settings.max_batch);
+    let deadline = Instant::now() + gather;
+    while held(&c) < target && c.waiting.is_empty() && Instant::now() < deadline {
+        drop(c);
+        std::thread::sleep(GATHER_LOOK);
+        c = lock(core);
+    }
+    c
 }
 
 /// Waits until none of `partitions` has a transaction running (they are being
@@ -413,4 +458,22 @@ fn abort<A: Aggregate>(part: &PartitionState<A>, stats: &ProcessorStats) {
     let _ = part.producers.current().abort_transaction(ABORT_TIMEOUT);
     slow("abort", step);
     ProcessorStats::add(&stats.aborted, 1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gather_target;
+
+    #[test]
+    fn a_partition_gathers_one_command_per_answered_caller_up_to_a_batch() {
+        // 25 held at the commit of 25: the next batch waits for all 50 callers.
+        assert_eq!(gather_target(25, 25, 500), 50);
+        // Nothing held: the answered callers' next commands.
+        assert_eq!(gather_target(0, 50, 500), 50);
+        // Never more than a batch.
+        assert_eq!(gather_target(400, 300, 500), 500);
+        assert_eq!(gather_target(usize::MAX, 1, 500), 500);
+        // A batch of nothing (only a position record) waits for nothing more.
+        assert_eq!(gather_target(3, 0, 500), 3);
+    }
 }

@@ -19,6 +19,21 @@ pub struct ProcessorSettings {
     /// by themselves under load, because a busy partition's commands queue up
     /// while its transaction commits and become its next batch.
     pub batch_linger: Duration,
+    /// How long a partition waits after a commit for the next commands of the
+    /// callers that commit answered, so that they join its next batch rather than
+    /// start one of their own. 0 by default: the partition starts its next batch
+    /// at once with the commands held meanwhile.
+    ///
+    /// Meant for callers in a closed loop (each sends its next command once it has
+    /// the outcome of the last) on few hot aggregates. Without it their commands
+    /// split into two alternating batches, each paying a whole transaction; with it
+    /// the partition waits until it holds as many commands more than at the commit
+    /// as the committed batch had, until this long has passed, or until another
+    /// partition waits for a transaction slot, whichever comes first. Under spread
+    /// load the answered callers' next commands mostly go to other partitions, and
+    /// each batch then waits the whole time: it costs up to this long per batch
+    /// there (docs/benchmarks.md, "the hot aggregate"). At most 1 s.
+    pub gather_after_commit: Duration,
     /// Most partitions of this instance with a transaction running at once. A
     /// partition with commands and no free slot waits, its commands gathering into
     /// its next batch, and takes the slot of the partition that waited longest
@@ -77,6 +92,7 @@ impl Default for ProcessorSettings {
         Self {
             max_batch: 500,
             batch_linger: Duration::ZERO,
+            gather_after_commit: Duration::ZERO,
             max_transactions_at_once: usize::MAX,
             session_timeout: Duration::from_secs(10),
             max_poll_interval: Duration::from_secs(60),
@@ -97,7 +113,8 @@ impl ProcessorSettings {
     /// `max_transactions_at_once`, `flush_every` and `max_cached_aggregates` of at
     /// least 1; `session_timeout` (1 ms to 1 hour), `max_poll_interval` (1 ms
     /// to 1 day) and `transaction_timeout` (1 s to 2^31 - 1 ms) within what
-    /// librdkafka accepts; `batch_linger` at most an hour; and no other duration so
+    /// librdkafka accepts; `batch_linger` at most an hour; `gather_after_commit` at
+    /// most a second; and no other duration so
     /// long that a deadline computed from it would overflow (at most a year).
     ///
     /// # Errors
@@ -113,6 +130,12 @@ impl ProcessorSettings {
             self.batch_linger,
             Duration::ZERO,
             Duration::from_secs(3600),
+        )?;
+        duration_within(
+            "gather_after_commit",
+            self.gather_after_commit,
+            Duration::ZERO,
+            Duration::from_secs(1),
         )?;
         duration_within(
             "session_timeout",
@@ -188,6 +211,13 @@ mod tests {
                 ..base()
             }),
             "batch_linger"
+        );
+        assert_eq!(
+            bad(ProcessorSettings {
+                gather_after_commit: Duration::from_millis(1001),
+                ..base()
+            }),
+            "gather_after_commit"
         );
         assert_eq!(
             bad(ProcessorSettings {
