@@ -65,14 +65,19 @@ impl Drop for Registration {
     }
 }
 
-/// Hands `reply` to the sender of `command_id` if `gateway` is a gateway of this
-/// process and that sender still waits. `false`: the reply must go through Kafka.
-pub(crate) fn deliver(gateway: &str, command_id: &str, reply: &Arc<Vec<u8>>) -> bool {
-    let Some(pending) = lock(&GATEWAYS).get(gateway).and_then(Weak::upgrade) else {
-        return false;
-    };
-    let waiter = lock(&pending).remove(command_id);
-    waiter.is_some_and(|w| w.send(Ok(Delivered::InProcess(Arc::clone(reply)))).is_ok())
+/// Takes the waiting sender of `command_id` if `gateway` is a gateway of this
+/// process and that sender still waits. `None`: the reply must go through Kafka.
+pub(crate) fn waiter(gateway: &str, command_id: &str) -> Option<Waiter> {
+    let pending = lock(&GATEWAYS).get(gateway).and_then(Weak::upgrade)?;
+    let waiter = lock(&pending).remove(command_id)?;
+    // A sender that stopped waiting (timed out, cancelled) is as good as gone.
+    (!waiter.is_closed()).then_some(waiter)
+}
+
+/// Hands `reply` to a sender taken with [`waiter`]. Should it stop waiting
+/// meanwhile, nobody is left to tell: its `send` has already returned.
+pub(crate) fn hand_over(waiter: Waiter, reply: &Arc<Vec<u8>>) {
+    let _ = waiter.send(Ok(Delivered::InProcess(Arc::clone(reply))));
 }
 
 #[cfg(test)]
@@ -95,36 +100,35 @@ mod tests {
         let registration = Registration::new(&pending);
         let mut rx = waiting(&pending, "c-1");
         let reply = Arc::new(b"{}".to_vec());
-        assert!(deliver(registration.id(), "c-1", &reply));
+        hand_over(waiter(registration.id(), "c-1").unwrap(), &reply);
         match rx.try_recv().unwrap() {
             Ok(Delivered::InProcess(bytes)) => assert_eq!(*bytes, b"{}"),
             other => panic!("unexpected {other:?}"),
         }
         assert!(lock(&pending).is_empty());
         // Delivered once: a second reply for the same id goes through Kafka.
-        assert!(!deliver(registration.id(), "c-1", &reply));
+        assert!(waiter(registration.id(), "c-1").is_none());
     }
 
     #[test]
     fn anything_else_goes_through_kafka() {
         let pending: Arc<Pending> = Arc::default();
         let registration = Registration::new(&pending);
-        let reply = Arc::new(Vec::new());
         // Nobody waits for this command id.
         let other = waiting(&pending, "c-2");
-        assert!(!deliver(registration.id(), "c-1", &reply));
+        assert!(waiter(registration.id(), "c-1").is_none());
         // An id no gateway of this process has (another process's gateway).
-        assert!(!deliver("0123456789abcdef", "c-2", &reply));
+        assert!(waiter("0123456789abcdef", "c-2").is_none());
         // A sender that stopped waiting.
         drop(other);
-        assert!(!deliver(registration.id(), "c-2", &reply));
+        assert!(waiter(registration.id(), "c-2").is_none());
         // A gateway that is gone.
         let id = registration.id().to_owned();
         let _late = waiting(&pending, "c-3");
         drop(registration);
-        assert!(!deliver(&id, "c-3", &reply));
+        assert!(waiter(&id, "c-3").is_none());
         let kept = Registration::new(&pending);
         drop(pending);
-        assert!(!deliver(kept.id(), "c-3", &reply));
+        assert!(waiter(kept.id(), "c-3").is_none());
     }
 }

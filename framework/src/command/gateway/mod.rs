@@ -186,7 +186,8 @@ impl CommandGateway {
     /// the waiting `send` in memory once its transaction has committed, which spares
     /// the reply's produce and fetch (a millisecond or more per command). Turn it off
     /// to exercise the replies topic in a test that runs everything in one process.
-    /// Applies to every clone of this gateway.
+    /// Applies to every clone of this gateway, and cannot be undone.
+    #[must_use]
     pub fn without_in_process_replies(self) -> Self {
         self.inner
             .in_process

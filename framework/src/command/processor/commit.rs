@@ -145,6 +145,7 @@ impl<A: Aggregate> Core<A> {
                 first,
                 since: Instant::now(),
                 cached: part.aggregates.len(),
+                releasing: false,
             },
         );
         let core = Arc::clone(core);
@@ -232,11 +233,15 @@ impl<A: Aggregate> Core<A> {
                 let replies: Vec<PendingReply> = part.replies.drain(..).collect();
                 let reply_producer = self.reply_producer();
                 for r in replies {
-                    if r.gateway
+                    if let Some(waiter) = r
+                        .gateway
                         .as_deref()
-                        .is_some_and(|g| local::deliver(g, &r.command_id, &r.reply))
+                        .and_then(|g| local::waiter(g, &r.command_id))
                     {
+                        // Counted before the caller can see it, so that a caller
+                        // that reads the counters after its outcome finds it there.
                         ProcessorStats::add(&shared.stats.replies_in_process, 1);
+                        local::hand_over(waiter, &r.reply);
                         continue;
                     }
                     if let Err(error) = send(
@@ -321,7 +326,11 @@ fn drive<A: Aggregate>(
         }
         let gather = c.shared.settings.gather_after_commit;
         if !gather.is_zero() {
-            c = gather_answered(core, c, partition, messages.len(), gather);
+            if let Some(f) = c.inflight.get_mut(&partition) {
+                // The hang limit counts from here, not from the committed batch.
+                f.since = Instant::now();
+            }
+            c = gather_answered(core, c, partition, ticket, messages.len(), gather);
             if c.inflight
                 .get(&partition)
                 .is_none_or(|f| f.ticket != ticket)
@@ -372,19 +381,25 @@ pub(super) fn gather_target(held: usize, answered: usize, max_batch: usize) -> u
 
 /// After `partition` committed a batch of `answered` commands: waits up to `gather`
 /// for the partition to hold [`gather_target`] commands, while no other partition
-/// waits for a slot. Returns the lock. (A revocation or shutdown meanwhile waits for
-/// the transaction thread as for a transaction, at most `gather` longer.)
+/// waits for a slot and the partition is still this thread's and not being given up
+/// (revoked, stopping, killed). Returns the lock.
 fn gather_answered<'a, A: Aggregate>(
     core: &'a Mutex<Core<A>>,
     mut c: MutexGuard<'a, Core<A>>,
     partition: i32,
+    ticket: u64,
     answered: usize,
     gather: Duration,
 ) -> MutexGuard<'a, Core<A>> {
     let held = |c: &Core<A>| c.held.get(&partition).map_or(0, VecDeque::len);
+    let kept = |c: &Core<A>| {
+        c.inflight
+            .get(&partition)
+            .is_some_and(|f| f.ticket == ticket && !f.releasing)
+    };
     let target = gather_target(held(&c), answered, c.shared.settings.max_batch);
     let deadline = Instant::now() + gather;
-    while held(&c) < target && c.waiting.is_empty() && Instant::now() < deadline {
+    while held(&c) < target && c.waiting.is_empty() && kept(&c) && Instant::now() < deadline {
         drop(c);
         std::thread::sleep(GATHER_LOOK);
         c = lock(core);
@@ -403,6 +418,9 @@ pub(super) fn quiesce<A: Aggregate>(core: &Mutex<Core<A>>, partitions: &[i32]) {
         let mut c = lock(core);
         for &p in partitions {
             c.drop_held(p);
+            if let Some(f) = c.inflight.get_mut(&p) {
+                f.releasing = true;
+            }
         }
         if !partitions.iter().any(|p| c.inflight.contains_key(p)) {
             return;

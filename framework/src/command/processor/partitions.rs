@@ -137,6 +137,10 @@ pub(super) struct Inflight {
     pub(super) since: Instant,
     /// Aggregates the partition held in memory when it left `partitions`.
     pub(super) cached: usize,
+    /// The partition is being given up (revoked, or the processor is stopping): its
+    /// thread finishes the running transaction and starts no other, nor waits for
+    /// more commands (`ProcessorSettings::gather_after_commit`).
+    pub(super) releasing: bool,
 }
 
 /// A finished restore: the partition, the flag of the restore that ran, and its result.

@@ -29,10 +29,12 @@ pub struct ProcessorSettings {
     /// split into two alternating batches, each paying a whole transaction; with it
     /// the partition waits until it holds as many commands more than at the commit
     /// as the committed batch had, until this long has passed, or until another
-    /// partition waits for a transaction slot, whichever comes first. Under spread
+    /// partition waits for a transaction slot, whichever comes first (or at once,
+    /// when the partition is being revoked or the processor stops). Under spread
     /// load the answered callers' next commands mostly go to other partitions, and
-    /// each batch then waits the whole time: it costs up to this long per batch
-    /// there (docs/benchmarks.md, "the hot aggregate"). At most 1 s.
+    /// the commands that reach a gathering partition then wait out the rest of the
+    /// time: it costs up to this long per batch there (docs/benchmarks.md,
+    /// "gathered rounds"). At most 1 s.
     pub gather_after_commit: Duration,
     /// Most partitions of this instance with a transaction running at once. A
     /// partition with commands and no free slot waits, its commands gathering into
