@@ -179,6 +179,22 @@ pub fn counter_kafka(bootstrap: &str) -> tributary::KafkaConfig {
     kafka
 }
 
+/// Sends `Increment { id, by: 1 }` and returns the counter's new version. Panics on
+/// an error or a rejection, which the counter never gives for `by: 1`.
+pub async fn increment(gateway: &tributary::command::CommandGateway, id: &str) -> u64 {
+    match gateway
+        .send(Increment {
+            id: id.into(),
+            by: 1,
+        })
+        .await
+        .expect("send")
+    {
+        tributary::command::CommandOutcome::Accepted { version, .. } => version,
+        tributary::command::CommandOutcome::Rejected(e) => panic!("aggregate {id}: {e}"),
+    }
+}
+
 /// A processor for the counter with [`test_settings`].
 pub fn counter_processor(
     bootstrap: &str,

@@ -12,20 +12,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use tributary::KafkaConfig;
 use tributary::command::{CommandGateway, CommandOutcome, FaultPoint, ProcessorSettings};
-use tributary_integration_tests::command_support::{Increment, counter_processor, test_settings};
+use tributary_integration_tests::command_support::{
+    Increment, counter_processor, increment, test_settings,
+};
+use tributary_integration_tests::transaction_support::gateway;
 use tributary_integration_tests::{kafka_bootstrap, unique_prefix};
-
-async fn gateway(bootstrap: &str, prefix: &str) -> CommandGateway {
-    CommandGateway::connect_with_timeout(
-        KafkaConfig::new(bootstrap),
-        prefix,
-        Duration::from_secs(30),
-    )
-    .await
-    .expect("gateway")
-}
 
 /// Records on the replies topic, over all its partitions.
 fn reply_records(bootstrap: &str, prefix: &str) -> i64 {
@@ -52,20 +44,7 @@ fn reply_records(bootstrap: &str, prefix: &str) -> i64 {
 /// Sends `n` increments of `id` one after another and checks each version.
 async fn increments(gateway: &CommandGateway, id: &str, n: u64) {
     for expected in 1..=n {
-        match gateway
-            .send(Increment {
-                id: id.into(),
-                by: 1,
-            })
-            .await
-            .expect("send")
-        {
-            CommandOutcome::Accepted { version, events } => {
-                assert_eq!(version, expected, "aggregate {id}");
-                assert_eq!(events.len(), 1);
-            }
-            CommandOutcome::Rejected(e) => panic!("aggregate {id}: {e}"),
-        }
+        assert_eq!(increment(gateway, id).await, expected, "aggregate {id}");
     }
 }
 

@@ -14,7 +14,7 @@ use tributary::command::{CommandGateway, CommandOutcome, ProcessorSettings};
 use tributary::projection::WorkerState;
 use tributary::{KafkaConfig, PgStore};
 use tributary_integration_tests::command_support::{
-    Check, Increment, counter_log_ids, counter_log_worker, counter_processor, test_settings,
+    Check, counter_log_ids, counter_log_worker, counter_processor, increment, test_settings,
 };
 use tributary_integration_tests::projection_support::wait_until;
 use tributary_integration_tests::proxy::Proxy;
@@ -22,20 +22,6 @@ use tributary_integration_tests::raw_log::{self, Isolation};
 use tributary_integration_tests::{database_url, kafka_bootstrap, pg_store, unique_prefix};
 
 const AGGREGATES: usize = 6;
-
-async fn increment(gateway: &CommandGateway, id: &str) -> u64 {
-    match gateway
-        .send(Increment {
-            id: id.into(),
-            by: 1,
-        })
-        .await
-        .expect("send")
-    {
-        CommandOutcome::Accepted { version, .. } => version,
-        CommandOutcome::Rejected(e) => panic!("{e}"),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_postgres_outage_loses_nothing_and_recovers_on_its_own() {

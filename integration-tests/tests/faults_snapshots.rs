@@ -8,24 +8,10 @@ use std::time::Duration;
 use tributary::KafkaConfig;
 use tributary::command::{CommandGateway, CommandOutcome, ProcessorSettings};
 use tributary_integration_tests::command_support::{
-    Check, Increment, counter_processor, test_settings,
+    Check, counter_processor, increment, test_settings,
 };
 use tributary_integration_tests::raw_log::{self, Isolation};
 use tributary_integration_tests::{kafka_bootstrap, pg_store, unique_prefix};
-
-async fn send(gateway: &CommandGateway, id: &str) -> u64 {
-    match gateway
-        .send(Increment {
-            id: id.into(),
-            by: 1,
-        })
-        .await
-        .expect("send")
-    {
-        CommandOutcome::Accepted { version, .. } => version,
-        CommandOutcome::Rejected(e) => panic!("{e}"),
-    }
-}
 
 /// Snapshot writes for aggregate `a` fail for a while (a trigger), so its snapshot at
 /// version 10 is lost; commands to `b` then make the processor flush the partition
@@ -54,7 +40,7 @@ async fn a_lost_snapshot_write_never_lets_the_watermark_pass_its_aggregate() {
     )
     .await
     .expect("gateway");
-    send(&gateway, "b").await; // the partition is assigned and restored
+    increment(&gateway, "b").await; // the partition is assigned and restored
 
     // Every snapshot write that includes `a` fails, until the writer has given up
     // on it (three attempts): a sequence counts the failures, as a rolled-back
@@ -77,7 +63,7 @@ async fn a_lost_snapshot_write_never_lets_the_watermark_pass_its_aggregate() {
         sqlx::query(statement).execute(store.pool()).await.unwrap();
     }
     for expected in 1..=10 {
-        assert_eq!(send(&gateway, "a").await, expected);
+        assert_eq!(increment(&gateway, "a").await, expected);
     }
     // The writer tries `a`'s snapshot (version 10) three times, then gives up; only
     // then do writes of `a` succeed again.
@@ -104,7 +90,7 @@ async fn a_lost_snapshot_write_never_lets_the_watermark_pass_its_aggregate() {
         .unwrap();
     // Enough events on `b` for a partition flush, which writes a watermark.
     for _ in 0..25 {
-        send(&gateway, "b").await;
+        increment(&gateway, "b").await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let watermark: Option<i64> =
@@ -152,7 +138,7 @@ async fn a_lost_snapshot_write_never_lets_the_watermark_pass_its_aggregate() {
         CommandOutcome::Accepted { .. } => {}
         CommandOutcome::Rejected(e) => panic!("after the restart, aggregate a: {e}"),
     }
-    assert_eq!(send(&gateway, "a").await, 11);
+    assert_eq!(increment(&gateway, "a").await, 11);
     let committed = raw_log::read(
         &bootstrap,
         &format!("{prefix}.counter.events"),
