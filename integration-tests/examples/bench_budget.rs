@@ -46,7 +46,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tributary::command::{CommandGateway, CommandProcessor, ProcessorSettings, TopicSettings};
 use tributary::{KafkaConfig, telemetry};
-use tributary_integration_tests::bench_load::{arg, arg_list, arg_str};
+use tributary_integration_tests::bench_load::{arg, arg_list, arg_millis};
 use tributary_integration_tests::command_support::{Counter, Increment};
 use tributary_integration_tests::{create_topic, describe_broker, kafka_bootstrap, unique_prefix};
 
@@ -294,11 +294,7 @@ fn transactions(bootstrap: &str, prefix: &str, n: usize, linger: f64) -> [Vec<f6
 async fn main() {
     let commands = arg("--commands", 500);
     let callers = arg("--callers", 50);
-    // librdkafka takes fractions of a millisecond too.
-    let linger = arg_str("--linger").map(|v| {
-        v.parse::<f64>()
-            .unwrap_or_else(|_| panic!("--linger takes milliseconds, such as 1 or 0.5: {v}"))
-    });
+    let linger = arg_millis("--linger");
     let bare_linger = linger.unwrap_or(1.0);
     let bootstrap = kafka_bootstrap();
     let recorder = DebuggingRecorder::new();

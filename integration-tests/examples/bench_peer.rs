@@ -50,8 +50,9 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tributary::command::{ProcessorCounters, ProcessorHandle, ProcessorSettings};
 use tributary_integration_tests::bench_load::{
-    CounterGateway, Kind, Sender, Sent, Step, Tally, arg, arg_list, arg_str, best_within,
-    closed_loop, counter_gateway, machine, ms, ms_or_inf, open_loop, plan, process_cpu,
+    CounterGateway, Kind, Sender, Sent, Step, Tally, arg, arg_list, arg_millis, arg_str,
+    best_within, closed_loop, counter_gateway, machine, ms, ms_or_inf, open_loop, plan,
+    process_cpu,
 };
 use tributary_integration_tests::command_support::{
     CounterError, counter_processor, test_settings,
@@ -590,15 +591,7 @@ async fn main() {
             n => n,
         },
         kafka_replies: std::env::args().any(|a| a == "--kafka-replies"),
-        hot_gather: Duration::from_micros(
-            arg_str("--hot-gather-ms")
-                .map_or(10_000.0, |ms| {
-                    ms.parse::<f64>().unwrap_or_else(|_| {
-                        panic!("--hot-gather-ms takes milliseconds, such as 10 or 2.5: {ms}")
-                    }) * 1000.0
-                })
-                .round() as u64,
-        ),
+        hot_gather: Duration::from_secs_f64(arg_millis("--hot-gather-ms").unwrap_or(10.0) / 1000.0),
     };
 
     // cqrs-es: its tables in a schema of their own, reached through search_path.

@@ -26,6 +26,16 @@ pub fn arg_str(name: &str) -> Option<String> {
         .cloned()
 }
 
+/// The milliseconds after `name` on the command line, fractions allowed (as
+/// librdkafka takes them); `None` when absent. A value that is not a number stops
+/// the program rather than falling back to a default.
+pub fn arg_millis(name: &str) -> Option<f64> {
+    arg_str(name).map(|v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name} takes milliseconds, such as 1 or 0.5: {v}"))
+    })
+}
+
 /// The comma-separated numbers after `name` on the command line; `default` when
 /// absent or empty.
 pub fn arg_list(name: &str, default: &[usize]) -> Vec<usize> {

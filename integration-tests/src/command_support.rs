@@ -142,25 +142,21 @@ pub fn test_settings() -> tributary::command::ProcessorSettings {
         max_poll_interval: Duration::from_secs(45),
         ..Default::default()
     };
-    if let Some(ms) = std::env::var("TRIBUTARY_BATCH_LINGER_MS")
-        .ok()
-        .and_then(|ms| ms.parse().ok())
-    {
+    if let Some(ms) = env_number("TRIBUTARY_BATCH_LINGER_MS") {
         settings.batch_linger = Duration::from_millis(ms);
     }
-    if let Some(us) = std::env::var("TRIBUTARY_GATHER_AFTER_COMMIT_US")
-        .ok()
-        .and_then(|us| us.parse().ok())
-    {
+    if let Some(us) = env_number("TRIBUTARY_GATHER_AFTER_COMMIT_US") {
         settings.gather_after_commit = Duration::from_micros(us);
     }
-    if let Some(n) = std::env::var("TRIBUTARY_MAX_TRANSACTIONS_AT_ONCE")
-        .ok()
-        .and_then(|n| n.parse().ok())
-    {
+    if let Some(n) = env_number("TRIBUTARY_MAX_TRANSACTIONS_AT_ONCE") {
         settings.max_transactions_at_once = n;
     }
     settings
+}
+
+/// The environment variable `name` as a number, if it is set and reads as one.
+fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
 /// The Kafka settings of the counter's processors and gateways: `bootstrap`, and

@@ -202,6 +202,15 @@ impl<A: Aggregate> Core<A> {
         }
     }
 
+    /// Whether the thread with `ticket` still runs `partition`'s transactions: not
+    /// abandoned past its timeout, revoked or killed meanwhile (otherwise its state
+    /// is stale, and so is the outcome of its transaction).
+    fn runs(&self, partition: i32, ticket: u64) -> bool {
+        self.inflight
+            .get(&partition)
+            .is_some_and(|f| f.ticket == ticket)
+    }
+
     /// After a partition's transaction: on success, send its replies, remember its
     /// command ids and snapshot; on failure, abort and drop the partition (or just
     /// drop it when fenced).
@@ -309,10 +318,7 @@ fn drive<A: Aggregate>(
             Err(TxFailure::HandlerPanicked)
         });
         let mut c = lock(core);
-        if c.inflight
-            .get(&partition)
-            .is_none_or(|f| f.ticket != ticket)
-        {
+        if !c.runs(partition, ticket) {
             // Abandoned past its timeout, revoked, or the processor was killed: this
             // state is stale, and so is the outcome (nobody hears of it).
             return;
@@ -331,10 +337,7 @@ fn drive<A: Aggregate>(
                 f.since = Instant::now();
             }
             c = gather_answered(core, c, partition, ticket, messages.len(), gather);
-            if c.inflight
-                .get(&partition)
-                .is_none_or(|f| f.ticket != ticket)
-            {
+            if !c.runs(partition, ticket) {
                 return;
             }
         }

@@ -137,9 +137,9 @@ pub(super) struct Inflight {
     pub(super) since: Instant,
     /// Aggregates the partition held in memory when it left `partitions`.
     pub(super) cached: usize,
-    /// The partition is being given up (revoked, or the processor is stopping): its
-    /// thread finishes the running transaction and starts no other, nor waits for
-    /// more commands (`ProcessorSettings::gather_after_commit`).
+    /// The partition is being given up (revoked, or the processor is stopping; set
+    /// by `quiesce`): after its commit the thread does not wait for more commands
+    /// (`ProcessorSettings::gather_after_commit`).
     pub(super) releasing: bool,
 }
 
