@@ -3,7 +3,7 @@
 //! snapshots; after a failure the abort, the dropped partition and the rewind.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use rdkafka::error::KafkaError;
@@ -75,6 +75,8 @@ impl<A: Aggregate> Core<A> {
         } else {
             self.held.entry(partition).or_default().extend(messages);
             self.waiting.push_back(partition);
+            // A gathering partition gives its slot up to this one.
+            self.shared.gather_wake.notify_all();
         }
     }
 
@@ -167,6 +169,7 @@ impl<A: Aggregate> Core<A> {
         self.inflight.remove(&partition);
         self.drop_held(partition);
         self.rewinds.push((partition, rewind_to));
+        self.shared.gather_wake.notify_all();
     }
 
     /// Drops the commands `partition` holds, and with them its place among the
@@ -336,7 +339,7 @@ fn drive<A: Aggregate>(
                 // The hang limit counts from here, not from the committed batch.
                 f.since = Instant::now();
             }
-            c = gather_answered(core, c, partition, ticket, messages.len(), gather);
+            c = gather_answered(c, partition, ticket, messages.len(), gather);
             if !c.runs(partition, ticket) {
                 return;
             }
@@ -370,9 +373,10 @@ fn drive<A: Aggregate>(
     }
 }
 
-/// How often a partition gathering its answered callers' commands looks at what it
-/// holds.
-const GATHER_LOOK: Duration = Duration::from_micros(200);
+/// The longest a partition gathering its answered callers' commands sleeps before
+/// it looks at what it holds again. It is woken sooner when that changes
+/// (`Shared::gather_wake`); this bounds what a change without a wake-up can cost.
+const GATHER_LOOK_MAX: Duration = Duration::from_millis(1);
 
 /// How many commands a partition gathers after a commit before it starts its next
 /// batch (`ProcessorSettings::gather_after_commit`): those it held at the commit and
@@ -385,9 +389,9 @@ pub(super) fn gather_target(held: usize, answered: usize, max_batch: usize) -> u
 /// After `partition` committed a batch of `answered` commands: waits up to `gather`
 /// for the partition to hold [`gather_target`] commands, while no other partition
 /// waits for a slot and the partition is still this thread's and not being given up
-/// (revoked, stopping, killed). Returns the lock.
+/// (revoked, stopping, killed). Sleeps on `Shared::gather_wake` between looks, so a
+/// command held for it wakes it at once. Returns the lock.
 fn gather_answered<'a, A: Aggregate>(
-    core: &'a Mutex<Core<A>>,
     mut c: MutexGuard<'a, Core<A>>,
     partition: i32,
     ticket: u64,
@@ -402,12 +406,18 @@ fn gather_answered<'a, A: Aggregate>(
     };
     let target = gather_target(held(&c), answered, c.shared.settings.max_batch);
     let deadline = Instant::now() + gather;
-    while held(&c) < target && c.waiting.is_empty() && kept(&c) && Instant::now() < deadline {
-        drop(c);
-        std::thread::sleep(GATHER_LOOK);
-        c = lock(core);
+    let shared = Arc::clone(&c.shared);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if held(&c) >= target || !c.waiting.is_empty() || !kept(&c) || left.is_zero() {
+            return c;
+        }
+        c = shared
+            .gather_wake
+            .wait_timeout(c, left.min(GATHER_LOOK_MAX))
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
     }
-    c
 }
 
 /// Waits until none of `partitions` has a transaction running (they are being
@@ -425,6 +435,7 @@ pub(super) fn quiesce<A: Aggregate>(core: &Mutex<Core<A>>, partitions: &[i32]) {
                 f.releasing = true;
             }
         }
+        c.shared.gather_wake.notify_all();
         if !partitions.iter().any(|p| c.inflight.contains_key(p)) {
             return;
         }

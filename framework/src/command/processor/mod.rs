@@ -44,7 +44,7 @@ pub use stats::{ProcessorCounters, ProcessorStats};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -224,6 +224,7 @@ impl<A: Aggregate> CommandProcessor<A> {
             stats: Arc::clone(&stats),
             fault_hook: self.fault_hook,
             outcome_reader: Mutex::new(outcome_reader),
+            gather_wake: Condvar::new(),
             #[cfg(feature = "fault-injection")]
             fail_reply_producer: Arc::clone(&fail_reply_producer),
         });
@@ -434,6 +435,11 @@ struct Shared<A: Aggregate> {
     /// Reads single outcome records, for resends answered from restored entries of
     /// the dedup window.
     outcome_reader: Mutex<BaseConsumer>,
+    /// Wakes a partition gathering after its commit (`commit::gather_answered`)
+    /// when what it waits on changes: commands held for a busy partition, a
+    /// partition queued for a transaction slot, partitions being given up. Waited on
+    /// with the core's lock.
+    gather_wake: Condvar,
     /// Tests: treat the reply producer as fatally failed at its next use.
     #[cfg(feature = "fault-injection")]
     fail_reply_producer: Arc<AtomicBool>,

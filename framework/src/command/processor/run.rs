@@ -77,6 +77,7 @@ pub(super) fn run<A: Aggregate>(
             c.inflight.clear();
             c.held.clear();
             c.waiting.clear();
+            c.shared.gather_wake.notify_all();
             for cancel in c.restoring.values() {
                 cancel.store(true, Ordering::SeqCst);
             }
@@ -143,6 +144,7 @@ pub(super) fn run<A: Aggregate>(
             .collect();
         let rewound: HashSet<i32> = rewind.iter().map(|(_, p, _)| *p).collect();
         let mut pause: Vec<i32> = Vec::new();
+        let shared = Arc::clone(&c.shared);
         for (partition, messages) in batch::by_partition(batch, Message::partition) {
             if rewound.contains(&partition) {
                 continue;
@@ -153,6 +155,7 @@ pub(super) fn run<A: Aggregate>(
             .then(|| c.held.entry(partition).or_default())
             {
                 held.extend(messages);
+                shared.gather_wake.notify_all();
                 if batch::over_limit(held.len(), max_batch) && backpressured.insert(partition) {
                     pause.push(partition);
                 }
