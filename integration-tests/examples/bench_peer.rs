@@ -31,6 +31,8 @@
 //! replies topic, `CommandGateway::without_in_process_replies`, as a gateway in another
 //! process would; by default the processor, in the same process, hands them over in
 //! memory).
+//! Environment: `TRIBUTARY_KAFKA_LINGER_MS` sets `linger.ms` of every producer,
+//! `TRIBUTARY_GATEWAY_LINGER_MS` of the gateway's alone.
 //! Needs the services (`eval "$(scripts/services.sh up)"`); DATABASE_URL and
 //! KAFKA_BOOTSTRAP_SERVERS as for the tests. cqrs-es's tables live in a schema of
 //! their own, dropped at the end.

@@ -367,10 +367,17 @@ pub async fn open_loop<T: Sender>(
 }
 
 /// A [`CounterGateway`] for the topics under `prefix`, waiting up to a minute for
-/// them (a processor that has just started may still be creating them).
+/// them (a processor that has just started may still be creating them). Its
+/// producer's `linger.ms` is `TRIBUTARY_GATEWAY_LINGER_MS` when set, so that the
+/// gateway's can be tried apart from the processor's (`TRIBUTARY_KAFKA_LINGER_MS`
+/// sets both).
 pub async fn counter_gateway(bootstrap: &str, prefix: &str) -> CounterGateway {
+    let mut kafka = crate::command_support::counter_kafka(bootstrap);
+    if let Ok(value) = std::env::var("TRIBUTARY_GATEWAY_LINGER_MS") {
+        kafka = kafka.set("linger.ms", value);
+    }
     let gateway = tributary::command::CommandGateway::connect_with_timeout(
-        crate::command_support::counter_kafka(bootstrap),
+        kafka,
         prefix,
         Duration::from_secs(60),
     )
