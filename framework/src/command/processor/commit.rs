@@ -386,11 +386,62 @@ pub(super) fn gather_target(held: usize, answered: usize, max_batch: usize) -> u
     held.saturating_add(answered).min(max_batch)
 }
 
+/// Why a partition stopped gathering after its commit ([`gather_answered`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum GatherEnd {
+    /// It holds the commands it gathered for.
+    Target,
+    /// Another partition waits for a transaction slot.
+    SlotWanted,
+    /// It is no longer this thread's, or it is being given up.
+    Released,
+    /// `gather_after_commit` passed.
+    Deadline,
+}
+
+impl GatherEnd {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Target => "target",
+            Self::SlotWanted => "slot_wanted",
+            Self::Released => "released",
+            Self::Deadline => "deadline",
+        }
+    }
+}
+
+/// Whether a gathering partition stops, and why: a partition given up stops first,
+/// then one that holds its target, then one whose slot another partition wants,
+/// then one whose time is up.
+pub(super) fn gather_end(
+    held: usize,
+    target: usize,
+    slot_wanted: bool,
+    kept: bool,
+    left: Duration,
+) -> Option<GatherEnd> {
+    if !kept {
+        Some(GatherEnd::Released)
+    } else if held >= target {
+        Some(GatherEnd::Target)
+    } else if slot_wanted {
+        Some(GatherEnd::SlotWanted)
+    } else if left.is_zero() {
+        Some(GatherEnd::Deadline)
+    } else {
+        None
+    }
+}
+
 /// After `partition` committed a batch of `answered` commands: waits up to `gather`
 /// for the partition to hold [`gather_target`] commands, while no other partition
 /// waits for a slot and the partition is still this thread's and not being given up
 /// (revoked, stopping, killed). Sleeps on `Shared::gather_wake` between looks, so a
 /// command held for it wakes it at once. Returns the lock.
+///
+/// Logs at debug level how it went: how long it waited, after how long the first
+/// command came when it held none, and that command's age by its record timestamp
+/// (its way in from the sender's producer, to the millisecond).
 fn gather_answered<'a, A: Aggregate>(
     mut c: MutexGuard<'a, Core<A>>,
     partition: i32,
@@ -405,11 +456,30 @@ fn gather_answered<'a, A: Aggregate>(
             .is_some_and(|f| f.ticket == ticket && !f.releasing)
     };
     let target = gather_target(held(&c), answered, c.shared.settings.max_batch);
-    let deadline = Instant::now() + gather;
+    let started = Instant::now();
+    let deadline = started + gather;
     let shared = Arc::clone(&c.shared);
+    // When the first command came, if none was held at the commit, and its age.
+    let mut first: Option<(Duration, Option<i64>)> = None;
+    let mut watch_first = held(&c) == 0;
     loop {
+        if watch_first && let Some(message) = c.held.get(&partition).and_then(VecDeque::front) {
+            watch_first = false;
+            first = Some((started.elapsed(), record_age_ms(message)));
+        }
         let left = deadline.saturating_duration_since(Instant::now());
-        if held(&c) >= target || !c.waiting.is_empty() || !kept(&c) || left.is_zero() {
+        let end = gather_end(held(&c), target, !c.waiting.is_empty(), kept(&c), left);
+        if let Some(end) = end {
+            debug!(
+                partition,
+                target,
+                held = held(&c),
+                waited_us = started.elapsed().as_micros() as u64,
+                first_after_us = first.map(|(after, _)| after.as_micros() as u64),
+                first_age_ms = first.and_then(|(_, age)| age),
+                ended = end.as_str(),
+                "gathered after a commit"
+            );
             return c;
         }
         c = shared
@@ -418,6 +488,17 @@ fn gather_answered<'a, A: Aggregate>(
             .unwrap_or_else(PoisonError::into_inner)
             .0;
     }
+}
+
+/// How long ago, in whole milliseconds, `message` was produced by its record
+/// timestamp; `None` without one (or with a clock that disagrees).
+fn record_age_ms(message: &OwnedMessage) -> Option<i64> {
+    let created = message.timestamp().to_millis()?;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()?
+        .as_millis();
+    i64::try_from(now).ok().map(|now| now - created)
 }
 
 /// Waits until none of `partitions` has a transaction running (they are being
@@ -494,7 +575,9 @@ fn abort<A: Aggregate>(part: &PartitionState<A>, stats: &ProcessorStats) {
 
 #[cfg(test)]
 mod tests {
-    use super::gather_target;
+    use std::time::Duration;
+
+    use super::{GatherEnd, gather_end, gather_target};
 
     #[test]
     fn a_partition_gathers_one_command_per_answered_caller_up_to_a_batch() {
@@ -507,5 +590,37 @@ mod tests {
         assert_eq!(gather_target(usize::MAX, 1, 500), 500);
         // A batch of nothing (only a position record) waits for nothing more.
         assert_eq!(gather_target(3, 0, 500), 3);
+    }
+
+    #[test]
+    fn a_gathering_partition_says_why_it_stopped() {
+        let left = Duration::from_millis(3);
+        let none = Duration::ZERO;
+        assert_eq!(gather_end(10, 50, false, true, left), None);
+        assert_eq!(
+            gather_end(50, 50, false, true, left),
+            Some(GatherEnd::Target)
+        );
+        assert_eq!(
+            gather_end(60, 50, true, true, none),
+            Some(GatherEnd::Target)
+        );
+        assert_eq!(
+            gather_end(10, 50, true, true, left),
+            Some(GatherEnd::SlotWanted)
+        );
+        assert_eq!(
+            gather_end(10, 50, false, true, none),
+            Some(GatherEnd::Deadline)
+        );
+        // Given up: whatever it holds is dropped, so it stops for that first.
+        assert_eq!(
+            gather_end(50, 50, true, false, none),
+            Some(GatherEnd::Released)
+        );
+        assert_eq!(
+            gather_end(0, 50, false, false, left),
+            Some(GatherEnd::Released)
+        );
     }
 }
