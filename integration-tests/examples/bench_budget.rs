@@ -11,7 +11,9 @@
 //!    on the same broker: a record produced and seen by an assigned consumer (the
 //!    command's way to the processor, and the reply's way back), and a transaction
 //!    like the processor's, step by step (begin, an event and an outcome produced
-//!    and delivered, commit).
+//!    and delivered, commit). Then the way in of records produced the moment such
+//!    a transaction commits, as a hot round's commands are: one record, and
+//!    `--callers` records at once (the first and the last seen).
 //!
 //! The sum of the bare hops is the floor of one command with a Kafka transaction
 //! per command on this broker; the framework's median is compared with it. It is
@@ -290,6 +292,90 @@ fn transactions(bootstrap: &str, prefix: &str, n: usize, linger: f64) -> [Vec<f6
     steps
 }
 
+/// The way in of commands sent the moment a transaction commits, as in a hot
+/// round: a transaction like the processor's (begin, an event and an outcome,
+/// commit), then at once `count` records produced by a plain producer and read by an
+/// assigned consumer. Per sample: produce → the first seen, produce → the last seen.
+/// Alternates with `count` = 1 on odd rounds, returned apart: `(one, first, last)`.
+fn way_in_after_commit(
+    bootstrap: &str,
+    prefix: &str,
+    n: usize,
+    count: usize,
+    linger: f64,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (events, outcomes, records) = (
+        format!("{prefix}.events"),
+        format!("{prefix}.outcomes"),
+        format!("{prefix}.records"),
+    );
+    let txid = format!("{prefix}.after-commit");
+    let tx = producer(
+        bootstrap,
+        linger,
+        &[
+            ("transactional.id", txid.as_str()),
+            ("transaction.timeout.ms", "10000"),
+        ],
+    );
+    tx.init_transactions(Duration::from_secs(30))
+        .expect("init transactions");
+    let plain = producer(bootstrap, linger, &[]);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("{records}.after-commit"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "5")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&records, 0, Offset::End).unwrap();
+    consumer.assign(&tpl).unwrap();
+    for _ in 0..20 {
+        consumer.poll(Duration::from_millis(50));
+    }
+    let (mut one, mut first, mut last) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..2 * (n + 10) {
+        tx.begin_transaction().unwrap();
+        for topic in [&events, &outcomes] {
+            send(&tx, topic, "e");
+        }
+        wait_delivered(&tx);
+        tx.commit_transaction(Duration::from_secs(10)).unwrap();
+        let round = if i % 2 == 1 { 1 } else { count };
+        let started = Instant::now();
+        for j in 0..round {
+            send(&plain, &records, &format!("{i}-{j}"));
+        }
+        let (mut seen, mut first_seen) = (0, None);
+        let tag = format!("{i}-");
+        while seen < round {
+            plain.poll(Duration::ZERO);
+            match consumer.poll(Duration::from_micros(200)) {
+                Some(Ok(m)) if m.payload().is_some_and(|p| p.starts_with(tag.as_bytes())) => {
+                    seen += 1;
+                    first_seen.get_or_insert_with(|| started.elapsed());
+                }
+                Some(Ok(_)) | None => {}
+                Some(Err(e)) => panic!("{e}"),
+            }
+        }
+        let all_seen = started.elapsed();
+        wait_delivered(&plain);
+        if i >= 20 {
+            let first_seen = first_seen.unwrap_or(all_seen).as_secs_f64();
+            if round == 1 {
+                one.push(first_seen);
+            } else {
+                first.push(first_seen);
+                last.push(all_seen.as_secs_f64());
+            }
+        }
+    }
+    (one, first, last)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let commands = arg("--commands", 500);
@@ -315,12 +401,13 @@ async fn main() {
     for topic in ["records", "events", "outcomes"] {
         create_topic(&bootstrap, &format!("{prefix}.{topic}"), 1).await;
     }
-    let (mut delivered, mut consumed, mut steps) = {
+    let (mut delivered, mut consumed, mut steps, (mut one, mut first, mut last)) = {
         let (b, p) = (bootstrap.clone(), prefix.clone());
         tokio::task::spawn_blocking(move || {
             let (d, c) = produce_and_fetch(&b, &format!("{p}.records"), commands, bare_linger);
             let steps = transactions(&b, &p, commands, bare_linger);
-            (d, c, steps)
+            let after = way_in_after_commit(&b, &p, commands, callers, bare_linger);
+            (d, c, steps, after)
         })
         .await
         .unwrap()
@@ -331,6 +418,9 @@ async fn main() {
     let (p50, p99) = quantiles(produce);
     let (c50, c99) = quantiles(commit);
     let (t50, t99) = quantiles(whole);
+    let (o50, o99) = quantiles(&mut one);
+    let (a50, a99) = quantiles(&mut first);
+    let (l50, l99) = quantiles(&mut last);
     let floor = f50 + t50 + f50;
     rows.extend([
         Row {
@@ -344,6 +434,24 @@ async fn main() {
             p50: f50,
             p99: f99,
             moved_by: "`linger.ms`; `fetch.wait.max.ms` (5) only when the fetch was parked before the record came",
+        },
+        Row {
+            hop: "bare: right after a commit, 1 record produced → seen",
+            p50: o50,
+            p99: o99,
+            moved_by: "as above, and the broker still finishing the transaction it just committed",
+        },
+        Row {
+            hop: "bare: right after a commit, `--callers` records produced at once → the first seen",
+            p50: a50,
+            p99: a99,
+            moved_by: "as above, with the records of a hot round's callers",
+        },
+        Row {
+            hop: "bare: right after a commit, `--callers` records produced at once → the last seen",
+            p50: l50,
+            p99: l99,
+            moved_by: "as above; the gap to the first is what gathering a round waits for",
         },
         Row {
             hop: "bare transaction: begin + 2 records produced and delivered",
