@@ -203,13 +203,13 @@ fn wait_delivered(producer: &BaseProducer) {
     }
 }
 
-/// A record produced and seen by an assigned consumer: `(produce → delivery report,
-/// produce → consumed)` per record.
-fn produce_and_fetch(bootstrap: &str, topic: &str, n: usize, linger: f64) -> (Vec<f64>, Vec<f64>) {
-    let producer = producer(bootstrap, linger, &[]);
+/// A consumer configured as the processor's (`read_committed`, `fetch.wait.max.ms`
+/// 5), assigned to the end of partition 0 of `topic` in a group named after it and
+/// `role`, and polled until it has found that end.
+fn reader(bootstrap: &str, topic: &str, role: &str) -> BaseConsumer {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("{topic}.reader"))
+        .set("group.id", format!("{topic}.{role}"))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("fetch.wait.max.ms", "5")
@@ -222,6 +222,14 @@ fn produce_and_fetch(bootstrap: &str, topic: &str, n: usize, linger: f64) -> (Ve
     for _ in 0..20 {
         consumer.poll(Duration::from_millis(50));
     }
+    consumer
+}
+
+/// A record produced and seen by an assigned consumer: `(produce → delivery report,
+/// produce → consumed)` per record.
+fn produce_and_fetch(bootstrap: &str, topic: &str, n: usize, linger: f64) -> (Vec<f64>, Vec<f64>) {
+    let producer = producer(bootstrap, linger, &[]);
+    let consumer = reader(bootstrap, topic, "reader");
     let (mut delivered, mut consumed) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n + 10 {
         let payload = i.to_string();
@@ -321,20 +329,7 @@ fn way_in_after_commit(
     tx.init_transactions(Duration::from_secs(30))
         .expect("init transactions");
     let plain = producer(bootstrap, linger, &[]);
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("{records}.after-commit"))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("fetch.wait.max.ms", "5")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&records, 0, Offset::End).unwrap();
-    consumer.assign(&tpl).unwrap();
-    for _ in 0..20 {
-        consumer.poll(Duration::from_millis(50));
-    }
+    let consumer = reader(bootstrap, &records, "after-commit");
     let (mut one, mut first, mut last) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..2 * (n + 10) {
         tx.begin_transaction().unwrap();
