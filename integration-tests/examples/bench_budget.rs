@@ -189,6 +189,22 @@ fn producer(bootstrap: &str, linger: f64, extra: &[(&str, &str)]) -> BaseProduce
     config.create().expect("producer")
 }
 
+/// A transactional producer with `transactional_id`, its transactions initialised.
+fn transactional(bootstrap: &str, transactional_id: &str, linger: f64) -> BaseProducer {
+    let producer = producer(
+        bootstrap,
+        linger,
+        &[
+            ("transactional.id", transactional_id),
+            ("transaction.timeout.ms", "10000"),
+        ],
+    );
+    producer
+        .init_transactions(Duration::from_secs(30))
+        .expect("init transactions");
+    producer
+}
+
 /// Produces `payload` to partition 0 of `topic`.
 fn send(producer: &BaseProducer, topic: &str, payload: &str) {
     producer
@@ -266,18 +282,7 @@ fn produce_and_fetch(bootstrap: &str, topic: &str, n: usize, linger: f64) -> (Ve
 /// step and of the whole.
 fn transactions(bootstrap: &str, prefix: &str, n: usize, linger: f64) -> [Vec<f64>; 3] {
     let (events, outcomes) = (format!("{prefix}.events"), format!("{prefix}.outcomes"));
-    let txid = format!("{prefix}.tx");
-    let producer = producer(
-        bootstrap,
-        linger,
-        &[
-            ("transactional.id", txid.as_str()),
-            ("transaction.timeout.ms", "10000"),
-        ],
-    );
-    producer
-        .init_transactions(Duration::from_secs(30))
-        .expect("init transactions");
+    let producer = transactional(bootstrap, &format!("{prefix}.tx"), linger);
     let mut steps: [Vec<f64>; 3] = Default::default();
     let timeout = Duration::from_secs(10);
     for i in 0..n + 10 {
@@ -317,17 +322,7 @@ fn way_in_after_commit(
         format!("{prefix}.outcomes"),
         format!("{prefix}.records"),
     );
-    let txid = format!("{prefix}.after-commit");
-    let tx = producer(
-        bootstrap,
-        linger,
-        &[
-            ("transactional.id", txid.as_str()),
-            ("transaction.timeout.ms", "10000"),
-        ],
-    );
-    tx.init_transactions(Duration::from_secs(30))
-        .expect("init transactions");
+    let tx = transactional(bootstrap, &format!("{prefix}.after-commit"), linger);
     let plain = producer(bootstrap, linger, &[]);
     let consumer = reader(bootstrap, &records, "after-commit");
     let (mut one, mut first, mut last) = (Vec::new(), Vec::new(), Vec::new());

@@ -140,14 +140,7 @@ async fn closed_loop_callers_on_a_hot_aggregate_share_one_transaction_per_round(
     let caller = |gateway: CommandGateway| {
         tokio::spawn(async move {
             for _ in 0..ROUNDS {
-                let outcome = gateway
-                    .send(Increment {
-                        id: "hot".into(),
-                        by: 1,
-                    })
-                    .await
-                    .expect("send");
-                assert!(outcome.is_accepted());
+                increment(&gateway, "hot").await;
             }
         })
     };

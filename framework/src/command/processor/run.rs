@@ -28,14 +28,12 @@ pub(super) fn run<A: Aggregate>(
     stop: Arc<AtomicBool>,
     kill: Arc<AtomicBool>,
 ) -> Result<(), ProcessorError> {
-    let (max_batch, linger, commands_topic) = {
-        let c = lock(&core);
-        (
-            c.shared.settings.max_batch.max(1),
-            c.shared.settings.batch_linger,
-            c.shared.layout.commands.clone(),
-        )
-    };
+    let shared = Arc::clone(&lock(&core).shared);
+    let (max_batch, linger, commands_topic) = (
+        shared.settings.max_batch.max(1),
+        shared.settings.batch_linger,
+        shared.layout.commands.clone(),
+    );
     // Busy partitions paused because they hold too many commands.
     let mut backpressured: HashSet<i32> = HashSet::new();
     let mut positions_committed = Instant::now();
@@ -144,7 +142,6 @@ pub(super) fn run<A: Aggregate>(
             .collect();
         let rewound: HashSet<i32> = rewind.iter().map(|(_, p, _)| *p).collect();
         let mut pause: Vec<i32> = Vec::new();
-        let shared = Arc::clone(&c.shared);
         for (partition, messages) in batch::by_partition(batch, Message::partition) {
             if rewound.contains(&partition) {
                 continue;
