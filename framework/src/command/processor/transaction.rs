@@ -105,22 +105,39 @@ pub(super) fn transact<A: Aggregate>(
         fault(FaultPoint::BeforeOffsets);
     }
     slow("produce", step);
+    let decided = step.elapsed();
     let timings = &shared.stats.timings;
-    timings.decide_batch.record(step.elapsed().as_secs_f64());
+    timings.decide_batch.record(decided.as_secs_f64());
     timings.batch_size.record(messages.len() as f64);
     // The commit waits for the records' delivery; served here in finer steps than
     // its own flush (see `drain_deliveries`).
     let step = Instant::now();
     drain_deliveries(part.producers.current(), timeout);
     slow("deliver", step);
+    let delivered = step.elapsed();
     fault(FaultPoint::BeforeCommit);
     let step = Instant::now();
     part.producers.current().commit_transaction(timeout)?;
-    timings.commit.record(step.elapsed().as_secs_f64());
+    let committed = step.elapsed();
+    timings.commit.record(committed.as_secs_f64());
     slow("commit", step);
+    // Where a transaction's time goes (docs/commands.md, "Latency settings"): begin,
+    // decide and produce; the records' delivery, which waits for the partitions to
+    // join the transaction first; the commit.
+    debug!(
+        decide_us = micros(decided),
+        deliver_us = micros(delivered),
+        commit_us = micros(committed),
+        "transaction committed"
+    );
     part.producers.committed();
     part.consumed = last + 1;
     Ok(new_seen)
+}
+
+/// A step's duration in whole microseconds, for a log field.
+fn micros(took: Duration) -> u64 {
+    u64::try_from(took.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Loads the aggregates of the batch's commands that are not in memory from their
