@@ -21,7 +21,7 @@ use super::producer::{send, serve_ready};
 use super::settings::ProcessorSettings;
 use super::stats::ProcessorStats;
 use super::transaction::transact;
-use super::{FaultPoint, lock, slow};
+use super::{FaultPoint, lock, micros, slow};
 
 /// Why a partition's transaction did not commit.
 pub(super) enum TxFailure {
@@ -474,8 +474,8 @@ fn gather_answered<'a, A: Aggregate>(
                 partition,
                 target,
                 held = held(&c),
-                waited_us = started.elapsed().as_micros() as u64,
-                first_after_us = first.map(|(after, _)| after.as_micros() as u64),
+                waited_us = micros(started.elapsed()),
+                first_after_us = first.map(|(after, _)| micros(after)),
                 first_age_ms = first.and_then(|(_, age)| age),
                 ended = end.as_str(),
                 "gathered after a commit"

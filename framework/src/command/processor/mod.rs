@@ -465,6 +465,11 @@ fn slow(step: &'static str, started: Instant) {
     }
 }
 
+/// A duration in whole microseconds, for a log field.
+fn micros(took: Duration) -> u64 {
+    u64::try_from(took.as_micros()).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod dispatch_tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -24,7 +24,7 @@ use super::partitions::{NewSeen, PartitionState, PendingReply};
 use super::producer::{drain_deliveries, forward, send_outcome};
 use super::restore::slot_from_row;
 use super::stats::ProcessorStats;
-use super::{FaultPoint, Shared, lock, slow};
+use super::{FaultPoint, Shared, lock, micros, slow};
 
 /// One partition's batch in one transaction: begin → decide every command, each
 /// outcome record carrying the position after its command → commit. Replies are
@@ -133,11 +133,6 @@ pub(super) fn transact<A: Aggregate>(
     part.producers.committed();
     part.consumed = last + 1;
     Ok(new_seen)
-}
-
-/// A step's duration in whole microseconds, for a log field.
-fn micros(took: Duration) -> u64 {
-    u64::try_from(took.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Loads the aggregates of the batch's commands that are not in memory from their
