@@ -22,7 +22,10 @@
 //! `--cqrs-snapshot K` (cqrs-es snapshot size, default 10; 0 = pure event sourcing),
 //! `--seed S`, `--plot PATH` (default `docs/benchmarks/peer-sweep.svg`), `--warm-up W`
 //! (default 5000: an unmeasured closed loop of W commands at 100 callers per system
-//! first, so that the broker's JVM is warm; 0 = none), `--max-transactions-at-once N`
+//! first, so that the broker's JVM is warm; 0 = none), `--warm-up-secs S` (default 90:
+//! then Tributary's warm-up commands go on, round after round, until S seconds have
+//! passed, for the broker's JIT compiler to finish its work; 0 = not),
+//! `--max-transactions-at-once N`
 //! (Tributary's `ProcessorSettings::max_transactions_at_once`, default 2 as
 //! docs/commands.md recommends for a broker this small; 0 = no limit, the processor's
 //! default), `--hot-gather-ms G` (Tributary's `ProcessorSettings::gather_after_commit`
@@ -219,6 +222,8 @@ struct Settings {
     plot: String,
     /// Commands of the unmeasured warm-up round per system (0: none).
     warm_up: usize,
+    /// How long Tributary's warm-up commands keep the broker busy after that round.
+    warm_up_secs: Duration,
     /// Tributary's `max_transactions_at_once` (`usize::MAX`: no limit).
     max_transactions: usize,
     /// Replies through the replies topic instead of in memory.
@@ -283,6 +288,35 @@ async fn warm_up(target: &Target, tag: &str) {
             tally.first_error
         );
     }
+}
+
+/// Keeps the broker busy with Tributary's warm-up commands, round after round, for
+/// `--warm-up-secs`. The broker's JVM compiles its hot paths for a minute or more
+/// under this load: on this machine its C2 compiler thread took 28–45 % of a core
+/// for the first 30 s of a hot run and next to nothing after 90 s
+/// (docs/benchmarks.md, "The broker's JIT"), on two cores it shares with the
+/// benchmark. Measured before that, Tributary's numbers are partly the compiler's.
+/// cqrs-es runs on Postgres, which has no JIT to warm (and is not restarted).
+async fn warm_broker(s: &Settings, ids: &Arc<Vec<String>>) {
+    if s.warm_up_secs.is_zero() {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let (processor, target) = tributary_up(s, "warm-broker").await;
+    let mut tally = Tally::default();
+    while started.elapsed() < s.warm_up_secs {
+        let (round, _) = closed_loop(&target, Arc::clone(ids), 100, s.timeout).await;
+        tally.merge(round);
+    }
+    if let Err(e) = processor.shutdown().await {
+        println!("warning: processor shutdown: {e}");
+    }
+    println!(
+        "broker warm-up (Tributary): {} commands at 100 callers in {:.0} s, {} failed (not measured)",
+        tally.ok.len(),
+        started.elapsed().as_secs_f64(),
+        tally.failed()
+    );
 }
 
 /// One closed-loop measurement of one system.
@@ -588,6 +622,7 @@ async fn main() {
         scenarios: arg_str("--scenarios").unwrap_or_else(|| "closed,hot,sweep".into()),
         plot: arg_str("--plot").unwrap_or_else(|| "docs/benchmarks/peer-sweep.svg".into()),
         warm_up: arg("--warm-up", 5_000),
+        warm_up_secs: Duration::from_secs(arg("--warm-up-secs", 90) as u64),
         max_transactions: match arg("--max-transactions-at-once", 2) {
             0 => usize::MAX,
             n => n,
@@ -706,6 +741,7 @@ async fn scenarios(s: Settings, cqrs: Target) {
                 run.tally.failed()
             );
         }
+        warm_broker(&s, &ids).await;
         println!();
     }
     let mut closed: Vec<(usize, Vec<Run>)> = Vec::new();
