@@ -24,7 +24,8 @@
 //! (default 5000: an unmeasured closed loop of W commands at 100 callers per system
 //! first, so that the broker's JVM is warm; 0 = none), `--warm-up-secs S` (default 90:
 //! then Tributary's warm-up commands go on, round after round, until S seconds have
-//! passed, for the broker's JIT compiler to finish its work; 0 = not),
+//! passed, for the broker's JIT compiler to finish its work; 0 = not; nothing when
+//! `--warm-up` is 0),
 //! `--max-transactions-at-once N`
 //! (Tributary's `ProcessorSettings::max_transactions_at_once`, default 2 as
 //! docs/commands.md recommends for a broker this small; 0 = no limit, the processor's
