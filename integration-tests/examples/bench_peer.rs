@@ -34,7 +34,9 @@
 //! a hot aggregate; the other scenarios keep the default 0; 0 = off), `--kafka-replies` (Tributary's gateway takes its replies from the
 //! replies topic, `CommandGateway::without_in_process_replies`, as a gateway in another
 //! process would; by default the processor, in the same process, hands them over in
-//! memory).
+//! memory), `--stall-probe` (print to stderr each moment the benchmark's own Tokio
+//! runtime, or an OS thread of its own, was over 40 ms late to a 5 ms timer:
+//! `bench_load::start_stall_probes`).
 //! Environment: `TRIBUTARY_KAFKA_LINGER_MS` sets `linger.ms` of every producer,
 //! `TRIBUTARY_GATEWAY_LINGER_MS` of the gateway's alone.
 //! Needs the services (`eval "$(scripts/services.sh up)"`); DATABASE_URL and
@@ -58,7 +60,7 @@ use tributary::command::{ProcessorCounters, ProcessorHandle, ProcessorSettings};
 use tributary_integration_tests::bench_load::{
     CounterGateway, Kind, Sender, Sent, Step, Tally, arg, arg_list, arg_millis, arg_str,
     best_within, closed_loop, counter_gateway, machine, ms, ms_or_inf, open_loop, plan,
-    process_cpu,
+    process_cpu, start_stall_probes,
 };
 use tributary_integration_tests::command_support::{
     CounterError, counter_processor, test_settings,
@@ -608,6 +610,9 @@ fn goal(name: &str, value: Option<f64>, met: impl Fn(f64) -> bool, unit: &str, d
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    if std::env::args().any(|a| a == "--stall-probe") {
+        start_stall_probes();
+    }
     let pool_size = arg("--pool", 10);
     let snapshot = arg("--cqrs-snapshot", 10);
     let commands = arg("--commands", 5_000);

@@ -442,11 +442,67 @@ pub fn start_counter_node(
     crate::node::Node::counter(program, bootstrap, prefix, partitions, &env)
 }
 
+/// How often a stall probe looks, and how late a look must be to be reported.
+const PROBE_PERIOD: Duration = Duration::from_millis(5);
+const PROBE_REPORT: Duration = Duration::from_millis(40);
+
+/// How much later than `period` after `last` the look at `now` came, when that is
+/// over `report`.
+fn late_by(last: Instant, now: Instant, period: Duration, report: Duration) -> Option<Duration> {
+    let late = now.saturating_duration_since(last).saturating_sub(period);
+    (late > report).then_some(late)
+}
+
+// A benchmark's diagnostic output, on stderr beside its report on stdout.
+#[allow(clippy::print_stderr)]
+fn report_late(probe: &str, late: Duration) {
+    let at = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    eprintln!(
+        "stall probe: {probe} {} ms late at {:.3} s since the epoch",
+        late.as_millis(),
+        at.as_secs_f64()
+    );
+}
+
+/// Starts two probes that each look every 5 ms and print to stderr every look over
+/// 40 ms late, with the wall-clock time (to match with a step's "first due at"): one
+/// on an OS thread of its own, one as a task of the current Tokio runtime. A late
+/// task with a punctual thread means the runtime's workers were busy or waiting to
+/// run, not the whole process or machine. Must be called within a Tokio runtime.
+pub fn start_stall_probes() {
+    std::thread::spawn(|| {
+        let mut last = Instant::now();
+        loop {
+            std::thread::sleep(PROBE_PERIOD);
+            let now = Instant::now();
+            if let Some(late) = late_by(last, now, PROBE_PERIOD, PROBE_REPORT) {
+                report_late("thread", late);
+            }
+            last = now;
+        }
+    });
+    tokio::spawn(async {
+        let mut last = Instant::now();
+        loop {
+            tokio::time::sleep(PROBE_PERIOD).await;
+            let now = Instant::now();
+            if let Some(late) = late_by(last, now, PROBE_PERIOD, PROBE_REPORT) {
+                report_late("runtime task", late);
+            }
+            last = now;
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use super::{Step, Tally};
+    use std::time::Instant;
+
+    use super::{Step, Tally, late_by};
 
     fn step(timeline: &[(u64, u64)]) -> Step {
         Step {
@@ -488,5 +544,15 @@ mod tests {
             step.slow_runs(ms(400), ms(50), 5),
             "0 over 400 ms in 0 runs; largest: "
         );
+    }
+
+    #[test]
+    fn a_look_is_late_only_past_the_period_and_the_report_bound() {
+        let ms = Duration::from_millis;
+        let last = Instant::now();
+        assert_eq!(late_by(last, last + ms(44), ms(5), ms(40)), None);
+        assert_eq!(late_by(last, last + ms(60), ms(5), ms(40)), Some(ms(55)));
+        // A `now` before `last` counts as on time.
+        assert_eq!(late_by(last + ms(10), last, ms(5), ms(40)), None);
     }
 }
