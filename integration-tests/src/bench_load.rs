@@ -453,17 +453,39 @@ fn late_by(last: Instant, now: Instant, period: Duration, report: Duration) -> O
     (late > report).then_some(late)
 }
 
-// A benchmark's diagnostic output, on stderr beside its report on stdout.
-#[allow(clippy::print_stderr)]
-fn report_late(probe: &str, late: Duration) {
-    let at = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    eprintln!(
-        "stall probe: {probe} {} ms late at {:.3} s since the epoch",
-        late.as_millis(),
-        at.as_secs_f64()
-    );
+/// One stall probe: when it last looked, and under which name it reports.
+struct Probe {
+    name: &'static str,
+    last: Instant,
+}
+
+impl Probe {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            last: Instant::now(),
+        }
+    }
+
+    /// A look after a sleep of [`PROBE_PERIOD`]: prints the look when it came over
+    /// [`PROBE_REPORT`] late, with the wall-clock time. A benchmark's diagnostic
+    /// output, on stderr beside its report on stdout.
+    #[allow(clippy::print_stderr)]
+    fn look(&mut self) {
+        let now = Instant::now();
+        if let Some(late) = late_by(self.last, now, PROBE_PERIOD, PROBE_REPORT) {
+            let at = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
+            eprintln!(
+                "stall probe: {} {} ms late at {:.3} s since the epoch",
+                self.name,
+                late.as_millis(),
+                at.as_secs_f64()
+            );
+        }
+        self.last = now;
+    }
 }
 
 /// Starts two probes that each look every 5 ms and print to stderr every look over
@@ -473,34 +495,24 @@ fn report_late(probe: &str, late: Duration) {
 /// run, not the whole process or machine. Must be called within a Tokio runtime.
 pub fn start_stall_probes() {
     std::thread::spawn(|| {
-        let mut last = Instant::now();
+        let mut probe = Probe::new("thread");
         loop {
             std::thread::sleep(PROBE_PERIOD);
-            let now = Instant::now();
-            if let Some(late) = late_by(last, now, PROBE_PERIOD, PROBE_REPORT) {
-                report_late("thread", late);
-            }
-            last = now;
+            probe.look();
         }
     });
     tokio::spawn(async {
-        let mut last = Instant::now();
+        let mut probe = Probe::new("runtime task");
         loop {
             tokio::time::sleep(PROBE_PERIOD).await;
-            let now = Instant::now();
-            if let Some(late) = late_by(last, now, PROBE_PERIOD, PROBE_REPORT) {
-                report_late("runtime task", late);
-            }
-            last = now;
+            probe.look();
         }
     });
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use super::{Step, Tally, late_by};
 
